@@ -1,0 +1,35 @@
+"""channel_asgi: real-time channels (SSE, the inLive Real-Time Widget API) for any ASGI app.
+
+Mount one object and the app's pages can subscribe with ``EventSource`` to
+``/subscribe/{channel}`` and publish with ``fetch`` to ``/publish/{channel}?token=…``::
+
+    from channel_asgi import ChannelApp
+
+    channels = ChannelApp()
+    app.mount("/channel", channels)           # FastAPI / Starlette
+"""
+
+from __future__ import annotations
+
+from .app import ChannelApp
+from .auth import Auth, Request
+from .engine import Connection
+from .errors import ChannelError, Reject, StorageUnavailable
+from .middleware import ChannelMiddleware
+from .protocol import Envelope
+from .storage.base import Storage
+
+__all__ = [
+    "Auth",
+    "ChannelApp",
+    "ChannelError",
+    "ChannelMiddleware",
+    "Connection",
+    "Envelope",
+    "Reject",
+    "Request",
+    "Storage",
+    "StorageUnavailable",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,471 @@
+"""``ChannelApp``: the ASGI application, its lifecycle and its server-side API.
+
+Routes, relative to wherever the app is mounted::
+
+    GET  /subscribe/{channel}   Server-Sent Events (init, system, broadcasts, private, request, end)
+    POST /publish/{channel}     a JSON envelope, authorised by the token from ``init``
+
+This module is the only place where errors become HTTP replies: a :class:`ChannelError` becomes
+``{"code", "message"}`` with its status; anything unexpected is logged and answered with a 500.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+
+from .auth import Action, Auth, Request
+from .config import Settings
+from .cors import CorsPolicy
+from .engine import Engine, Hooks
+from .errors import (
+    ChannelError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    StorageUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
+from .http import Receive, Scope, Send, header, route_path, send_json, validate_channel
+from .hub import Close, Hub, Transport
+from .lifecycle import Runner, run_every, server_is_exiting
+from .protocol import Reply, encode
+from .publish import PublishRoute
+from .storage.base import Storage
+from .storage.memory import MemoryStorage
+from .stream import serve_stream
+from .subscription import Subscription
+from .tokens import TokenSigner
+
+__all__ = ["ChannelApp"]
+
+logger = logging.getLogger("channel_asgi")
+
+_ROUTES: Final = {"subscribe": ("GET", "OPTIONS"), "publish": ("POST", "OPTIONS")}
+_EXIT_POLL: Final = 0.25
+
+HookT = TypeVar("HookT", bound=Callable[..., Any])
+
+
+class ChannelApp:
+    """Real-time channels for an ASGI app: mount it, or wrap a host with ``ChannelMiddleware``.
+
+    Args:
+        storage: where history and presence live and how events reach every process
+            (default: a new :class:`MemoryStorage`, one process).
+        auth: identifies users and authorises actions (default: anonymous, everything allowed).
+        secret: the HMAC key for publish tokens; every process sharing a storage needs the same
+            one. Required with a shared storage; generated (single process) when omitted.
+        widget_keys: when given, every publish must carry one of these as ``widget_key``.
+        cors_origins: origins whose pages may use the routes, or ``["*"]``.
+        history_size: broadcasts retained per channel.
+        history_ttl: seconds a broadcast is retained, or None for no limit.
+        max_body_bytes: the largest publish body accepted.
+        heartbeat: seconds between ``: ping`` comments on an idle stream.
+        max_buffer_bytes: per connection, the live events that may wait for a slow client before
+            it is disconnected.
+        token_ttl: seconds a publish token stays valid.
+        webhook_urls: URL prefixes the ``webhook`` publish type may call.
+        webhook_timeout: seconds a webhook call may take.
+        rate_limit: ``(per_second, burst)`` publishes per user, or None.
+        ip_rate_limit: ``(per_second, burst)`` publishes per client address, or None.
+        system_events_max_viewers: above this many viewers, join/leave events of a channel are
+            coalesced into one ``count`` event per ``presence_interval``.
+        presence_interval: seconds between coalesced ``count`` events.
+        reconnect_delay: the ``retry:`` the browser waits before reconnecting, in seconds.
+        hook_timeout: seconds a hook may run before it is abandoned.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage | None = None,
+        auth: Auth | None = None,
+        secret: str | bytes | None = None,
+        widget_keys: Iterable[str] | None = None,
+        cors_origins: Iterable[str] = (),
+        history_size: int = 1000,
+        history_ttl: float | None = None,
+        max_body_bytes: int = 65536,
+        heartbeat: float = 15.0,
+        max_buffer_bytes: int = 1048576,
+        token_ttl: float = 86400.0,
+        webhook_urls: Iterable[str] = (),
+        webhook_timeout: float = 5.0,
+        rate_limit: tuple[float, float] | None = None,
+        ip_rate_limit: tuple[float, float] | None = None,
+        system_events_max_viewers: int = 1000,
+        presence_interval: float = 1.0,
+        reconnect_delay: float = 3.0,
+        hook_timeout: float = 5.0,
+    ) -> None:
+        self.settings = Settings(
+            widget_keys=widget_keys,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            max_body_bytes=max_body_bytes,
+            heartbeat=heartbeat,
+            max_buffer_bytes=max_buffer_bytes,
+            token_ttl=token_ttl,
+            webhook_urls=webhook_urls,
+            webhook_timeout=webhook_timeout,
+            rate_limit=rate_limit,
+            ip_rate_limit=ip_rate_limit,
+            system_events_max_viewers=system_events_max_viewers,
+            presence_interval=presence_interval,
+            reconnect_delay=reconnect_delay,
+            hook_timeout=hook_timeout,
+        )
+        self.storage: Storage = MemoryStorage() if storage is None else storage
+        if not isinstance(self.storage, Storage):
+            raise TypeError(f"storage must implement channel_asgi.Storage, got {storage!r}")
+        if auth is not None and not callable(getattr(auth, "identify", None)):
+            raise TypeError(f"auth must have an async identify(request) method, got {auth!r}")
+        self.auth = auth
+        if secret is None:
+            if self.storage.shared:
+                raise ValueError(
+                    "A shared storage needs secret=: every process must verify the tokens "
+                    "the others issue"
+                )
+            logger.warning(
+                "No secret given: generated one for this process only. Tokens will not verify "
+                "in other processes; pass secret= to run more than one."
+            )
+            secret = secrets.token_bytes(32)
+        self.cors = CorsPolicy(cors_origins)
+        self.hooks = Hooks()
+        self.hub = Hub()
+        self.engine = Engine(
+            self.settings, self.storage, self.hub, TokenSigner(secret, token_ttl), self.hooks
+        )
+        self._publish = PublishRoute(self.engine, self.hooks, self._authorize)
+        self._runner = Runner(self._background)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ChannelApp:
+        """Start the background work here (instead of on first use)."""
+        await self._runner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """End every stream and stop the background work."""
+        self.hub.close_all(Close.SHUTDOWN)
+        await self._runner.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """End every stream and stop background work that started on first use."""
+        self.hub.close_all(Close.SHUTDOWN)
+        await self._runner.aclose()
+
+    async def _background(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with anyio.create_task_group() as group:
+            await group.start(self.storage.run, self.hub.dispatch)
+            await group.start(run_every, self.settings.heartbeat, self.hub.heartbeat)
+            await group.start(
+                run_every, self.settings.presence_interval, self.engine.flush_presence
+            )
+            await group.start(run_every, _EXIT_POLL, self._end_streams_if_exiting)
+            task_status.started()
+
+    def _end_streams_if_exiting(self) -> None:
+        if server_is_exiting():
+            self.hub.close_all(Close.SHUTDOWN)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        try:
+            await self.__aenter__()
+        except Exception as exc:
+            logger.exception("channel_asgi failed to start")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        try:
+            message = await receive()
+        finally:
+            await self.__aexit__(None, None, None)
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection (``http``, ``websocket`` or ``lifespan``)."""
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = header(scope, b"origin")
+        cors = self.cors.headers(origin)
+        started = False
+
+        async def send_tracking(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            route, channel = _match(route_path(scope))
+            method = scope["method"]
+            if method == "OPTIONS":
+                await self._options(scope, send, route, origin)
+                return
+            if method not in _ROUTES[route]:
+                raise MethodNotAllowed(_ROUTES[route])
+            await self._runner.ensure_started()
+            validate_channel(channel)
+            if route == "subscribe":
+                await self._subscribe(scope, receive, send_tracking, channel, cors)
+            else:
+                reply = await self._publish.handle_http(scope, receive, channel)
+                await send_json(send, reply.code, encode(reply), cors)
+        except ChannelError as exc:
+            if not started:
+                await send_json(
+                    send,
+                    exc.status,
+                    encode(Reply(exc.status, exc.message)),
+                    cors + _error_headers(exc),
+                )
+        except Exception:
+            logger.exception(
+                "Unexpected error serving %s %s", scope.get("method"), scope.get("path")
+            )
+            if not started:
+                await send_json(send, 500, encode(Reply(500, "Internal server error")), cors)
+
+    async def _options(self, scope: Scope, send: Send, route: str, origin: str | None) -> None:
+        allow = (b"allow", ", ".join(_ROUTES[route]).encode())
+        if origin is None or header(scope, b"access-control-request-method") is None:
+            await send({"type": "http.response.start", "status": 204, "headers": [allow]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if not self.cors.is_allowed_origin(origin):
+            body = encode(Reply(403, f"Origin {origin} is not allowed"))
+            await send_json(send, 403, body, [allow])
+            return
+        requested = header(scope, b"access-control-request-headers")
+        headers = [allow, *self.cors.preflight_headers(origin, requested)]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _subscribe(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        channel: str,
+        cors: list[tuple[bytes, bytes]],
+    ) -> None:
+        await self.engine.ensure_open(channel)
+        user_id, anonymous = await self._identify(scope, channel)
+        session = await self.engine.open_session(
+            channel,
+            user_id,
+            anonymous=anonymous,
+            transport=Transport.SSE,
+            last_event_id=_last_event_id(scope),
+        )
+        await serve_stream(self.engine, session, receive, send, cors)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.close", "code": 1003, "reason": "Not served yet"})
+
+    # -- identity and authorisation ------------------------------------------------------------
+
+    async def _identify(self, scope: Scope, channel: str) -> tuple[str, bool]:
+        """Return ``(user_id, anonymous)`` for a subscribe, after checking it may subscribe."""
+        user_id: str | None = None
+        if self.auth is not None:
+            user_id = await self.auth.identify(Request(scope))
+            if user_id is not None and (not isinstance(user_id, str) or not user_id):
+                raise TypeError(
+                    f"auth.identify must return a non-empty str or None, got {user_id!r}"
+                )
+        await self._authorize(user_id, channel, "subscribe")
+        if user_id is None:
+            return _anonymous_id(), True
+        return user_id, False
+
+    async def _authorize(self, user_id: str | None, channel: str, action: Action) -> None:
+        """Raise if ``user_id`` (None: anonymous) may not do ``action`` on ``channel``."""
+        allow = getattr(self.auth, "allow", None)
+        if allow is None:
+            return
+        allowed = allow(user_id, channel, action)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            if user_id is None:
+                raise Unauthorized(f"Sign in to {action} on this channel")
+            raise Forbidden(f"Not allowed to {action} on this channel")
+
+    # -- server-side API -----------------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        message: Any,
+        *,
+        type: Literal["broadcast", "private"] = "broadcast",
+        author_id: str = "0",
+        to_user_id: str | None = None,
+        timestamp: float = 0.0,
+    ) -> str | None:
+        """Publish from the server (Northle's emit, Azure's sendToAll).
+
+        Args:
+            channel: the channel.
+            message: any JSON-encodable value but None.
+            type: ``"broadcast"`` (retained, to everyone) or ``"private"`` (to ``to_user_id``).
+            author_id: the ``author_id`` subscribers see.
+            to_user_id: the addressee of a private message.
+            timestamp: the video time in seconds.
+
+        Returns:
+            The event id of a broadcast; None for a private message.
+
+        Raises:
+            ValueError: a bad channel name, type, message or addressee.
+            NotFound: the channel is closed.
+            StorageUnavailable: the storage cannot be reached.
+        """
+        channel = _checked_channel(channel)
+        if message is None:
+            raise ValueError("message must not be None")
+        raw = msgspec.Raw(msgspec.json.encode(message))
+        await self._runner.ensure_started()
+        await self.engine.ensure_open(channel)
+        if type == "broadcast":
+            return await self.engine.broadcast(
+                channel, raw, author_id=author_id, timestamp=timestamp
+            )
+        if type == "private":
+            if not to_user_id:
+                raise ValueError("a private message needs to_user_id")
+            await self.engine.private(
+                channel, raw, to_user_id=to_user_id, author_id=author_id, timestamp=timestamp
+            )
+            return None
+        raise ValueError(f"type must be 'broadcast' or 'private', got {type!r}")
+
+    def subscribe(self, channel: str, *, last_event_id: str | None = None) -> Subscription:
+        """Subscribe from the server: ``async with channels.subscribe(ch) as events``.
+
+        Iterating yields :class:`~channel_asgi.Envelope` objects (broadcasts, system events and
+        the final ``end``). A server-side subscriber is not counted as a viewer.
+        """
+        return Subscription(
+            self.engine, self._runner.ensure_started, _checked_channel(channel), last_event_id
+        )
+
+    async def viewer_count(self, channel: str) -> int:
+        """Return the number of live subscriber connections on ``channel``, in every process."""
+        return await self.storage.viewer_count(_checked_channel(channel))
+
+    async def close_channel(self, channel: str) -> None:
+        """End a channel: subscribers get ``end`` and are disconnected; then it answers 404.
+
+        History is kept; :meth:`open_channel` makes the channel usable again.
+        """
+        await self._runner.ensure_started()
+        await self.engine.close_channel(_checked_channel(channel))
+
+    async def open_channel(self, channel: str) -> None:
+        """Make a closed channel usable again."""
+        await self.storage.open_channel(_checked_channel(channel))
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def on_connect(self, hook: HookT) -> HookT:
+        """Register ``async hook(conn)``, called when a subscriber has received ``init``."""
+        self.hooks.on_connect.append(_async_hook(hook, "on_connect"))
+        return hook
+
+    def on_disconnect(self, hook: HookT) -> HookT:
+        """Register ``async hook(conn)``, called when a subscriber has gone."""
+        self.hooks.on_disconnect.append(_async_hook(hook, "on_disconnect"))
+        return hook
+
+    def on_publish(self, hook: HookT) -> HookT:
+        """Register ``async hook(envelope, conn)`` for client publishes.
+
+        It may raise :class:`~channel_asgi.Reject` to refuse the message, or change
+        ``envelope.message`` before it is delivered.
+        """
+        self.hooks.on_publish.append(_async_hook(hook, "on_publish"))
+        return hook
+
+
+def _async_hook(hook: Any, name: str) -> Any:
+    if not inspect.iscoroutinefunction(hook) and not inspect.iscoroutinefunction(
+        getattr(hook, "__call__", None)  # noqa: B004 - an object with an async __call__
+    ):
+        raise TypeError(f"{name} hooks must be async functions, got {hook!r}")
+    return hook
+
+
+def _match(path: str) -> tuple[str, str]:
+    for route in _ROUTES:
+        prefix = f"/{route}/"
+        if path.startswith(prefix):
+            return route, path[len(prefix) :]
+    raise NotFound(f"No route for {path!r}; use /subscribe/{{channel}} or /publish/{{channel}}")
+
+
+def _checked_channel(channel: str) -> str:
+    if not isinstance(channel, str):
+        raise TypeError(f"channel must be a str, got {channel!r}")
+    try:
+        return validate_channel(channel)
+    except ChannelError as exc:
+        raise ValueError(f"{exc.message}: {channel!r}") from None
+
+
+def _last_event_id(scope: Scope) -> str | None:
+    value = header(scope, b"last-event-id")
+    if value is None:
+        value = Request(scope).query_params.get("last_event_id")
+    return value or None
+
+
+def _anonymous_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _error_headers(exc: ChannelError) -> list[tuple[bytes, bytes]]:
+    if isinstance(exc, MethodNotAllowed):
+        return [(b"allow", ", ".join(exc.allow).encode())]
+    if isinstance(exc, TooManyRequests):
+        return [(b"retry-after", str(exc.retry_after).encode())]
+    if isinstance(exc, StorageUnavailable):
+        return [(b"retry-after", b"1")]
+    return []

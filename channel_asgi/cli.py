@@ -1,0 +1,122 @@
+"""``channel-asgi serve | demo``: run channel_asgi standalone on uvicorn.
+
+The options travel to the app factory in an environment variable, so that ``--workers N`` (which
+starts N processes, each importing the factory) gives every worker the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+from .app import ChannelApp
+
+__all__ = ["create_app", "main"]
+
+_ENV: Final = "CHANNEL_ASGI_CLI_OPTIONS"
+
+
+def create_app() -> Any:
+    """Build the app the CLI serves from the options in ``CHANNEL_ASGI_CLI_OPTIONS``."""
+    options: dict[str, Any] = json.loads(os.environ.get(_ENV, "{}"))
+    demo = options.pop("demo", False)
+    redis_url = options.pop("redis", None)
+    if redis_url:
+        from .storage.redis import RedisStorage
+
+        options["storage"] = RedisStorage(redis_url)
+    if options.get("widget_keys") == []:
+        options["widget_keys"] = None
+    channels = ChannelApp(**options)
+    if demo:
+        from .demo import DemoApp
+
+        return DemoApp(channels)
+    return channels
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="channel-asgi",
+        description="Real-time channels over Server-Sent Events (inLive Real-Time Widget API).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the channel routes at /")
+    demo = commands.add_parser("demo", help="serve the live chat demo and the channel routes")
+    for command, port in ((serve, 8000), (demo, 8000)):
+        command.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+        command.add_argument("--port", type=int, default=port, help=f"port to bind ({port})")
+        command.add_argument("--log-level", default="info", help="uvicorn log level (info)")
+    serve.add_argument("--redis", metavar="URL", help="use RedisStorage at URL (many workers)")
+    serve.add_argument("--secret", help="HMAC secret for tokens (required with --redis)")
+    serve.add_argument(
+        "--widget-key",
+        action="append",
+        default=[],
+        dest="widget_keys",
+        help="accept this widget key (repeat for several); publishes must carry one",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        dest="cors_origins",
+        help="allow browser pages from this origin, or '*' (repeat for several)",
+    )
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (needs --redis)")
+    serve.add_argument("--history-size", type=int, default=1000, help="broadcasts kept per channel")
+    serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between pings")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        import uvicorn
+    except ImportError:
+        print('The CLI needs uvicorn: pip install "channel-asgi[server]"', file=sys.stderr)
+        return 2
+    workers = 1
+    if args.command == "demo":
+        options: dict[str, Any] = {"demo": True, "cors_origins": ["*"]}
+    else:
+        options = {
+            "redis": args.redis,
+            "secret": args.secret,
+            "widget_keys": args.widget_keys,
+            "cors_origins": args.cors_origins,
+            "history_size": args.history_size,
+            "heartbeat": args.heartbeat,
+        }
+        workers = args.workers
+        if workers < 1:
+            print("--workers must be at least 1", file=sys.stderr)
+            return 2
+        if workers > 1 and not args.redis:
+            print("--workers above 1 needs --redis: memory storage is one process", file=sys.stderr)
+            return 2
+        if args.redis and not args.secret:
+            print(
+                "--redis needs --secret: every worker must verify the others' tokens",
+                file=sys.stderr,
+            )
+            return 2
+    os.environ[_ENV] = json.dumps(options)
+    if args.command == "demo":
+        print(f"Live chat demo: http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.run(
+        "channel_asgi.cli:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=workers,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    return 0

@@ -1,0 +1,364 @@
+"""The engine: what publishing and subscribing *do*, whatever the transport.
+
+The HTTP routes, the WebSocket route and the server-side API all come here; the engine encodes each
+event once, hands it to the storage (which delivers it to every process's hub) and keeps presence.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import msgspec
+
+from .config import Settings
+from .errors import ChannelError, Gone, NotFound
+from .hub import Hub, Subscriber, Transport
+from .protocol import (
+    CountMessage,
+    Envelope,
+    InitMessage,
+    PresenceMessage,
+    encode,
+    encode_event,
+    with_id,
+)
+from .storage.base import Delivery, Storage, StoredEvent
+from .tokens import TokenSigner
+
+__all__ = ["Connection", "Engine", "Hooks", "Session"]
+
+logger = logging.getLogger("channel_asgi")
+
+#: A ``request`` reply is split into events whose ``message`` array stays under this size.
+REQUEST_CHUNK_BYTES: Final = 256 * 1024
+
+_END_MESSAGE: Final = encode({"status": "closed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A subscriber connection, as the hooks see it.
+
+    Attributes:
+        user_id: the user it runs as.
+        channel: the channel it subscribed to.
+        connection_id: unique across processes; the publish token is bound to it.
+    """
+
+    user_id: str
+    channel: str
+    connection_id: str
+
+
+ConnectionHook = Callable[[Connection], Awaitable[None]]
+PublishHook = Callable[[Envelope, Connection], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Hooks:
+    """The host's callbacks (Azure Web PubSub's event handlers)."""
+
+    on_connect: list[ConnectionHook] = field(default_factory=list)
+    on_disconnect: list[ConnectionHook] = field(default_factory=list)
+    on_publish: list[PublishHook] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Session:
+    """An open subscriber connection, between subscribe and disconnect.
+
+    Attributes:
+        subscriber: its place in the hub.
+        connection: what the hooks see of it.
+        anonymous: whether its user is anonymous.
+        init: the encoded ``init`` event, sent first.
+        replay: retained broadcasts to send after ``init`` (a resume), oldest first.
+        viewer_count: the channel's viewer count right after this connection joined.
+    """
+
+    subscriber: Subscriber
+    connection: Connection
+    anonymous: bool
+    init: bytes
+    replay: list[StoredEvent]
+    viewer_count: int
+
+    @property
+    def replayed_through(self) -> str | None:
+        """The id of the last broadcast in the replay, if any."""
+        return self.replay[-1].id if self.replay else None
+
+
+def new_connection_id() -> str:
+    """Return a connection id that is unique across processes and hosts."""
+    return uuid.uuid4().hex
+
+
+class Engine:
+    """Publishing, sessions and presence on top of a storage and this process's hub."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        hub: Hub,
+        signer: TokenSigner,
+        hooks: Hooks,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.hub = hub
+        self.signer = signer
+        self.hooks = hooks
+        self._presence: dict[str, list[int]] = {}
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def broadcast(
+        self,
+        channel: str,
+        message: msgspec.Raw,
+        *,
+        author_id: str = "0",
+        timestamp: float = 0.0,
+        history: int | None = None,
+    ) -> str:
+        """Retain a broadcast and deliver it to every subscriber; return its event id."""
+        payload = encode_event(
+            "broadcast", channel, message, author_id=author_id, timestamp=timestamp
+        )
+        keep = self.settings.history_size if history is None else history
+        return await self.storage.append(channel, payload, keep=keep, ttl=self.settings.history_ttl)
+
+    async def private(
+        self,
+        channel: str,
+        message: msgspec.Raw,
+        *,
+        to_user_id: str,
+        author_id: str = "0",
+        timestamp: float = 0.0,
+        from_connection: str | None = None,
+    ) -> None:
+        """Deliver a message to one user's connections (and echo it to the sending one)."""
+        payload = encode_event(
+            "private",
+            channel,
+            message,
+            author_id=author_id,
+            to_user_id=to_user_id,
+            timestamp=timestamp,
+        )
+        await self.storage.send(
+            Delivery(channel, "event", payload, to_user=to_user_id, to_connection=from_connection)
+        )
+
+    async def request(self, channel: str, connection_id: str) -> None:
+        """Ask the process holding ``connection_id`` to send it the channel's history.
+
+        Raises:
+            Gone: the connection has closed.
+        """
+        if not await self.storage.is_connected(connection_id):
+            raise Gone("The connection this token was issued on has closed; subscribe again")
+        await self.storage.send(Delivery(channel, "request", to_connection=connection_id))
+
+    async def history_events(self, channel: str, user_id: str) -> list[bytes]:
+        """Return the ``request`` reply for ``channel``: encoded events, each array <= 256 KiB."""
+        history = await self.storage.history(channel, ttl=self.settings.history_ttl)
+        chunks: list[list[bytes]] = [[]]
+        size = 2
+        for event in history.events:
+            item = with_id(event.payload, event.id)
+            grow = len(item) + (1 if chunks[-1] else 0)
+            if chunks[-1] and size + grow > REQUEST_CHUNK_BYTES:
+                chunks.append([])
+                size, grow = 2, len(item)
+            chunks[-1].append(item)
+            size += grow
+        return [
+            encode_event("request", channel, b"[" + b",".join(chunk) + b"]", to_user_id=user_id)
+            for chunk in chunks
+        ]
+
+    async def close_channel(self, channel: str) -> None:
+        """End the channel: subscribers get ``end`` and are disconnected; it answers 404 after."""
+        await self.storage.close_channel(channel, encode_event("end", channel, _END_MESSAGE))
+
+    async def ensure_open(self, channel: str) -> None:
+        """Raise :class:`NotFound` if ``channel`` is closed."""
+        if await self.storage.is_closed(channel):
+            raise NotFound(f"Channel {channel!r} is closed")
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def open_session(
+        self,
+        channel: str,
+        user_id: str,
+        *,
+        anonymous: bool,
+        transport: Transport,
+        last_event_id: str | None = None,
+    ) -> Session:
+        """Join a connection to ``channel``; return its ``init`` event and replay.
+
+        The subscriber starts collecting live events before the history is read, so the replay
+        and the live stream meet without a gap; call :meth:`go_live` once the replay is written.
+        """
+        connection_id = new_connection_id()
+        subscriber = Subscriber(
+            channel, connection_id, user_id, transport, self.settings.max_buffer_bytes
+        )
+        self.hub.attach(subscriber)
+        listening = joined = False
+        try:
+            await self.storage.listen(channel)
+            listening = True
+            viewer_count = await self.storage.join(channel, connection_id)
+            joined = True
+            recovered = None
+            replay: list[StoredEvent] = []
+            if last_event_id is not None:
+                history = await self.storage.history(
+                    channel, after=last_event_id, ttl=self.settings.history_ttl
+                )
+                replay, recovered = history.events, history.recovered
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                self.hub.detach(subscriber)
+                if joined:
+                    await _quietly(self.storage.leave(channel, connection_id))
+                if listening:
+                    await _quietly(self.storage.unlisten(channel))
+            raise
+        token = self.signer.issue(channel, user_id, connection_id, anonymous=anonymous)
+        init = encode_event(
+            "init",
+            channel,
+            encode(InitMessage(user_id, token, viewer_count, recovered)),
+            to_user_id=user_id,
+        )
+        connection = Connection(user_id, channel, connection_id)
+        return Session(subscriber, connection, anonymous, init, replay, viewer_count)
+
+    async def open_listener(
+        self, channel: str, after: str | None, *, replay: bool
+    ) -> tuple[Subscriber, list[StoredEvent], str | None]:
+        """Attach a server-side subscriber (not a viewer) to ``channel``.
+
+        Args:
+            channel: the channel.
+            after: the event id to replay from (all retained broadcasts when None).
+            replay: whether to replay at all.
+
+        Returns:
+            The subscriber, the broadcasts to replay, and the id of the newest broadcast retained
+            when it attached (the point to recover from when nothing was yielded yet).
+        """
+        subscriber = Subscriber(
+            channel, new_connection_id(), None, Transport.JSON, self.settings.max_buffer_bytes
+        )
+        self.hub.attach(subscriber)
+        try:
+            await self.storage.listen(channel)
+            try:
+                history = await self.storage.history(
+                    channel, after=after, ttl=self.settings.history_ttl
+                )
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await _quietly(self.storage.unlisten(channel))
+                raise
+        except BaseException:
+            self.hub.detach(subscriber)
+            raise
+        events = history.events if replay else []
+        newest = history.events[-1].id if history.events else after
+        self.hub.activate(subscriber, events[-1].id if events else None)
+        return subscriber, events, newest
+
+    async def close_listener(self, subscriber: Subscriber) -> None:
+        """Detach a server-side subscriber."""
+        self.hub.detach(subscriber)
+        await _quietly(self.storage.unlisten(subscriber.channel))
+
+    async def go_live(self, session: Session) -> None:
+        """Deliver what arrived during the replay, announce the join and run ``on_connect``."""
+        self.hub.activate(session.subscriber, session.replayed_through)
+        await self._announce(session.connection, "join", session.viewer_count)
+        for hook in self.hooks.on_connect:
+            await self.run_hook(hook, session.connection)
+
+    async def end_session(self, session: Session) -> None:
+        """Remove a connection: leave, announce it, run ``on_disconnect``. Never raises."""
+        connection = session.connection
+        self.hub.detach(session.subscriber)
+        try:
+            count = await self.storage.leave(connection.channel, connection.connection_id)
+            await self.storage.unlisten(connection.channel)
+            await self._announce(connection, "leave", count)
+        except ChannelError as exc:
+            logger.warning("Could not record the leave of %s: %s", connection.connection_id, exc)
+        for hook in self.hooks.on_disconnect:
+            await self.run_hook(hook, connection)
+
+    # -- presence ------------------------------------------------------------------------------
+
+    async def _announce(self, connection: Connection, status: str, count: int) -> None:
+        channel = connection.channel
+        viewers_during = count if status == "join" else count + 1
+        if viewers_during > self.settings.system_events_max_viewers:
+            # Large channel: one coalesced "count" event per presence_interval instead.
+            pending = self._presence.setdefault(channel, [0, 0])
+            pending[0 if status == "join" else 1] += 1
+            return
+        message = encode(PresenceMessage(status, connection.user_id, count))
+        await self.storage.send(
+            Delivery(
+                channel,
+                "event",
+                encode_event("system", channel, message),
+                exclude_connection=connection.connection_id,
+            )
+        )
+
+    async def flush_presence(self) -> None:
+        """Send the coalesced ``count`` event of every large channel that had joins or leaves."""
+        pending, self._presence = self._presence, {}
+        for channel, (joined, left) in pending.items():
+            await _quietly(self._send_count(channel, joined, left))
+
+    async def _send_count(self, channel: str, joined: int, left: int) -> None:
+        count = await self.storage.viewer_count(channel)
+        message = encode(CountMessage("count", count, joined, left))
+        await self.storage.send(
+            Delivery(channel, "event", encode_event("system", channel, message))
+        )
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    async def run_hook(self, hook: Callable[..., Any], *args: Any) -> None:
+        """Run a connect/disconnect hook, bounded in time; log (never raise) its failure."""
+        try:
+            with anyio.fail_after(self.settings.hook_timeout):
+                result = hook(*args)
+                if inspect.isawaitable(result):
+                    await result
+        except TimeoutError:
+            logger.error("Hook %r took longer than %s s", hook, self.settings.hook_timeout)
+        except Exception:
+            logger.exception("Hook %r failed", hook)
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except ChannelError as exc:
+        logger.warning("Cleanup step failed: %s", exc)

@@ -1,0 +1,159 @@
+"""The errors channel_asgi raises, and the HTTP status each one answers with.
+
+Every refusal the server gives is one of these; ``app.py`` turns them into the JSON reply
+``{"code": <status>, "message": <text>}`` with the same HTTP status::
+
+    ChannelError(status, message)
+    ├── BadRequest            400  malformed JSON, a wrong field, a bad channel name
+    ├── Unauthorized          401  missing, forged, tampered or expired token
+    ├── Forbidden             403  widget key, another channel's token, not authorised
+    ├── NotFound              404  unknown path, closed channel
+    ├── MethodNotAllowed      405  carries ``allow`` for the ``Allow`` header
+    ├── Gone                  410  a ``request`` whose connection has closed
+    ├── PayloadTooLarge       413  body over ``max_body_bytes``
+    ├── UnsupportedMediaType  415  body is not JSON
+    ├── TooManyRequests       429  carries ``retry_after`` seconds
+    ├── NotImplementedYet     501  a publish type this version does not serve
+    ├── StorageUnavailable    503  the storage backend cannot be reached
+    └── Reject                any  raised by an ``on_publish`` hook to refuse a message
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "ChannelError",
+    "Forbidden",
+    "Gone",
+    "MethodNotAllowed",
+    "NotFound",
+    "NotImplementedYet",
+    "PayloadTooLarge",
+    "Reject",
+    "StorageUnavailable",
+    "TooManyRequests",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]
+
+
+class ChannelError(Exception):
+    """A refusal with an HTTP status and a message a user can act on.
+
+    Args:
+        status: the HTTP status code of the reply.
+        message: what went wrong, in one sentence.
+    """
+
+    status: int = 500
+
+    def __init__(self, status: int | None = None, message: str = "") -> None:
+        if status is not None:
+            self.status = status
+        self.message = message or type(self).__name__
+        super().__init__(self.status, self.message)
+
+    @property
+    def code(self) -> int:
+        """The HTTP status, under the name the wire protocol gives it."""
+        return self.status
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+
+class _Fixed(ChannelError):
+    """A ChannelError whose status is fixed by its class."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(None, message)
+
+
+class BadRequest(_Fixed):
+    """The request is malformed: bad JSON, a wrong or missing field, a bad channel name."""
+
+    status = 400
+
+
+class Unauthorized(_Fixed):
+    """The token is missing, forged, tampered with or expired."""
+
+    status = 401
+
+
+class Forbidden(_Fixed):
+    """The request is understood but not allowed."""
+
+    status = 403
+
+
+class NotFound(_Fixed):
+    """No such route, or the channel is closed."""
+
+    status = 404
+
+
+class MethodNotAllowed(_Fixed):
+    """The route exists but not for this method."""
+
+    status = 405
+
+    def __init__(self, allow: tuple[str, ...], message: str = "") -> None:
+        super().__init__(message or f"Method not allowed; use {', '.join(allow)}")
+        self.allow = allow
+
+
+class Gone(_Fixed):
+    """The connection a ``request`` was meant for has closed."""
+
+    status = 410
+
+
+class PayloadTooLarge(_Fixed):
+    """The body is larger than ``max_body_bytes``."""
+
+    status = 413
+
+
+class UnsupportedMediaType(_Fixed):
+    """The body is not declared as JSON."""
+
+    status = 415
+
+
+class TooManyRequests(_Fixed):
+    """A rate limit was exceeded; retry after ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(self, retry_after: int, message: str = "") -> None:
+        super().__init__(message or f"Rate limit exceeded; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class NotImplementedYet(_Fixed):
+    """The feature exists in the protocol but this server does not serve it."""
+
+    status = 501
+
+
+class StorageUnavailable(_Fixed):
+    """The storage backend cannot be reached; nothing was stored or delivered."""
+
+    status = 503
+
+
+class Reject(ChannelError):
+    """Raised by an ``on_publish`` hook to refuse a message with a status of its choice.
+
+    Args:
+        status: the HTTP status of the reply (400-599).
+        message: the reply's ``message``.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        if not 400 <= status <= 599:
+            raise ValueError(
+                f"Reject status must be an HTTP error status (400-599), got {status!r}"
+            )
+        super().__init__(status, message)

@@ -1,0 +1,351 @@
+"""Per-process fan-out: channel -> the connections this process holds, each with a bounded mailbox.
+
+A delivery is framed once per transport (the SSE bytes for every SSE connection, the JSON text for
+every WebSocket and server-side subscriber), and the same object is appended to every matching
+mailbox. Appending never awaits: a mailbox that grows past its byte limit marks its connection
+too slow, closes it and cancels its writer; the client reconnects and recovers from history.
+
+Each connection's own ASGI task drains its mailbox and writes everything pending in one ``send``,
+so a burst of events costs one write per connection, not one per event.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio
+
+from . import sse
+from .protocol import with_id
+from .storage.base import Delivery
+
+__all__ = ["Close", "Hub", "Subscriber", "Transport"]
+
+logger = logging.getLogger("channel_asgi")
+
+
+class Transport(enum.Enum):
+    """How a subscriber wants its events framed."""
+
+    SSE = "sse"  #: ``id:``/``data:`` bytes
+    TEXT = "text"  #: the envelope as ``str`` (a WebSocket text frame)
+    JSON = "json"  #: the envelope as ``bytes`` (a server-side subscriber)
+
+
+class Close(enum.Enum):
+    """Why a subscriber's mailbox was closed."""
+
+    END = "end"  #: the channel was closed
+    SLOW = "slow"  #: it did not keep up and its buffer overflowed
+    SHUTDOWN = "shutdown"  #: the app is stopping
+
+
+#: Mailbox item asking the writer to send the channel's history (a ``request`` reply).
+REQUEST: Final = object()
+
+
+class Subscriber:
+    """One connection's place in the hub, and its bounded mailbox.
+
+    Args:
+        channel: the channel it listens to.
+        connection_id: unique across processes.
+        user_id: the user, or None for a server-side subscriber.
+        transport: the framing it wants.
+        limit: the byte size past which it is too slow (live events only).
+    """
+
+    __slots__ = (
+        "_items",
+        "_size",
+        "_waiter",
+        "backlog",
+        "backlog_size",
+        "cancel_scope",
+        "channel",
+        "closed",
+        "connection_id",
+        "idle",
+        "limit",
+        "transport",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        channel: str,
+        connection_id: str,
+        user_id: str | None,
+        transport: Transport,
+        limit: int,
+    ) -> None:
+        self.channel = channel
+        self.connection_id = connection_id
+        self.user_id = user_id
+        self.transport = transport
+        self.limit = limit
+        self.closed: Close | None = None
+        self.idle = True
+        self.cancel_scope: anyio.CancelScope | None = None
+        self._items: list[object] = []
+        self._size = 0
+        self._waiter: anyio.Event | None = None
+        #: Deliveries that arrive while the connection opens (before its replay is written).
+        self.backlog: list[Delivery] | None = None
+        self.backlog_size = 0
+
+    def put(self, item: bytes | str) -> bool:
+        """Queue an encoded event; return False if that made the mailbox overflow."""
+        if self.closed is not None:
+            return True
+        self._items.append(item)
+        self._size += len(item)
+        self.idle = False
+        if self._size > self.limit:
+            return False
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+        return True
+
+    def put_control(self, item: object) -> None:
+        """Queue an instruction for the writer; it does not count against the limit."""
+        if self.closed is None:
+            self._items.append(item)
+            self._wake()
+
+    def close(self, reason: Close) -> None:
+        """Close the mailbox: the writer sends what is queued (unless too slow), then stops."""
+        if self.closed is not None:
+            return
+        self.closed = reason
+        if reason is Close.SLOW:
+            self._items.clear()
+            self._size = 0
+            self.backlog = None
+            if self.cancel_scope is not None:
+                # The writer may be blocked in a send to a client that stopped reading.
+                self.cancel_scope.cancel()
+        self._wake()
+
+    def wants(self, delivery: Delivery) -> bool:
+        """Return whether ``delivery`` (of this subscriber's channel) is addressed to it."""
+        if delivery.kind == "request":
+            return delivery.to_connection == self.connection_id
+        if delivery.exclude_connection == self.connection_id:
+            return False
+        if delivery.to_user is None and delivery.to_connection is None:
+            return True
+        return (
+            delivery.to_user is not None and delivery.to_user == self.user_id
+        ) or delivery.to_connection == self.connection_id
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    async def take(self) -> list[object]:
+        """Wait for queued items and return all of them; an empty list once closed and drained."""
+        while not self._items:
+            if self.closed is not None:
+                return []
+            waiter = self._waiter = anyio.Event()
+            await waiter.wait()
+        items, self._items = self._items, []
+        self._size = 0
+        return items
+
+
+@dataclass(slots=True)
+class _Room:
+    """The subscribers of one channel in this process."""
+
+    by_transport: dict[Transport, dict[str, Subscriber]] = field(
+        default_factory=lambda: {transport: {} for transport in Transport}
+    )
+    by_user: dict[str, dict[str, Subscriber]] = field(default_factory=dict)
+    by_connection: dict[str, Subscriber] = field(default_factory=dict)
+    opening: dict[str, Subscriber] = field(default_factory=dict)
+
+
+class Hub:
+    """The channels and connections of this process."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, _Room] = {}
+
+    def attach(self, subscriber: Subscriber) -> None:
+        """Start collecting the channel's deliveries for ``subscriber`` in its backlog.
+
+        The connection then reads its replay from the storage, writes it, and calls
+        :meth:`activate`; nothing published in between is lost or delivered twice.
+        """
+        room = self._rooms.get(subscriber.channel)
+        if room is None:
+            room = self._rooms[subscriber.channel] = _Room()
+        subscriber.backlog = []
+        room.opening[subscriber.connection_id] = subscriber
+
+    def activate(self, subscriber: Subscriber, replayed_through: str | None = None) -> None:
+        """Queue the backlog (minus what the replay already held) and go live.
+
+        Args:
+            subscriber: an attached subscriber.
+            replayed_through: the id of the last broadcast the replay held, if any; backlog
+                deliveries up to and including it are dropped.
+        """
+        room = self._rooms.get(subscriber.channel)
+        backlog = subscriber.backlog
+        subscriber.backlog = None
+        if room is None or room.opening.pop(subscriber.connection_id, None) is None:
+            return
+        if subscriber.closed is not None:
+            return
+        if backlog and replayed_through is not None:
+            for index, delivery in enumerate(backlog):
+                if delivery.id == replayed_through:
+                    backlog = backlog[index + 1 :]
+                    break
+        key = subscriber.connection_id
+        room.by_connection[key] = subscriber
+        room.by_transport[subscriber.transport][key] = subscriber
+        if subscriber.user_id is not None:
+            room.by_user.setdefault(subscriber.user_id, {})[key] = subscriber
+        for delivery in backlog or ():
+            self._deliver_one(subscriber, delivery)
+
+    def detach(self, subscriber: Subscriber) -> None:
+        """Stop delivering to ``subscriber``."""
+        subscriber.backlog = None
+        room = self._rooms.get(subscriber.channel)
+        if room is None:
+            return
+        key = subscriber.connection_id
+        room.opening.pop(key, None)
+        room.by_connection.pop(key, None)
+        room.by_transport[subscriber.transport].pop(key, None)
+        if subscriber.user_id is not None:
+            same_user = room.by_user.get(subscriber.user_id)
+            if same_user is not None:
+                same_user.pop(key, None)
+                if not same_user:
+                    del room.by_user[subscriber.user_id]
+        if not room.by_connection and not room.opening:
+            del self._rooms[subscriber.channel]
+
+    def _deliver_one(self, subscriber: Subscriber, delivery: Delivery) -> None:
+        if not subscriber.wants(delivery):
+            return
+        if delivery.kind == "request":
+            subscriber.put_control(REQUEST)
+            return
+        payload = delivery.payload
+        if delivery.id is not None:
+            payload = with_id(payload, delivery.id)
+        if not subscriber.put(_frame(subscriber.transport, payload, delivery.id)):
+            self._too_slow(subscriber)
+        if delivery.kind == "end":
+            subscriber.close(Close.END)
+
+    def subscribers(self, channel: str | None = None) -> Iterator[Subscriber]:
+        """Iterate over the subscribers of ``channel``, or of every channel."""
+        rooms = self._rooms.values() if channel is None else [self._rooms.get(channel)]
+        for room in rooms:
+            if room is not None:
+                yield from [*room.opening.values(), *room.by_connection.values()]
+
+    def dispatch(self, delivery: Delivery) -> None:
+        """Frame ``delivery`` once per transport and queue it for every matching subscriber."""
+        room = self._rooms.get(delivery.channel)
+        if room is None:
+            return
+        if room.opening:
+            self._collect(room, delivery)
+        if delivery.kind == "request":
+            target = room.by_connection.get(delivery.to_connection or "")
+            if target is not None:
+                target.put_control(REQUEST)
+            return
+        payload = delivery.payload
+        if delivery.id is not None:
+            payload = with_id(payload, delivery.id)
+        if delivery.to_user is not None or delivery.to_connection is not None:
+            targets = dict(room.by_user.get(delivery.to_user or "", {}))
+            sender = room.by_connection.get(delivery.to_connection or "")
+            if sender is not None:
+                targets[sender.connection_id] = sender
+            self._offer(targets.values(), payload, delivery)
+        else:
+            for transport, members in room.by_transport.items():
+                if members:
+                    frame = _frame(transport, payload, delivery.id)
+                    self._offer_framed(members.values(), frame, delivery)
+        if delivery.kind == "end":
+            for subscriber in list(room.by_connection.values()):
+                subscriber.close(Close.END)
+
+    def _offer(self, targets: Iterable[Subscriber], payload: bytes, delivery: Delivery) -> None:
+        frames: dict[Transport, bytes | str] = {}
+        for subscriber in targets:
+            if subscriber.connection_id == delivery.exclude_connection:
+                continue
+            frame = frames.get(subscriber.transport)
+            if frame is None:
+                frame = _frame(subscriber.transport, payload, delivery.id)
+                frames[subscriber.transport] = frame
+            if not subscriber.put(frame):
+                self._too_slow(subscriber)
+
+    def _offer_framed(
+        self, members: Iterable[Subscriber], frame: bytes | str, delivery: Delivery
+    ) -> None:
+        exclude = delivery.exclude_connection
+        if exclude is not None:
+            members = [member for member in members if member.connection_id != exclude]
+        for subscriber in members:
+            if not subscriber.put(frame):
+                self._too_slow(subscriber)
+
+    def _collect(self, room: _Room, delivery: Delivery) -> None:
+        for subscriber in list(room.opening.values()):
+            if subscriber.backlog is None or not subscriber.wants(delivery):
+                continue
+            subscriber.backlog.append(delivery)
+            subscriber.backlog_size += len(delivery.payload)
+            if subscriber.backlog_size > subscriber.limit:
+                self._too_slow(subscriber)
+
+    @staticmethod
+    def _too_slow(subscriber: Subscriber) -> None:
+        logger.warning(
+            "Closing connection %s on channel %r: it is not reading and its buffer is full",
+            subscriber.connection_id,
+            subscriber.channel,
+        )
+        subscriber.close(Close.SLOW)
+
+    def heartbeat(self) -> None:
+        """Queue a ping for every SSE connection that had nothing to send since the last call."""
+        for room in self._rooms.values():
+            for subscriber in room.by_transport[Transport.SSE].values():
+                if subscriber.idle:
+                    subscriber.put(sse.PING)
+                subscriber.idle = True
+
+    def close_all(self, reason: Close) -> None:
+        """Close every mailbox (the app is stopping)."""
+        for subscriber in self.subscribers():
+            subscriber.close(reason)
+
+
+def _frame(transport: Transport, payload: bytes, event_id: str | None) -> bytes | str:
+    if transport is Transport.SSE:
+        return sse.event(payload, event_id)
+    if transport is Transport.TEXT:
+        return payload.decode()
+    return payload

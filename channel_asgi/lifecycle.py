@@ -1,0 +1,175 @@
+"""Running an app's background work: from lifespan, from ``async with``, or on first use.
+
+Hosts do not forward ``lifespan`` to mounted apps, so a ``ChannelApp`` mounted in FastAPI or wrapped
+around Django starts itself on its first request: it creates one task on the running asyncio loop
+that owns a task group for the background work, and that task ends when the loop shuts down. Under
+the lifespan protocol or ``async with channels:`` the work runs in the caller's task instead.
+
+Uvicorn waits for open responses to finish before it stops, and SSE responses never finish on
+their own, so :func:`server_is_exiting` lets the app notice that uvicorn has been asked to stop
+(its signal handler is a bound method of the server, whose ``should_exit`` flag it reads without
+changing it) and end its streams; the browsers reconnect to whichever process is still up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+__all__ = ["Runner", "run_every", "server_is_exiting"]
+
+Background = Callable[..., Coroutine[Any, Any, None]]
+
+
+def server_is_exiting() -> bool:
+    """Return True once the server that installed the SIGTERM/SIGINT handler is shutting down."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            handler: Any = signal.getsignal(signum)
+        except ValueError:  # pragma: no cover - not the main interpreter
+            return False
+        server = getattr(handler, "__self__", None)
+        if server is not None and getattr(server, "should_exit", False) is True:
+            return True
+    return False
+
+
+class Runner:
+    """Run ``background`` (a function taking ``task_status``) for as long as the app is up.
+
+    Args:
+        background: starts the background tasks, calls ``task_status.started()`` and then runs
+            until cancelled.
+    """
+
+    def __init__(self, background: Background) -> None:
+        self._background = background
+        self._group: TaskGroup | None = None
+        self._ready: anyio.Event | None = None
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop: anyio.Event | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the background work is up in the current event loop."""
+        ready = self._ready is not None and self._ready.is_set()
+        return ready and (self._loop is None or self._same_loop())
+
+    def _same_loop(self) -> bool:
+        try:
+            return self._loop is asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+
+    def _forget_closed_loop(self) -> None:
+        """Drop state left by an event loop that has stopped (tests run many loops)."""
+        if self._loop is None or self._same_loop():
+            return
+        if self._loop.is_running():
+            raise RuntimeError("A ChannelApp serves one event loop at a time")
+        self._group = self._ready = self._error = self._task = self._stop = None
+        self._loop = None
+
+    async def __aenter__(self) -> Runner:
+        """Start the background work in the current task (lifespan, ``async with``)."""
+        self._forget_closed_loop()
+        if self._ready is not None:
+            raise RuntimeError("The ChannelApp is already running")
+        self._loop = _asyncio_loop()
+        self._ready = anyio.Event()
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        try:
+            await group.start(self._background)
+        except BaseException as exc:
+            group.cancel_scope.cancel()
+            await group.__aexit__(type(exc), exc, exc.__traceback__)
+            self._ready = None
+            raise
+        self._group = group
+        self._ready.set()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the background work started by :meth:`__aenter__`."""
+        group, self._group = self._group, None
+        self._ready = None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(exc_type, exc, tb)
+
+    async def ensure_started(self) -> None:
+        """Start the background work on first use, in a task of its own (asyncio only)."""
+        if self.running:
+            return
+        self._forget_closed_loop()
+        if self._ready is None:
+            loop = _asyncio_loop()
+            if loop is None:
+                raise RuntimeError(
+                    "A ChannelApp starts itself only on asyncio; under another event loop, "
+                    "serve it with lifespan or use 'async with channels:'"
+                )
+            self._loop = loop
+            self._ready = anyio.Event()
+            self._stop = anyio.Event()
+            self._task = loop.create_task(self._own_task(self._ready, self._stop))
+        await self._ready.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._ready = self._task = self._stop = None
+            raise RuntimeError("The ChannelApp could not start") from error
+
+    async def _own_task(self, ready: anyio.Event, stop: anyio.Event) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                await group.start(self._background)
+                ready.set()
+                await stop.wait()
+                group.cancel_scope.cancel()
+        except Exception as exc:
+            self._error = exc
+            ready.set()
+
+    async def aclose(self) -> None:
+        """Stop background work that :meth:`ensure_started` started."""
+        task, stop = self._task, self._stop
+        self._task = self._stop = self._ready = None
+        if stop is not None and task is not None:
+            stop.set()
+            await task
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio)
+        return None
+
+
+async def run_every(
+    interval: float,
+    tick: Callable[[], Any],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call ``tick`` (sync or async) every ``interval`` seconds until cancelled."""
+    task_status.started()
+    while True:
+        await anyio.sleep(interval)
+        result = tick()
+        if isinstance(result, Awaitable):
+            await result

@@ -1,0 +1,211 @@
+"""The inLive envelope, as msgspec Structs, and the encoders and decoders built once.
+
+Publish bodies are a tagged union on ``type``, so msgspec's own errors name the bad field
+("Expected `str`, got `int` - at `$.widget_key`"). ``message`` travels as ``msgspec.Raw``: it is
+validated as JSON once and then copied into the outgoing envelope byte for byte, never decoded.
+
+An event's id is assigned by the storage *after* the envelope is encoded, so retained broadcasts are
+stored without it and :func:`with_id` splices ``"id"`` in front when they are framed; that keeps the
+one encode per event and lets any process frame a stored event the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from .errors import BadRequest
+
+__all__ = [
+    "Envelope",
+    "decode_envelope",
+    "decode_publish",
+    "encode",
+    "encode_event",
+    "with_id",
+]
+
+#: The publish types a client may send.
+PUBLISH_TYPES: Final = ("broadcast", "private", "request", "webhook")
+
+_NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
+
+
+class _PublishBody(msgspec.Struct, tag_field="type", kw_only=True):
+    """Fields every publish body may carry; unknown fields are ignored."""
+
+    widget_key: str | msgspec.UnsetType = msgspec.UNSET
+    timestamp: _NonNegative = 0.0
+
+
+class BroadcastBody(_PublishBody, tag="broadcast"):
+    """``type: broadcast``: deliver to every subscriber and retain in history."""
+
+    message: msgspec.Raw
+
+
+class PrivateBody(_PublishBody, tag="private"):
+    """``type: private``: deliver to one user's connections on the channel."""
+
+    message: msgspec.Raw
+    to_user_id: str
+
+
+class RequestBody(_PublishBody, tag="request"):
+    """``type: request``: send the retained broadcasts to the sending connection."""
+
+
+class WebhookBody(_PublishBody, tag="webhook"):
+    """``type: webhook``: POST the envelope to ``message.url``."""
+
+    message: msgspec.Raw
+
+
+PublishBody = BroadcastBody | PrivateBody | RequestBody | WebhookBody
+
+
+def publish_type(body: PublishBody) -> str:
+    """Return the ``type`` tag of a decoded publish body."""
+    return str(body.__struct_config__.tag)
+
+
+_publish_decoder: Final[msgspec.json.Decoder[PublishBody]] = msgspec.json.Decoder(PublishBody)
+
+
+def decode_publish(body: bytes) -> PublishBody:
+    """Decode and validate a publish body.
+
+    Raises:
+        BadRequest: the body is not UTF-8 JSON, a field is missing or of the wrong type, the
+            ``type`` is unknown, or ``message`` is null. The message names the field.
+    """
+    try:
+        body.decode("utf-8")  # msgspec skips Raw values without checking their UTF-8
+        decoded = _publish_decoder.decode(body)
+    except UnicodeDecodeError:
+        raise BadRequest("Body is not valid UTF-8") from None
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"Malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise BadRequest("JSON is nested too deeply") from None
+    if isinstance(decoded, (BroadcastBody, PrivateBody, WebhookBody)):
+        decoded.message = _clean_message(decoded.message)
+    if isinstance(decoded, PrivateBody) and not decoded.to_user_id:
+        raise BadRequest("`to_user_id` must not be empty - at `$.to_user_id`")
+    return decoded
+
+
+def _clean_message(raw: msgspec.Raw) -> msgspec.Raw:
+    """Refuse a null message; make sure it holds no line break (it goes on one ``data:`` line)."""
+    data = bytes(raw)
+    if data == b"null":
+        raise BadRequest("`message` must not be null - at `$.message`")
+    if b"\n" in data or b"\r" in data:
+        # Whitespace between JSON tokens; re-encoding drops it (strings escape their own).
+        return msgspec.Raw(msgspec.json.encode(msgspec.json.decode(data)))
+    return raw
+
+
+class _Outgoing(msgspec.Struct, kw_only=True):
+    """The envelope as it goes to subscribers, in the field order of the inLive examples."""
+
+    stream_id: str
+    author_id: str = "0"
+    to_user_id: str = ""
+    message: msgspec.Raw
+    timestamp: float = 0.0
+    type: str
+    widget_key: str = ""
+
+
+class Envelope(msgspec.Struct, kw_only=True):
+    """A decoded event, as server-side subscribers and the Python client see it.
+
+    Attributes:
+        type: ``broadcast``, ``private``, ``request``, ``system``, ``init`` or ``end``.
+        id: the event id of a retained broadcast, else None.
+        stream_id: the channel.
+        author_id: the user who published it (``"0"`` for the server).
+        to_user_id: the addressee of a private message, else ``""``.
+        message: the JSON value published.
+        timestamp: the video time in seconds (0 for server events).
+    """
+
+    type: str
+    id: str | None = None
+    stream_id: str = ""
+    author_id: str = "0"
+    to_user_id: str = ""
+    message: Any = None
+    timestamp: float = 0.0
+
+
+_encoder: Final = msgspec.json.Encoder()
+encode: Final = _encoder.encode
+_envelope_decoder: Final = msgspec.json.Decoder(Envelope)
+decode_envelope: Final = _envelope_decoder.decode
+
+
+def encode_event(
+    type: str,
+    channel: str,
+    message: msgspec.Raw | bytes,
+    *,
+    author_id: str = "0",
+    to_user_id: str = "",
+    timestamp: float = 0.0,
+) -> bytes:
+    """Encode one outgoing envelope (without ``id``) to JSON bytes."""
+    raw = message if isinstance(message, msgspec.Raw) else msgspec.Raw(message)
+    return _encoder.encode(
+        _Outgoing(
+            stream_id=channel,
+            author_id=author_id,
+            to_user_id=to_user_id,
+            message=raw,
+            timestamp=timestamp,
+            type=type,
+        )
+    )
+
+
+def with_id(payload: bytes, event_id: str) -> bytes:
+    """Return the encoded envelope ``payload`` with ``"id"`` as its first field."""
+    return b'{"id":' + _encoder.encode(event_id) + b"," + payload[1:]
+
+
+class Reply(msgspec.Struct, omit_defaults=True):
+    """The JSON reply to a publish, and to every refusal."""
+
+    code: int
+    message: str
+    id: str | None = None
+
+
+class InitMessage(msgspec.Struct, omit_defaults=True):
+    """``message`` of the ``init`` event."""
+
+    user_id: str
+    token: str
+    viewer_count: int
+    recovered: bool | None = None
+
+
+class PresenceMessage(msgspec.Struct):
+    """``message`` of a ``system`` join or leave event."""
+
+    status: str
+    user_id: str
+    viewer_count: int
+
+
+class CountMessage(msgspec.Struct):
+    """``message`` of the ``system`` count event that replaces join/leave on large channels."""
+
+    status: str
+    viewer_count: int
+    joined: int
+    left: int

@@ -1,0 +1,19 @@
+"""Storage backends: where history, presence and cross-process delivery live.
+
+``RedisStorage`` imports without the ``redis`` package installed; constructing it without the
+``redis`` extra raises an ``ImportError`` that says what to install.
+"""
+
+from __future__ import annotations
+
+from .base import Deliver, Delivery, History, Storage, StoredEvent
+from .memory import MemoryStorage
+
+__all__ = [
+    "Deliver",
+    "Delivery",
+    "History",
+    "MemoryStorage",
+    "Storage",
+    "StoredEvent",
+]

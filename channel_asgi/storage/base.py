@@ -1,0 +1,157 @@
+"""The ``Storage`` protocol: history, presence, closed channels and delivery to every process.
+
+A storage is what processes share. ``MemoryStorage`` shares nothing beyond one process;
+``RedisStorage`` shares everything through Redis. A third-party backend implements the methods below
+and passes the conformance suite in ``tests/storage/test_conformance.py`` (``docs/storage.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import msgspec
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+__all__ = ["Deliver", "Delivery", "History", "Storage", "StoredEvent"]
+
+
+class Delivery(msgspec.Struct, array_like=True, gc=False):
+    """One event on its way to the subscribers of a channel, in every process.
+
+    Attributes:
+        channel: the channel it belongs to.
+        kind: ``"event"`` (write ``payload`` to the matching connections), ``"request"`` (send
+            the channel's history to ``to_connection``) or ``"end"`` (write ``payload``, then
+            close every connection of the channel).
+        payload: the encoded envelope, without ``id``.
+        id: the event id of a retained broadcast, else None.
+        to_user: only connections of this user get it (with ``to_connection``), when given.
+        to_connection: only this connection gets it (with ``to_user``), when given.
+        exclude_connection: this connection does not get it (a joiner's own ``join``).
+    """
+
+    channel: str
+    kind: str
+    payload: bytes = b""
+    id: str | None = None
+    to_user: str | None = None
+    to_connection: str | None = None
+    exclude_connection: str | None = None
+
+
+#: The callback a storage calls, in the process's event loop, for each delivery.
+Deliver = Callable[[Delivery], None]
+
+
+class StoredEvent(msgspec.Struct, array_like=True, gc=False):
+    """A retained broadcast: its id and its encoded envelope (without ``id``)."""
+
+    id: str
+    payload: bytes
+
+
+class History(msgspec.Struct, gc=False):
+    """Retained broadcasts, oldest first.
+
+    Attributes:
+        events: the broadcasts.
+        recovered: None when no last id was asked for; True when that id is retained (or is the
+            newest ever published) and ``events`` are exactly those after it; False when it is
+            unknown or evicted and ``events`` are all retained broadcasts.
+    """
+
+    events: list[StoredEvent]
+    recovered: bool | None = None
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """**Protocol**: channel history and presence, and delivery of events to every process.
+
+    Event ids are short strings of printable ASCII (no quote, backslash or line break), unique per
+    channel and ordered by publication. Every method may raise
+    :class:`~channel_asgi.errors.StorageUnavailable` when the backend cannot be reached; then
+    nothing was stored or delivered.
+    """
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes see the same channels (then they must share one secret)."""
+        ...
+
+    async def run(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Call ``deliver`` for every delivery of a listened channel, until cancelled.
+
+        ``task_status.started()`` is called once deliveries flow. Events of one channel are
+        delivered in the order they were published.
+        """
+        ...
+
+    async def listen(self, channel: str) -> None:
+        """Start delivering ``channel``'s events to this process; return once they flow."""
+        ...
+
+    async def unlisten(self, channel: str) -> None:
+        """Stop delivering ``channel``'s events to this process (calls are counted)."""
+        ...
+
+    async def append(
+        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
+    ) -> str:
+        """Retain a broadcast and deliver it to every process; return its event id.
+
+        Args:
+            channel: the channel.
+            payload: the encoded envelope, without ``id``.
+            keep: how many broadcasts the channel retains (older ones are evicted).
+            ttl: seconds a broadcast is retained, or None for no limit.
+        """
+        ...
+
+    async def send(self, delivery: Delivery) -> None:
+        """Deliver an event that is not retained to every process listening on its channel."""
+        ...
+
+    async def history(
+        self, channel: str, *, after: str | None = None, ttl: float | None = None
+    ) -> History:
+        """Return the retained broadcasts of ``channel``, oldest first (see :class:`History`).
+
+        Args:
+            channel: the channel.
+            after: return only those after this event id (the resume point), when given.
+            ttl: ignore broadcasts older than this many seconds, when given.
+        """
+        ...
+
+    async def join(self, channel: str, connection_id: str) -> int:
+        """Count a live connection on ``channel``; return the channel's viewer count after it."""
+        ...
+
+    async def leave(self, channel: str, connection_id: str) -> int:
+        """Stop counting a connection; return the channel's viewer count after it."""
+        ...
+
+    async def viewer_count(self, channel: str) -> int:
+        """Return the number of live connections on ``channel`` across all processes."""
+        ...
+
+    async def is_connected(self, connection_id: str) -> bool:
+        """Return whether the connection is live, in whichever process holds it."""
+        ...
+
+    async def close_channel(self, channel: str, end_payload: bytes) -> None:
+        """Mark ``channel`` closed and deliver ``end_payload`` as an ``end`` to every process."""
+        ...
+
+    async def open_channel(self, channel: str) -> None:
+        """Mark ``channel`` open again (history is kept across close and open)."""
+        ...
+
+    async def is_closed(self, channel: str) -> bool:
+        """Return whether ``channel`` was closed and not opened again."""
+        ...

@@ -1,0 +1,103 @@
+"""Server-side subscribers: ``async with channels.subscribe(channel) as events``.
+
+A server-side subscriber is not a viewer (it is not counted and sends no join or leave). It gets
+every event the channel's subscribers get except private ones and ``init``; after the ``end`` of a
+closed channel, iteration stops. If it falls more than ``max_buffer_bytes`` behind, it re-attaches
+and replays the broadcasts it missed from history, as a reconnecting browser would.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import cast
+
+import anyio
+
+from .engine import Engine
+from .hub import Close, Subscriber
+from .protocol import Envelope, decode_envelope, with_id
+
+__all__ = ["Subscription"]
+
+
+class Subscription:
+    """An async iterator of the events of one channel, as decoded envelopes.
+
+    Args:
+        engine: the app's engine.
+        start: awaited before attaching (starts the app's background work).
+        channel: the channel, already validated.
+        last_event_id: replay the retained broadcasts after this id first, when given.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        start: Callable[[], Awaitable[None]],
+        channel: str,
+        last_event_id: str | None = None,
+    ) -> None:
+        self._engine = engine
+        self._start = start
+        self.channel = channel
+        self._after = last_event_id
+        self._subscriber: Subscriber | None = None
+        self._pending: deque[bytes] = deque()
+        self._ended = False
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the newest broadcast yielded (or replayed from), if any."""
+        return self._after
+
+    async def _attach(self, *, replay: bool) -> None:
+        subscriber, replay_events, newest = await self._engine.open_listener(
+            self.channel, self._after, replay=replay
+        )
+        self._subscriber = subscriber
+        self._pending.extend(with_id(event.payload, event.id) for event in replay_events)
+        if self._after is None:
+            self._after = newest
+
+    async def __aenter__(self) -> Subscription:
+        await self._start()
+        await self._engine.ensure_open(self.channel)
+        await self._attach(replay=self._after is not None)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            with anyio.CancelScope(shield=True):
+                await self._engine.close_listener(subscriber)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Envelope:
+        while not self._pending:
+            subscriber = self._subscriber
+            if self._ended or subscriber is None:
+                raise StopAsyncIteration
+            items = await subscriber.take()
+            if items:
+                self._pending.extend(cast("list[bytes]", items))
+            elif subscriber.closed is Close.SLOW:
+                await self._engine.close_listener(subscriber)
+                self._subscriber = None
+                await self._attach(replay=True)
+            else:
+                raise StopAsyncIteration
+        envelope = decode_envelope(self._pending.popleft())
+        if envelope.id is not None:
+            self._after = envelope.id
+        if envelope.type == "end":
+            self._ended = True
+        return envelope

@@ -1,0 +1,109 @@
+"""Shared fixtures: the anyio backend (asyncio, as uvicorn), a real server, an HTTP client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from .helpers import WAIT, free_port, running_server
+
+
+class ServerProcess:
+    """A server in a child process, stopped by its PID."""
+
+    def __init__(self, process: subprocess.Popen[bytes], base: str, log: IO[bytes]) -> None:
+        self.process = process
+        self.base = base
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_secret_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Tests build many apps without a secret; the warning is tested on its own."""
+    caplog.set_level(logging.ERROR, logger="channel_asgi")
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Start ``app`` under uvicorn on a free loopback port; return its base URL."""
+    async with AsyncExitStack() as stack:
+
+        async def start(app: Any, **config: Any) -> str:
+            return await stack.enter_async_context(running_server(app, **config))
+
+        yield start
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for loopback servers (no proxies from the environment)."""
+    async with httpx.AsyncClient(trust_env=False, timeout=10.0) as http:
+        yield http
+
+
+def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"server on port {port} did not start")
+
+
+@pytest.fixture
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
+    """Start a server command in a child process on a free port; stop it by PID afterwards.
+
+    The command gets ``{port}`` substituted; ``env`` adds environment variables.
+    """
+    started: list[ServerProcess] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> ServerProcess:
+        port = free_port()
+        command = [sys.executable, *(arg.format(port=port) for arg in args)]
+        # A file, not a pipe: a chatty server must never block on a full pipe.
+        log = tempfile.TemporaryFile()
+        process = subprocess.Popen(
+            command, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+        )
+        server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+        started.append(server)
+        _wait_for_port(process, port)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            os.kill(server.pid, signal.SIGKILL)
+        server.process.wait(timeout=WAIT)
+        server.log.close()

@@ -1,0 +1,176 @@
+"""Test helpers: a real uvicorn server on loopback, and an SSE reader with bounded waits."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import uvicorn
+
+WAIT = 10.0  # seconds any single wait in a test may take
+
+
+def free_socket() -> socket.socket:
+    """Bind a listening socket on a free loopback port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    return sock
+
+
+@asynccontextmanager
+async def running_server(app: Any, **config: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn in this event loop; yield its base URL."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan=config.pop("lifespan", "off"),
+            timeout_graceful_shutdown=config.pop("timeout_graceful_shutdown", 2),
+            **config,
+        )
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(server.serve, [sock])
+        with anyio.fail_after(WAIT):
+            while not server.started:
+                await anyio.sleep(0.01)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            close = getattr(app, "aclose", None)
+            if close is not None:
+                await close()
+            server.should_exit = True
+    sock.close()
+
+
+@dataclass
+class SSEEvent:
+    """One parsed Server-Sent Event."""
+
+    data: str
+    id: str | None = None
+    retry: int | None = None
+    comment: str | None = None
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+    @property
+    def type(self) -> str:
+        return str(self.json["type"])
+
+
+@dataclass
+class EventStream:
+    """An open SSE response, read event by event."""
+
+    response: httpx.Response
+    lines: AsyncIterator[str]
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+
+    async def next(self, timeout: float = WAIT, *, comments: bool = False) -> SSEEvent:
+        """Return the next event; comments are collected, or returned when ``comments``."""
+        data: list[str] = []
+        event_id: str | None = None
+        with anyio.fail_after(timeout):
+            async for line in self.lines:
+                if line == "":
+                    if data:
+                        return SSEEvent("\n".join(data), event_id, self.retry)
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "":
+                    self.comments.append(value)
+                    if comments:
+                        return SSEEvent("", None, self.retry, comment=value)
+                elif name == "data":
+                    data.append(value)
+                elif name == "id":
+                    event_id = value
+                elif name == "retry":
+                    self.retry = int(value)
+        raise EOFError("stream ended")
+
+    async def until(self, type_: str, timeout: float = WAIT) -> SSEEvent:
+        """Skip events until one of ``type_`` arrives, and return it."""
+        with anyio.fail_after(timeout):
+            while True:
+                event = await self.next(timeout)
+                if event.type == type_:
+                    return event
+
+    async def ended(self, timeout: float = WAIT) -> bool:
+        """Read until the server ends the stream; return True if it did within ``timeout``."""
+        with anyio.move_on_after(timeout):
+            try:
+                while True:
+                    await self.next(timeout)
+            except (EOFError, httpx.ReadError, httpx.RemoteProtocolError):
+                return True
+        return False
+
+
+@dataclass
+class Subscriber:
+    """A subscribed client: its stream and what its init event said."""
+
+    stream: EventStream
+    init: dict[str, Any]
+
+    @property
+    def token(self) -> str:
+        return str(self.init["message"]["token"])
+
+    @property
+    def user_id(self) -> str:
+        return str(self.init["message"]["user_id"])
+
+
+@asynccontextmanager
+async def subscribe(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[Subscriber]:
+    """Open ``GET url`` as SSE, read ``init``, and yield the subscriber."""
+    async with client.stream("GET", url, headers=headers, timeout=WAIT) as response:
+        assert response.status_code == 200, (response.status_code, await response.aread())
+        stream = EventStream(response, response.aiter_lines())
+        init = await stream.next()
+        assert init.type == "init", init
+        yield Subscriber(stream, init.json)
+
+
+async def publish(
+    client: httpx.AsyncClient, url: str, token: str, body: dict[str, Any]
+) -> httpx.Response:
+    """POST a publish body with ``?token=``."""
+    return await client.post(url, params={"token": token}, json=body, timeout=WAIT)
+
+
+def free_port() -> int:
+    """Return a port that was free a moment ago (for servers in other processes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    """Return the resident set size of process ``pid`` in KiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")

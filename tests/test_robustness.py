@@ -1,0 +1,151 @@
+"""Slow consumers, disconnect storms, shutdown with open streams, and garbage bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import signal
+import socket
+import time
+
+import anyio
+import httpx
+import pytest
+
+from channel_asgi import ChannelApp
+from channel_asgi.hub import Subscriber as HubSubscriber
+
+from .helpers import WAIT, publish, rss_kib, subscribe
+
+UVICORN_FACTORY = ["-m", "uvicorn", "channel_asgi.cli:create_app", "--factory", "--port", "{port}"]
+
+
+def options(**values: object) -> dict[str, str]:
+    return {"CHANNEL_ASGI_CLI_OPTIONS": json.dumps(values)}
+
+
+def raw_subscribe(base: str, channel: str) -> socket.socket:
+    """Open a subscribe request on a raw socket that will never be read."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET /subscribe/{channel} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
+@pytest.mark.slow
+async def test_a_subscriber_that_never_reads_is_cut_off_and_nobody_else_slows_down(
+    server_process, client: httpx.AsyncClient
+) -> None:
+    """Thousands of 2 KiB broadcasts: the reader gets all, the stuck socket is cut, RSS bounded."""
+    server = server_process(UVICORN_FACTORY, options(max_buffer_bytes=262144, history_size=10))
+    base = server.base
+    stuck = raw_subscribe(base, "flood")
+    try:
+        async with subscribe(client, f"{base}/subscribe/flood") as reader:
+            if reader.init["message"]["viewer_count"] == 1:
+                await reader.stream.until("system")  # the stuck socket joined after us
+            url = f"{base}/publish/flood"
+            pad = "x" * 2048
+            for _ in range(50):  # warm up allocator and buffers before the baseline
+                await publish(client, url, reader.token, {"type": "broadcast", "message": pad})
+                await reader.stream.until("broadcast")
+            baseline = rss_kib(server.pid)
+            count = 4000
+            received = 0
+            left: list[int] = []
+
+            async def read_all() -> None:
+                nonlocal received
+                while received < count:
+                    event = await reader.stream.next()
+                    if event.type == "broadcast":
+                        assert event.json["message"]["n"] == received
+                        received += 1
+                    elif event.json["message"]["status"] == "leave":
+                        left.append(event.json["message"]["viewer_count"])
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(read_all)
+                for n in range(count):
+                    body = {"type": "broadcast", "message": {"n": n, "pad": pad}}
+                    reply = await publish(client, url, reader.token, body)
+                    assert reply.status_code == 200
+            grown = rss_kib(server.pid) - baseline
+            assert received == count
+            assert left == [1], "the stuck socket was not disconnected"
+            # ~8 MiB went out; an unbounded buffer for the stuck socket would hold most of it.
+            assert grown < 4096, f"server RSS grew by {grown} KiB"
+    finally:
+        stuck.close()
+    assert "it is not reading and its buffer is full" in server.output()
+
+
+async def test_connect_disconnect_cycles_leave_no_trace(serve, client: httpx.AsyncClient) -> None:
+    """200 subscribe/leave cycles return viewer_count, tasks and hub objects to baseline."""
+    channels = ChannelApp()
+    base = await serve(channels)
+    async with subscribe(client, f"{base}/subscribe/cycle"):
+        pass  # start the app and let its background tasks settle
+
+    async def settle() -> None:
+        with anyio.fail_after(WAIT):
+            while await channels.viewer_count("cycle"):
+                await anyio.sleep(0.01)
+
+    await settle()
+    gc.collect()
+    tasks = len(asyncio.all_tasks())
+    for n in range(200):
+        if n % 2:
+            async with subscribe(client, f"{base}/subscribe/cycle") as sub:
+                assert sub.init["message"]["viewer_count"] == 1
+        else:  # an abrupt close of the socket, as when a browser tab is killed
+            host, port = base.removeprefix("http://").split(":")
+            async with await anyio.connect_tcp(host, int(port)) as stream:
+                await stream.send(f"GET /subscribe/cycle HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                with anyio.fail_after(WAIT):
+                    while b'"type":"init"' not in await stream.receive():
+                        pass
+        await settle()
+    gc.collect()
+    assert await channels.viewer_count("cycle") == 0
+    assert list(channels.hub.subscribers()) == []
+    assert not any(isinstance(obj, HubSubscriber) for obj in gc.get_objects())
+    with anyio.fail_after(WAIT):
+        while len(asyncio.all_tasks()) > tasks:
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "channel_asgi", "serve", "--port", "{port}"],
+        UVICORN_FACTORY,
+    ],
+    ids=["cli", "plain-uvicorn"],
+)
+def test_stopping_the_server_ends_open_streams_and_exits_quickly(
+    server_process, command: list[str]
+) -> None:
+    """SIGTERM with streams open: the streams end and the process is gone within seconds."""
+    server = server_process(command)
+    with httpx.Client(trust_env=False, timeout=WAIT) as http:
+        streams = [http.stream("GET", f"{server.base}/subscribe/s{n}") for n in range(3)]
+        responses = [stream.__enter__() for stream in streams]
+        for response in responses:
+            assert next(response.iter_lines()).startswith("retry:")
+        started = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        server.process.wait(timeout=8)
+        elapsed = time.monotonic() - started
+        for stream in streams:
+            stream.__exit__(None, None, None)
+    # uvicorn re-raises the signal it handled once it has shut down cleanly
+    assert server.process.returncode in (0, -signal.SIGTERM), server.output()
+    assert "Finished server process" in server.output()
+    assert elapsed < 4, f"took {elapsed:.1f} s to exit"
+    assert "Exception" not in server.output()
