@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import IO, Any
@@ -107,3 +108,48 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
             os.kill(server.pid, signal.SIGKILL)
         server.process.wait(timeout=WAIT)
         server.log.close()
+
+
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+    "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+def _redis_answers(port: int = 6379) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The machine's Redis (started with DEVELOPERS.md's command if it is down)."""
+    if not _redis_answers():
+        subprocess.run(REDIS_START, check=True, timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while not _redis_answers():
+            if time.monotonic() > deadline:
+                pytest.fail("Redis did not start on 127.0.0.1:6379")
+            time.sleep(0.1)
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from .base import Deliver, Delivery, History, Storage, StoredEvent
 from .memory import MemoryStorage
+from .redis import RedisStorage
 
 __all__ = [
     "Deliver",
     "Delivery",
     "History",
     "MemoryStorage",
+    "RedisStorage",
     "Storage",
     "StoredEvent",
 ]

@@ -1,0 +1,588 @@
+"""``RedisStorage``: channels shared by every worker process and host that uses the same Redis.
+
+Layout, under ``prefix`` (``P``)::
+
+    P:h:{channel}     stream      retained broadcasts (ids are Redis stream ids, "<ms>-<seq>")
+    P:last:{channel}  string      the newest event id ever published (resume after eviction)
+    P:e:{channel}     pub/sub     deliveries to every process listening on the channel
+    P:v:{channel}     hash        viewers per process: {process id: connection count}
+    P:procs           sorted set  live processes, scored by when their lease expires (ms)
+    P:c:{process}     set         the process's live connection ids (expires with its lease)
+    P:closed          set         closed channels
+
+A broadcast is one script call: append to the stream, remember its id and publish it, so its cost
+is O(1) round trips whatever the number of subscribers. Each process holds one pub/sub connection
+for all the channels it serves. A process renews its lease every ``presence_ttl / 3`` seconds; one
+that dies stops counting in ``viewer_count`` when its lease expires, and is pruned then.
+
+When the pub/sub connection drops, the reader reconnects with backoff, subscribes again and first
+delivers, from the streams, the broadcasts published while it was away. Every Redis failure at a
+call surfaces as :class:`~channel_asgi.errors.StorageUnavailable` (HTTP 503). Redis Cluster is not
+supported (the scripts touch keys of several channels).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import msgspec
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+from ..errors import StorageUnavailable
+from .base import Deliver, Delivery, History, StoredEvent
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+__all__ = ["RedisStorage"]
+
+logger = logging.getLogger("channel_asgi.redis")
+
+_CONNECT_WAIT: Final = 2.0  # how long a subscribe waits for Redis to confirm it
+_BACKOFF_MAX: Final = 5.0
+_encode_delivery: Final = msgspec.msgpack.Encoder().encode
+_decode_delivery: Final = msgspec.msgpack.Decoder(Delivery).decode
+
+# Presence helpers shared by the scripts: count the live processes' viewers, pruning dead ones.
+_COUNT_LUA: Final = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function count(viewers, procs, now)
+  local total = 0
+  local fields = redis.call('HGETALL', viewers)
+  for i = 1, #fields, 2 do
+    local lease = redis.call('ZSCORE', procs, fields[i])
+    if lease and tonumber(lease) >= now then
+      total = total + tonumber(fields[i + 1])
+    else
+      redis.call('HDEL', viewers, fields[i])
+    end
+  end
+  return total
+end
+"""
+
+# KEYS: stream, last, topic. ARGV: payload, keep, ttl_ms ('' for none).
+_APPEND: Final = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', tonumber(ARGV[2]), '*', 'p', ARGV[1])
+redis.call('SET', KEYS[2], id)
+if ARGV[3] ~= '' then
+  local ttl = tonumber(ARGV[3])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XTRIM', KEYS[1], 'MINID', now - ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+redis.call('PUBLISH', KEYS[3], 'B' .. id .. '\\n' .. ARGV[1])
+return id
+"""
+
+# KEYS: stream, last. ARGV: after ('' for none), ttl_ms ('' for none).
+# Returns {recovered ('' none, '1', '0'), id1, payload1, id2, payload2, ...}.
+_HISTORY: Final = """
+local low = '-'
+if ARGV[2] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  low = tostring(now - tonumber(ARGV[2]))
+end
+local function range(start)
+  local out = {}
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], start, '+')) do
+    table.insert(out, entry[1])
+    table.insert(out, entry[2][2])
+  end
+  return out
+end
+local function prepend(flag, items)
+  table.insert(items, 1, flag)
+  return items
+end
+if ARGV[1] == '' then
+  return prepend('', range(low))
+end
+local after = ARGV[1]
+if redis.call('GET', KEYS[2]) == after then
+  return {'1'}
+end
+local ok, found = pcall(redis.call, 'XRANGE', KEYS[1], after, after)
+if ok and #found == 1 then
+  local items = range('(' .. after)
+  return prepend('1', items)
+end
+return prepend('0', range(low))
+"""
+
+# KEYS: viewers, procs, conns. ARGV: process, connection, delta (1 join, -1 leave), lease_ms.
+_PRESENCE: Final = (
+    _COUNT_LUA
+    + """
+local now = now_ms()
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
+local left = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[3]))
+if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SADD', KEYS[3], ARGV[2])
+else
+  redis.call('SREM', KEYS[3], ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]))
+return count(KEYS[1], KEYS[2], now)
+"""
+)
+
+# KEYS: viewers, procs.
+_VIEWERS: Final = (
+    _COUNT_LUA
+    + """
+return count(KEYS[1], KEYS[2], now_ms())
+"""
+)
+
+# KEYS: procs. ARGV: conns key prefix, connection id.
+_CONNECTED: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, process in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  if redis.call('SISMEMBER', ARGV[1] .. process, ARGV[2]) == 1 then return 1 end
+end
+return 0
+"""
+
+# KEYS: procs, conns. ARGV: process, lease_ms, then pairs of (viewers key, count), then
+# connection ids after a '' separator. Renews the lease and re-asserts this process's presence
+# (which also heals it after Redis lost its data).
+_LEASE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - lease)
+local i = 3
+while ARGV[i] ~= '' do
+  redis.call('HSET', ARGV[i], ARGV[1], ARGV[i + 1])
+  i = i + 2
+end
+i = i + 1
+if i <= #ARGV then
+  redis.call('SADD', KEYS[2], unpack(ARGV, i, #ARGV))
+end
+redis.call('PEXPIRE', KEYS[2], lease)
+return 1
+"""
+
+
+def _stream_id(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@contextmanager
+def _unavailable(action: str) -> Iterator[None]:
+    """Map every Redis or socket failure to StorageUnavailable."""
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StorageUnavailable(f"Redis is unavailable ({action}): {exc}") from exc
+
+
+class RedisStorage:
+    """History, presence and delivery shared through Redis.
+
+    Args:
+        url: a ``redis://`` URL, e.g. ``"redis://127.0.0.1:6379/0"``.
+        prefix: the prefix of every key and pub/sub channel this storage uses.
+        client: a ready ``redis.asyncio.Redis`` to use instead of ``url``.
+        presence_ttl: seconds after which the connections of a process that died stop counting.
+
+    Raises:
+        ImportError: the ``redis`` package is not installed (``pip install
+            "channel-asgi[redis]"``).
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "channel_asgi",
+        client: Redis | None = None,
+        presence_ttl: float = 30.0,
+    ) -> None:
+        try:
+            import redis.asyncio  # noqa: F401 - fail here, with a hint, not on first use
+        except ImportError:
+            raise ImportError(
+                'RedisStorage needs the redis package: pip install "channel-asgi[redis]"'
+            ) from None
+        if client is None and not url:
+            raise ValueError("RedisStorage needs a url (redis://host:port/db) or a client")
+        if not prefix or not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+        if not presence_ttl > 1:
+            raise ValueError(f"presence_ttl must be more than 1 second, got {presence_ttl!r}")
+        self._url = url
+        self._client = client
+        self.prefix = prefix
+        self._lease_ms = int(presence_ttl * 1000)
+        self.process_id = uuid.uuid4().hex
+        self._deliver: Deliver | None = None
+        self._pubsub: PubSub | None = None
+        self._listening: dict[str, int] = {}
+        self._confirmed: dict[str, anyio.Event] = {}
+        self._connected: anyio.Event | _NotYet
+        self._last_seen: dict[str, str] = {}
+        self._floor: dict[str, tuple[int, int]] = {}
+        self._local: dict[str, set[str]] = {}
+        self._scripts: dict[str, Any] = {}
+        self._connected = _NotYet()
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def _key(self, kind: str, name: str = "") -> str:
+        return f"{self.prefix}:{kind}:{name}" if name else f"{self.prefix}:{kind}"
+
+    def _topic(self, channel: str) -> str:
+        return f"{self.prefix}:e:{channel}"
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            # No retries: a failed call is a 503 at once; the caller (or browser) retries.
+            self._client = Redis.from_url(
+                self._url or "",
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=1.0,
+                socket_timeout=2.0,
+                health_check_interval=5,
+            )
+        return self._client
+
+    async def _script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._redis().register_script(source)
+        return await script(keys=keys, args=args)
+
+    # -- lifecycle and delivery ----------------------------------------------------------------
+
+    async def run(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Read deliveries from Redis and renew this process's lease until cancelled."""
+        if self._deliver is not None:
+            raise RuntimeError("A RedisStorage serves one ChannelApp; create one per app")
+        self._deliver = deliver
+        self._connected = anyio.Event()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._read_forever)
+                group.start_soon(self._renew_forever)
+                with anyio.move_on_after(_CONNECT_WAIT):
+                    await self._connected.wait()  # usually at once; if Redis is down, 503s
+                task_status.started()
+        finally:
+            self._deliver = None
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        self._connected = _NotYet()
+        with anyio.move_on_after(2.0):
+            if pubsub is not None:
+                try:
+                    await _untyped(pubsub).aclose()
+                except Exception:
+                    logger.debug("Closing the pub/sub connection failed", exc_info=True)
+            try:
+                pipe = self._redis().pipeline(transaction=False)
+                pipe.zrem(self._key("procs"), self.process_id)
+                pipe.delete(self._key("c", self.process_id))
+                for channel in self._local:
+                    pipe.hdel(self._key("v", channel), self.process_id)
+                await pipe.execute()
+            except Exception:
+                logger.debug("Removing this process's presence failed", exc_info=True)
+            if self._url is not None and self._client is not None:
+                await self._client.aclose()
+                self._client = None
+                self._scripts.clear()
+
+    async def _read_forever(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._connect()
+                delay = 0.1
+                await self._pump()
+            except Exception as exc:
+                if self._connected.is_set():
+                    logger.warning("Lost the Redis pub/sub connection: %s", exc)
+            pubsub, self._pubsub = self._pubsub, None
+            if self._connected.is_set():
+                self._connected = anyio.Event()
+            # Listeners already waiting keep their event; the others must wait for the new
+            # connection's subscription.
+            self._confirmed = {
+                channel: event if not event.is_set() else anyio.Event()
+                for channel, event in self._confirmed.items()
+            }
+            if pubsub is not None:
+                with anyio.move_on_after(1.0), _ignore_errors():
+                    await _untyped(pubsub).aclose()
+            await anyio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def _connect(self) -> None:
+        pubsub = self._redis().pubsub()
+        topics = [self._key("p", self.process_id), *map(self._topic, self._listening)]
+        await pubsub.subscribe(*topics)
+        pending = set(topics)
+        with anyio.fail_after(_CONNECT_WAIT):
+            while pending:
+                message = await pubsub.get_message(timeout=_CONNECT_WAIT)
+                if message is not None and message["type"] == "subscribe":
+                    pending.discard(message["channel"].decode())
+        self._pubsub = pubsub
+        await self._fill_gaps()
+        for channel in self._listening:
+            self._confirmed.setdefault(channel, anyio.Event()).set()
+        self._connected.set()
+
+    async def _fill_gaps(self) -> None:
+        """Deliver the broadcasts published while the pub/sub connection was down."""
+        for channel, last in list(self._last_seen.items()):
+            if channel not in self._listening:
+                continue
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await _untyped(self._redis()).xrange(
+                self._key("h", channel), f"({last}", "+"
+            )
+            for raw_id, fields in entries:
+                self._broadcast(channel, raw_id.decode(), fields[b"p"])
+            if channel in self._last_seen:
+                self._floor[channel] = _stream_id(self._last_seen[channel])
+
+    async def _pump(self) -> None:
+        pubsub = self._pubsub
+        assert pubsub is not None  # set by _connect just before
+        prefix = f"{self.prefix}:e:"
+        while True:
+            message = await pubsub.get_message(timeout=5.0)
+            if message is None:
+                continue
+            kind = message["type"]
+            topic = message["channel"].decode()
+            channel = topic[len(prefix) :] if topic.startswith(prefix) else ""
+            if kind == "message" and channel:
+                self._receive(channel, message["data"])
+            elif kind == "subscribe" and channel in self._confirmed:
+                self._confirmed[channel].set()
+
+    def _receive(self, channel: str, data: bytes) -> None:
+        if data[:1] == b"B":
+            head, _, payload = data[1:].partition(b"\n")
+            event_id = head.decode()
+            floor = self._floor.get(channel)
+            if floor is not None:
+                if _stream_id(event_id) <= floor:
+                    return  # already delivered by _fill_gaps
+                del self._floor[channel]
+            self._broadcast(channel, event_id, payload)
+        elif data[:1] == b"D":
+            try:
+                delivery = _decode_delivery(data[1:])
+            except msgspec.DecodeError:
+                logger.warning("Ignoring a malformed delivery on channel %r", channel)
+                return
+            if self._deliver is not None:
+                self._deliver(delivery)
+
+    def _broadcast(self, channel: str, event_id: str, payload: bytes) -> None:
+        self._last_seen[channel] = event_id
+        if self._deliver is not None:
+            self._deliver(Delivery(channel, "event", payload, event_id))
+
+    async def _renew_forever(self) -> None:
+        while True:
+            try:
+                await self._renew()
+            except Exception as exc:
+                logger.debug("Could not renew the presence lease: %s", exc)
+            await anyio.sleep(self._lease_ms / 3000)
+
+    async def _renew(self) -> None:
+        args: list[Any] = [self.process_id, self._lease_ms]
+        for channel, connections in self._local.items():
+            args += [self._key("v", channel), len(connections)]
+        args.append("")
+        for connections in self._local.values():
+            args += connections
+        keys = [self._key("procs"), self._key("c", self.process_id)]
+        await self._script("lease", _LEASE, keys, args)
+
+    # -- the Storage protocol ------------------------------------------------------------------
+
+    async def listen(self, channel: str) -> None:
+        """Subscribe this process to ``channel``'s deliveries; return once Redis confirmed."""
+        count = self._listening.get(channel, 0)
+        self._listening[channel] = count + 1
+        try:
+            event = self._confirmed.setdefault(channel, anyio.Event())
+            if count == 0:
+                pubsub = self._pubsub
+                if pubsub is None:
+                    raise StorageUnavailable("Redis is unavailable (not connected)")
+                with _unavailable("subscribe"):
+                    await pubsub.subscribe(self._topic(channel))
+            with anyio.move_on_after(_CONNECT_WAIT):
+                await event.wait()
+            if not event.is_set():
+                raise StorageUnavailable("Redis did not confirm the subscription in time")
+        except BaseException:
+            await self.unlisten(channel)
+            raise
+
+    async def unlisten(self, channel: str) -> None:
+        """Drop one listener of ``channel``; unsubscribe with the last."""
+        count = self._listening.get(channel, 0) - 1
+        if count > 0:
+            self._listening[channel] = count
+            return
+        self._listening.pop(channel, None)
+        self._confirmed.pop(channel, None)
+        self._last_seen.pop(channel, None)
+        self._floor.pop(channel, None)
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with _ignore_errors():
+                await pubsub.unsubscribe(self._topic(channel))
+
+    async def append(
+        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
+    ) -> str:
+        """Retain and publish a broadcast in one script call; return its stream id."""
+        keys = [self._key("h", channel), self._key("last", channel), self._topic(channel)]
+        args = [payload, keep, "" if ttl is None else int(ttl * 1000)]
+        with _unavailable("append"):
+            event_id = await self._script("append", _APPEND, keys, args)
+        return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
+
+    async def send(self, delivery: Delivery) -> None:
+        """Publish a delivery that is not retained."""
+        with _unavailable("send"):
+            await self._redis().publish(
+                self._topic(delivery.channel), b"D" + _encode_delivery(delivery)
+            )
+
+    async def history(
+        self, channel: str, *, after: str | None = None, ttl: float | None = None
+    ) -> History:
+        """Return retained broadcasts (see the Storage protocol)."""
+        keys = [self._key("h", channel), self._key("last", channel)]
+        args = [after or "", "" if ttl is None else int(ttl * 1000)]
+        with _unavailable("history"):
+            reply = await self._script("history", _HISTORY, keys, args)
+        flag = reply[0]
+        events = [
+            StoredEvent(reply[i].decode(), bytes(reply[i + 1])) for i in range(1, len(reply), 2)
+        ]
+        recovered = None if flag == b"" else flag == b"1"
+        return History(events, recovered)
+
+    async def _presence(self, channel: str, connection_id: str, delta: int) -> int:
+        keys = [self._key("v", channel), self._key("procs"), self._key("c", self.process_id)]
+        args = [self.process_id, connection_id, delta, self._lease_ms]
+        with _unavailable("presence"):
+            return int(await self._script("presence", _PRESENCE, keys, args))
+
+    async def join(self, channel: str, connection_id: str) -> int:
+        """Count a connection of this process; return the channel's viewers in all processes."""
+        count = await self._presence(channel, connection_id, 1)
+        self._local.setdefault(channel, set()).add(connection_id)
+        return count
+
+    async def leave(self, channel: str, connection_id: str) -> int:
+        """Stop counting a connection; return the channel's viewers in all processes."""
+        connections = self._local.get(channel)
+        if connections is not None:
+            connections.discard(connection_id)
+            if not connections:
+                del self._local[channel]
+        return await self._presence(channel, connection_id, -1)
+
+    async def viewer_count(self, channel: str) -> int:
+        """Return the channel's live connections in every process whose lease is current."""
+        with _unavailable("viewer_count"):
+            keys = [self._key("v", channel), self._key("procs")]
+            return int(await self._script("viewers", _VIEWERS, keys, []))
+
+    async def is_connected(self, connection_id: str) -> bool:
+        """Return whether any live process holds ``connection_id``."""
+        if any(connection_id in connections for connections in self._local.values()):
+            return True
+        with _unavailable("is_connected"):
+            args = [f"{self.prefix}:c:", connection_id]
+            return bool(await self._script("connected", _CONNECTED, [self._key("procs")], args))
+
+    async def close_channel(self, channel: str, end_payload: bytes) -> None:
+        """Mark the channel closed and publish its ``end`` to every process."""
+        delivery = b"D" + _encode_delivery(Delivery(channel, "end", end_payload))
+        with _unavailable("close_channel"):
+            pipe = self._redis().pipeline(transaction=True)
+            pipe.sadd(self._key("closed"), channel)
+            pipe.publish(self._topic(channel), delivery)
+            await pipe.execute()
+
+    async def open_channel(self, channel: str) -> None:
+        """Mark the channel open again."""
+        with _unavailable("open_channel"):
+            await self._redis().srem(self._key("closed"), channel)
+
+    async def is_closed(self, channel: str) -> bool:
+        """Return whether the channel is closed."""
+        with _unavailable("is_closed"):
+            return bool(await self._redis().sismember(self._key("closed"), channel))
+
+
+def _untyped(value: object) -> Any:
+    """redis-py's asyncio API is only partly annotated."""
+    return value
+
+
+class _NotYet:
+    """Stands in for the connection event before ``run`` (events need a running loop)."""
+
+    def is_set(self) -> bool:
+        return False
+
+    def set(self) -> None:
+        """Nothing waits before ``run``."""
+
+    async def wait(self) -> None:  # pragma: no cover - run() replaces it before any wait
+        raise RuntimeError("RedisStorage is not running")
+
+
+@contextmanager
+def _ignore_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        logger.debug("Ignored a cleanup error", exc_info=True)
