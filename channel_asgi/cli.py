@@ -25,10 +25,14 @@ def create_app() -> Any:
     options: dict[str, Any] = json.loads(os.environ.get(_ENV, "{}"))
     demo = options.pop("demo", False)
     redis_url = options.pop("redis", None)
+    redis_options = {
+        "prefix": options.pop("redis_prefix", "channel_asgi"),
+        "presence_ttl": options.pop("presence_ttl", 30.0),
+    }
     if redis_url:
         from .storage.redis import RedisStorage
 
-        options["storage"] = RedisStorage(redis_url)
+        options["storage"] = RedisStorage(redis_url, **redis_options)
     if options.get("widget_keys") == []:
         options["widget_keys"] = None
     channels = ChannelApp(**options)
@@ -53,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--port", type=int, default=port, help=f"port to bind ({port})")
         command.add_argument("--log-level", default="info", help="uvicorn log level (info)")
     serve.add_argument("--redis", metavar="URL", help="use RedisStorage at URL (many workers)")
+    serve.add_argument(
+        "--redis-prefix", default="channel_asgi", help="prefix of the Redis keys (channel_asgi)"
+    )
+    serve.add_argument(
+        "--presence-ttl",
+        type=float,
+        default=30.0,
+        help="seconds before a dead worker's viewers stop counting (30)",
+    )
     serve.add_argument("--secret", help="HMAC secret for tokens (required with --redis)")
     serve.add_argument(
         "--widget-key",
@@ -88,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         options = {
             "redis": args.redis,
+            "redis_prefix": args.redis_prefix,
+            "presence_ttl": args.presence_ttl,
             "secret": args.secret,
             "widget_keys": args.widget_keys,
             "cors_origins": args.cors_origins,

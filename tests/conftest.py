@@ -18,7 +18,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from .helpers import WAIT, free_port, running_server
+from .helpers import WAIT, free_port, redis_answers, running_server
 
 
 class ServerProcess:
@@ -117,22 +117,13 @@ REDIS_START = [
 ]  # fmt: skip
 
 
-def _redis_answers(port: int = 6379) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The machine's Redis (started with DEVELOPERS.md's command if it is down)."""
-    if not _redis_answers():
+    if not redis_answers():
         subprocess.run(REDIS_START, check=True, timeout=WAIT)
         deadline = time.monotonic() + WAIT
-        while not _redis_answers():
+        while not redis_answers():
             if time.monotonic() > deadline:
                 pytest.fail("Redis did not start on 127.0.0.1:6379")
             time.sleep(0.1)

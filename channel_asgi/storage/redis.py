@@ -248,6 +248,7 @@ class RedisStorage:
         self._last_seen: dict[str, str] = {}
         self._floor: dict[str, tuple[int, int]] = {}
         self._local: dict[str, set[str]] = {}
+        self._emptied: set[str] = set()  # channels left since the last lease renewal
         self._scripts: dict[str, Any] = {}
         self._connected = _NotYet()
 
@@ -321,10 +322,17 @@ class RedisStorage:
                 await pipe.execute()
             except Exception:
                 logger.debug("Removing this process's presence failed", exc_info=True)
-            if self._url is not None and self._client is not None:
-                await self._client.aclose()
-                self._client = None
-                self._scripts.clear()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the Redis connections this storage opened (not a ``client`` it was given).
+
+        ``run`` does this when it stops; call it after using the storage without ``run``.
+        """
+        if self._url is not None and self._client is not None:
+            client, self._client = self._client, None
+            self._scripts.clear()
+            await client.aclose()
 
     async def _read_forever(self) -> None:
         delay = 0.1
@@ -429,14 +437,21 @@ class RedisStorage:
             await anyio.sleep(self._lease_ms / 3000)
 
     async def _renew(self) -> None:
+        emptied, self._emptied = self._emptied, set()
         args: list[Any] = [self.process_id, self._lease_ms]
+        for channel in emptied - self._local.keys():
+            args += [self._key("v", channel), 0]
         for channel, connections in self._local.items():
             args += [self._key("v", channel), len(connections)]
         args.append("")
         for connections in self._local.values():
             args += connections
         keys = [self._key("procs"), self._key("c", self.process_id)]
-        await self._script("lease", _LEASE, keys, args)
+        try:
+            await self._script("lease", _LEASE, keys, args)
+        except BaseException:
+            self._emptied |= emptied
+            raise
 
     # -- the Storage protocol ------------------------------------------------------------------
 
@@ -526,6 +541,7 @@ class RedisStorage:
             connections.discard(connection_id)
             if not connections:
                 del self._local[channel]
+                self._emptied.add(channel)  # the renewal zeroes it if the call below fails
         return await self._presence(channel, connection_id, -1)
 
     async def viewer_count(self, channel: str) -> int:

@@ -1,0 +1,144 @@
+"""Redis going away and coming back, on a redis-server this test starts on a spare port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from channel_asgi import ChannelApp
+from channel_asgi.storage import RedisStorage
+
+from .helpers import WAIT, free_port, publish, redis_answers, subscribe
+
+
+class OwnRedis:
+    """A redis-server of the test's own, which it may stop and start again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + WAIT
+        while not redis_answers(self.port):
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis-server did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=WAIT)
+        self.process = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def chat(text: str) -> dict[str, object]:
+    return {"type": "broadcast", "message": {"text": text}}
+
+
+@pytest.mark.slow
+async def test_publish_is_503_while_redis_is_down_and_flows_again_after(
+    serve, client: httpx.AsyncClient, own_redis: OwnRedis
+) -> None:
+    """Streams survive an outage, publishes fail fast with 503, and recovery needs no restart."""
+    storage = RedisStorage(own_redis.url, prefix="faults", presence_ttl=3.0)
+    channels = ChannelApp(storage=storage, secret="s", heartbeat=0.2)
+    attempts = 0
+    connect = storage._connect
+
+    async def counted_connect() -> None:
+        nonlocal attempts
+        attempts += 1
+        await connect()
+
+    storage._connect = counted_connect  # type: ignore[method-assign]
+    base = await serve(channels)
+    url = f"{base}/publish/f"
+    async with (
+        subscribe(client, f"{base}/subscribe/f") as one,
+        subscribe(client, f"{base}/subscribe/f") as two,
+    ):
+        before = await publish(client, url, one.token, chat("before"))
+        assert before.status_code == 200
+        for sub in (one, two):
+            assert (await sub.stream.until("broadcast")).id == before.json()["id"]
+
+        own_redis.kill()
+        attempts = 0
+        with anyio.fail_after(1.0):
+            down = await publish(client, url, one.token, chat("lost"))
+        assert (down.status_code, down.json()["code"]) == (503, 503)
+        refused = await client.get(f"{base}/subscribe/f")
+        assert refused.status_code == 503
+        for _ in range(200):  # failing publishes leave nothing behind
+            assert (await publish(client, url, one.token, chat("x"))).status_code == 503
+        # the streams stay open: heartbeats keep coming, and nothing else does
+        for sub in (one, two):
+            pings = len(sub.stream.comments)
+            with anyio.fail_after(WAIT):
+                while len(sub.stream.comments) < pings + 3:
+                    event = await sub.stream.next(comments=True)
+                    assert event.comment == "ping", event
+        await anyio.sleep(2.5)
+        assert 2 <= attempts <= 12, f"{attempts} reconnect attempts in ~3 s: no backoff?"
+        assert list(storage._listening) == ["f"]
+        assert len(list(channels.hub.subscribers("f"))) == 2
+
+        own_redis.start()
+        with anyio.fail_after(WAIT):
+            while (
+                after := await publish(client, url, one.token, chat("after"))
+            ).status_code != 200:
+                await anyio.sleep(0.1)
+        for sub in (one, two):
+            event = await sub.stream.until("broadcast", timeout=WAIT * 1.5)
+            assert event.id == after.json()["id"]
+            assert event.json["message"] == {"text": "after"}
+        # presence is re-asserted into the fresh Redis by the lease renewal
+        with anyio.fail_after(WAIT):
+            while await channels.viewer_count("f") != 2:
+                await anyio.sleep(0.1)
+
+
+async def test_a_storage_outage_at_startup_answers_503_until_redis_is_up(
+    serve, client: httpx.AsyncClient, own_redis: OwnRedis
+) -> None:
+    """An app that starts while Redis is down serves 503s, then works once Redis is back."""
+    own_redis.kill()
+    channels = ChannelApp(storage=RedisStorage(own_redis.url, prefix="boot"), secret="s")
+    base = await serve(channels)
+    reply = await client.get(f"{base}/subscribe/b")
+    assert (reply.status_code, reply.json()["code"]) == (503, 503)
+    own_redis.start()
+    with anyio.fail_after(WAIT * 1.5):
+        while True:
+            try:
+                async with subscribe(client, f"{base}/subscribe/b") as sub:
+                    assert sub.init["message"]["viewer_count"] == 1
+                    break
+            except AssertionError:
+                await anyio.sleep(0.2)
