@@ -14,38 +14,40 @@ from __future__ import annotations
 import inspect
 import logging
 import secrets
-import uuid
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
 
 import anyio
+import httpx
 import msgspec
 from anyio.abc import TaskStatus
 
-from .auth import Action, Auth, Request
+from .access import Access
+from .auth import Auth, Request
 from .config import Settings
 from .cors import CorsPolicy
 from .engine import Engine, Hooks
 from .errors import (
     ChannelError,
-    Forbidden,
     MethodNotAllowed,
     NotFound,
     StorageUnavailable,
     TooManyRequests,
-    Unauthorized,
 )
 from .http import Receive, Scope, Send, header, route_path, send_json, validate_channel
 from .hub import Close, Hub, Transport
+from .identity import IdentityTokens
 from .lifecycle import Runner, run_every, server_is_exiting
-from .protocol import Reply, encode
+from .patterns import Authorizer, ChannelPattern, PatternSet
+from .protocol import Reply, encode, with_id
 from .publish import PublishRoute
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .stream import serve_stream
 from .subscription import Subscription
 from .tokens import TokenSigner
+from .webhooks import Bridge, validate_url_prefix
 
 __all__ = ["ChannelApp"]
 
@@ -126,12 +128,16 @@ class ChannelApp:
             reconnect_delay=reconnect_delay,
             hook_timeout=hook_timeout,
         )
+        for url in self.settings.webhook_urls:
+            validate_url_prefix(url)
         self.storage: Storage = MemoryStorage() if storage is None else storage
         if not isinstance(self.storage, Storage):
             raise TypeError(f"storage must implement channel_asgi.Storage, got {storage!r}")
         if auth is not None and not callable(getattr(auth, "identify", None)):
             raise TypeError(f"auth must have an async identify(request) method, got {auth!r}")
         self.auth = auth
+        if secret is not None and len(secret) < 32:
+            logger.warning("The secret is shorter than 32 bytes; use a longer random one")
         if secret is None:
             if self.storage.shared:
                 raise ValueError(
@@ -149,7 +155,13 @@ class ChannelApp:
         self.engine = Engine(
             self.settings, self.storage, self.hub, TokenSigner(secret, token_ttl), self.hooks
         )
-        self._publish = PublishRoute(self.engine, self.hooks, self._authorize)
+        self.patterns = PatternSet()
+        self.access = Access(auth, IdentityTokens(secret), self.patterns)
+        self.engine.history_for = lambda name: self.access.history_size(name, history_size)
+        self.bridges: list[Bridge] = []
+        self.engine.after_broadcast.append(self._offer_to_bridges)
+        self._outbound: httpx.AsyncClient | None = None
+        self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
         self._runner = Runner(self._background)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -177,14 +189,29 @@ class ChannelApp:
     async def _background(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        async with anyio.create_task_group() as group:
-            await group.start(self.storage.run, self.hub.dispatch)
-            await group.start(run_every, self.settings.heartbeat, self.hub.heartbeat)
-            await group.start(
-                run_every, self.settings.presence_interval, self.engine.flush_presence
-            )
-            await group.start(run_every, _EXIT_POLL, self._end_streams_if_exiting)
-            task_status.started()
+        async with httpx.AsyncClient(follow_redirects=False) as outbound:
+            self._outbound = outbound
+            try:
+                async with anyio.create_task_group() as group:
+                    await group.start(self.storage.run, self.hub.dispatch)
+                    await group.start(run_every, self.settings.heartbeat, self.hub.heartbeat)
+                    interval = self.settings.presence_interval
+                    await group.start(run_every, interval, self.engine.flush_presence)
+                    await group.start(run_every, _EXIT_POLL, self._end_streams_if_exiting)
+                    for bridge in self.bridges:
+                        await group.start(bridge.run, outbound)
+                    task_status.started()
+            finally:
+                self._outbound = None
+
+    def _outbound_client(self) -> httpx.AsyncClient:
+        if self._outbound is None:
+            raise RuntimeError("The ChannelApp is not running")
+        return self._outbound
+
+    def _offer_to_bridges(self, channel: str, event_id: str, payload: bytes) -> None:
+        for bridge in self.bridges:
+            bridge.offer(channel, event_id, with_id(payload, event_id))
 
     def _end_streams_if_exiting(self) -> None:
         if server_is_exiting():
@@ -283,7 +310,7 @@ class ChannelApp:
         cors: list[tuple[bytes, bytes]],
     ) -> None:
         await self.engine.ensure_open(channel)
-        user_id, anonymous = await self._identify(scope, channel)
+        user_id, anonymous = await self.access.identify(scope, channel)
         session = await self.engine.open_session(
             channel,
             user_id,
@@ -299,34 +326,74 @@ class ChannelApp:
             return
         await send({"type": "websocket.close", "code": 1003, "reason": "Not served yet"})
 
-    # -- identity and authorisation ------------------------------------------------------------
+    # -- identity, authorisation, channel patterns and bridges ---------------------------------
 
-    async def _identify(self, scope: Scope, channel: str) -> tuple[str, bool]:
-        """Return ``(user_id, anonymous)`` for a subscribe, after checking it may subscribe."""
-        user_id: str | None = None
-        if self.auth is not None:
-            user_id = await self.auth.identify(Request(scope))
-            if user_id is not None and (not isinstance(user_id, str) or not user_id):
-                raise TypeError(
-                    f"auth.identify must return a non-empty str or None, got {user_id!r}"
-                )
-        await self._authorize(user_id, channel, "subscribe")
-        if user_id is None:
-            return _anonymous_id(), True
-        return user_id, False
+    def issue_token(
+        self, user_id: str, *, channels: Iterable[str] | None = None, ttl: float = 3600.0
+    ) -> str:
+        """Return an identity token (JWT HS256) for ``user_id``, for the host's negotiate route.
 
-    async def _authorize(self, user_id: str | None, channel: str, action: Action) -> None:
-        """Raise if ``user_id`` (None: anonymous) may not do ``action`` on ``channel``."""
-        allow = getattr(self.auth, "allow", None)
-        if allow is None:
-            return
-        allowed = allow(user_id, channel, action)
-        if inspect.isawaitable(allowed):
-            allowed = await allowed
-        if not allowed:
-            if user_id is None:
-                raise Unauthorized(f"Sign in to {action} on this channel")
-            raise Forbidden(f"Not allowed to {action} on this channel")
+        A subscribe that presents it (``?token=`` or ``Authorization: Bearer``) runs as that
+        user; with ``channels``, only on those channel names or patterns.
+        """
+        return self.access.identity.issue(user_id, channels=channels, ttl=ttl)
+
+    def channel(
+        self,
+        pattern: str,
+        *,
+        authorize: Authorizer | None = None,
+        anonymous_subscribe: bool = True,
+        anonymous_publish: bool = True,
+        history: int | None = None,
+        types: Iterable[str] | None = None,
+    ) -> ChannelPattern:
+        """Set the rules of the channels matching ``pattern`` (e.g. ``"chats/{id}"``).
+
+        Args:
+            pattern: segments separated by ``/``; ``{name}`` matches any one segment.
+            authorize: ``authorize(user_id, action, params) -> bool`` (sync or async), asked for
+                every subscribe and publish; ``user_id`` is None for an anonymous user.
+            anonymous_subscribe: False makes an anonymous subscribe a 401.
+            anonymous_publish: False makes a publish with an anonymous user's token a 403.
+            history: broadcasts retained (instead of ``history_size``).
+            types: the publish types allowed; others are 403.
+
+        Returns:
+            The registered pattern. The most specific matching pattern (most literal segments;
+            the first registered among equals) governs a channel.
+        """
+        rules = ChannelPattern(
+            pattern,
+            authorize=authorize,
+            anonymous_subscribe=anonymous_subscribe,
+            anonymous_publish=anonymous_publish,
+            history=history,
+            types=None if types is None else frozenset(types),
+        )
+        self.patterns.add(rules)
+        return rules
+
+    def bridge(
+        self,
+        pattern: str,
+        url: str,
+        *,
+        retries: int = 3,
+        queue_size: int = 1000,
+        timeout: float = 5.0,
+    ) -> Bridge:
+        """POST every broadcast made in this process on channels matching ``pattern`` to ``url``.
+
+        Each broadcast goes as a CloudEvent (``type`` ``channel_asgi.broadcast``), from a queue
+        of ``queue_size`` with ``retries`` further attempts; a full queue drops the event rather
+        than slow the channel. Register bridges before the app starts.
+        """
+        if self._runner.running:
+            raise RuntimeError("Register bridges before the ChannelApp starts")
+        bridge = Bridge(pattern, url, retries=retries, queue_size=queue_size, timeout=timeout)
+        self.bridges.append(bridge)
+        return bridge
 
     # -- server-side API -----------------------------------------------------------------------
 
@@ -455,10 +522,6 @@ def _last_event_id(scope: Scope) -> str | None:
     if value is None:
         value = Request(scope).query_params.get("last_event_id")
     return value or None
-
-
-def _anonymous_id() -> str:
-    return str(uuid.uuid4())
 
 
 def _error_headers(exc: ChannelError) -> list[tuple[bytes, bytes]]:

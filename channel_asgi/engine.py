@@ -117,6 +117,10 @@ class Engine:
         self.signer = signer
         self.hooks = hooks
         self._presence: dict[str, list[int]] = {}
+        #: How many broadcasts a channel retains (channel patterns may override the default).
+        self.history_for: Callable[[str], int] = lambda channel: settings.history_size
+        #: Called with (channel, event id, payload) after each broadcast this process made.
+        self.after_broadcast: list[Callable[[str, str, bytes], None]] = []
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -127,14 +131,17 @@ class Engine:
         *,
         author_id: str = "0",
         timestamp: float = 0.0,
-        history: int | None = None,
     ) -> str:
         """Retain a broadcast and deliver it to every subscriber; return its event id."""
         payload = encode_event(
             "broadcast", channel, message, author_id=author_id, timestamp=timestamp
         )
-        keep = self.settings.history_size if history is None else history
-        return await self.storage.append(channel, payload, keep=keep, ttl=self.settings.history_ttl)
+        event_id = await self.storage.append(
+            channel, payload, keep=self.history_for(channel), ttl=self.settings.history_ttl
+        )
+        for listener in self.after_broadcast:
+            listener(channel, event_id, payload)
+        return event_id
 
     async def private(
         self,

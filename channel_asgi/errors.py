@@ -13,9 +13,11 @@ Every refusal the server gives is one of these; ``app.py`` turns them into the J
     ├── PayloadTooLarge       413  body over ``max_body_bytes``
     ├── UnsupportedMediaType  415  body is not JSON
     ├── TooManyRequests       429  carries ``retry_after`` seconds
-    ├── NotImplementedYet     501  a publish type this version does not serve
     ├── StorageUnavailable    503  the storage backend cannot be reached
     └── Reject                any  raised by an ``on_publish`` hook to refuse a message
+
+``ChannelError`` itself carries the statuses of hooks and webhooks: 500 (a hook failed), 502 (the
+webhook could not be reached) and 504 (a hook or the webhook took too long).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ __all__ = [
     "Gone",
     "MethodNotAllowed",
     "NotFound",
-    "NotImplementedYet",
     "PayloadTooLarge",
     "Reject",
     "StorageUnavailable",
@@ -129,12 +130,6 @@ class TooManyRequests(_Fixed):
     def __init__(self, retry_after: int, message: str = "") -> None:
         super().__init__(message or f"Rate limit exceeded; retry after {retry_after} s")
         self.retry_after = retry_after
-
-
-class NotImplementedYet(_Fixed):
-    """The feature exists in the protocol but this server does not serve it."""
-
-    status = 501
 
 
 class StorageUnavailable(_Fixed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -12,8 +13,10 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "check_json_content_type",
     "header",
     "read_body",
+    "request_token",
     "route_path",
     "send_json",
     "validate_channel",
@@ -66,6 +69,19 @@ def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return str(value.decode("latin-1"))
+    return None
+
+
+def request_token(scope: Scope) -> str | None:
+    """Return the token of a request: ``?token=``, else ``Authorization: Bearer``."""
+    query = scope.get("query_string", b"")
+    if b"token=" in query:
+        for name, value in parse_qsl(query.decode("latin-1")):
+            if name == "token" and value:
+                return str(value)
+    authorization = header(scope, b"authorization")
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
     return None
 
 

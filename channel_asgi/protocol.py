@@ -60,6 +60,7 @@ class WebhookBody(_PublishBody, tag="webhook"):
     """``type: webhook``: POST the envelope to ``message.url``."""
 
     message: msgspec.Raw
+    url: str = ""  # filled in from ``message.url`` after decoding
 
 
 PublishBody = BroadcastBody | PrivateBody | RequestBody | WebhookBody
@@ -95,7 +96,26 @@ def decode_publish(body: bytes) -> PublishBody:
         decoded.message = _clean_message(decoded.message)
     if isinstance(decoded, PrivateBody) and not decoded.to_user_id:
         raise BadRequest("`to_user_id` must not be empty - at `$.to_user_id`")
+    if isinstance(decoded, WebhookBody):
+        decoded.url = _webhook_url(decoded.message)
     return decoded
+
+
+class _WebhookTarget(msgspec.Struct):
+    url: str
+
+
+_webhook_decoder: Final = msgspec.json.Decoder(_WebhookTarget)
+
+
+def _webhook_url(message: msgspec.Raw) -> str:
+    try:
+        return _webhook_decoder.decode(message).url
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "`$" in text:
+            raise BadRequest(text.replace("`$", "`$.message")) from None
+        raise BadRequest(f"{text} - at `$.message`") from None
 
 
 def _clean_message(raw: msgspec.Raw) -> msgspec.Raw:
@@ -107,6 +127,17 @@ def _clean_message(raw: msgspec.Raw) -> msgspec.Raw:
         # Whitespace between JSON tokens; re-encoding drops it (strings escape their own).
         return msgspec.Raw(msgspec.json.encode(msgspec.json.decode(data)))
     return raw
+
+
+class WebhookData(msgspec.Struct, kw_only=True):
+    """The envelope a webhook receives as CloudEvent ``data`` (no ``widget_key``)."""
+
+    stream_id: str
+    author_id: str
+    to_user_id: str = ""
+    message: msgspec.Raw
+    timestamp: float = 0.0
+    type: str = "webhook"
 
 
 class _Outgoing(msgspec.Struct, kw_only=True):
@@ -183,6 +214,7 @@ class Reply(msgspec.Struct, omit_defaults=True):
     code: int
     message: str
     id: str | None = None
+    status: int | None = None  #: the upstream status of a webhook call
 
 
 class InitMessage(msgspec.Struct, omit_defaults=True):

@@ -8,17 +8,18 @@ content type, body size, token, rate limit, body, widget key, authorisation, ``o
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final, cast
-from urllib.parse import parse_qsl
 
 import anyio
+import httpx
 import msgspec
 
+from .access import Access
 from .auth import Action
 from .engine import Connection, Engine, Hooks, PublishHook
-from .errors import BadRequest, ChannelError, Forbidden, NotImplementedYet, Reject
-from .http import Receive, Scope, check_json_content_type, header, read_body
+from .errors import ChannelError, Forbidden, Reject, TooManyRequests
+from .http import Receive, Scope, check_json_content_type, read_body, request_token
 from .protocol import (
     BroadcastBody,
     Envelope,
@@ -27,42 +28,55 @@ from .protocol import (
     Reply,
     RequestBody,
     WebhookBody,
+    WebhookData,
     decode_publish,
+    encode,
     publish_type,
 )
+from .ratelimit import RateLimiter
 from .tokens import PublishClaims
+from .webhooks import call_webhook, cloud_event, url_allowed
 
 __all__ = ["PublishRoute"]
 
 logger = logging.getLogger("channel_asgi")
 
-Authorize = Callable[[str | None, str, Action], Awaitable[None]]
-
 _OK_BROADCAST: Final = "Message broadcast"
 _OK_PRIVATE: Final = "Private message sent"
 _OK_REQUEST: Final = "History requested; it arrives on the subscribe stream"
+_OK_WEBHOOK: Final = "Webhook called"
 
 
-def publish_token(scope: Scope) -> str | None:
-    """Return the publish token from ``?token=`` or an ``Authorization: Bearer`` header."""
-    query = scope.get("query_string", b"")
-    if b"token=" in query:
-        for name, value in parse_qsl(query.decode("latin-1")):
-            if name == "token":
-                return str(value)
-    authorization = header(scope, b"authorization")
-    if authorization and authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return None
+def client_address(scope: Scope) -> str | None:
+    """Return the client address the server reports (proxy headers are the server's concern)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 class PublishRoute:
-    """Handle publishes from clients (HTTP now, WebSocket frames later) for one app."""
+    """Handle publishes from clients (HTTP now, WebSocket frames later) for one app.
 
-    def __init__(self, engine: Engine, hooks: Hooks, authorize: Authorize) -> None:
+    Args:
+        engine: the app's engine.
+        hooks: the app's hooks (``on_publish``).
+        access: identity and authorisation.
+        http: returns the client used for webhook calls.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        hooks: Hooks,
+        access: Access,
+        http: Callable[[], httpx.AsyncClient],
+    ) -> None:
         self.engine = engine
         self.hooks = hooks
-        self.authorize = authorize
+        self.access = access
+        self.http = http
+        settings = engine.settings
+        self.user_limit = RateLimiter(*settings.rate_limit) if settings.rate_limit else None
+        self.ip_limit = RateLimiter(*settings.ip_rate_limit) if settings.ip_rate_limit else None
 
     async def handle_http(self, scope: Scope, receive: Receive, channel: str) -> Reply:
         """Run every check of an HTTP publish, in order, and then the publish itself."""
@@ -70,21 +84,36 @@ class PublishRoute:
         await self.engine.ensure_open(channel)
         check_json_content_type(scope)
         body = await read_body(scope, receive, settings.max_body_bytes)
-        claims = self.engine.signer.verify(publish_token(scope), channel)
-        return await self.handle(claims, body)
+        claims = self.engine.signer.verify(request_token(scope), channel)
+        return await self.handle(claims, body, client_address(scope))
 
-    async def handle(self, claims: PublishClaims, body: bytes) -> Reply:
-        """Checks from the body on (shared with the WebSocket route), then the publish."""
+    async def handle(self, claims: PublishClaims, body: bytes, client: str | None) -> Reply:
+        """Checks from the rate limit on (shared with the WebSocket route), then the publish."""
+        self._check_rate(claims.user_id, client)
         envelope = decode_publish(body)
         channel = claims.channel
         self._check_widget_key(envelope)
         user_id = None if claims.anonymous else claims.user_id
         action = cast(Action, publish_type(envelope))
-        await self.authorize(user_id, channel, action)
+        await self.access.authorize(user_id, channel, action)
+        if isinstance(envelope, WebhookBody) and not url_allowed(
+            envelope.url, self.engine.settings.webhook_urls
+        ):
+            raise Forbidden("The webhook URL is not under an allowed prefix (webhook_urls)")
         connection = Connection(claims.user_id, channel, claims.connection_id)
-        if isinstance(envelope, (BroadcastBody, PrivateBody)) and self.hooks.on_publish:
+        if not isinstance(envelope, RequestBody) and self.hooks.on_publish:
             envelope.message = await self._run_publish_hooks(envelope, connection)
         return await self._act(envelope, connection)
+
+    def _check_rate(self, user_id: str, client: str | None) -> None:
+        """Refuse with 429 when a limit is exceeded; a refused publish spends nothing."""
+        checks = [(self.user_limit, user_id), (self.ip_limit, client)]
+        active = [(limit, key) for limit, key in checks if limit is not None and key is not None]
+        wait = max((limit.wait(key) for limit, key in active), default=0)
+        if wait:
+            raise TooManyRequests(wait)
+        for limit, key in active:
+            limit.take(key)
 
     def _check_widget_key(self, envelope: PublishBody) -> None:
         keys = self.engine.settings.widget_keys
@@ -96,7 +125,7 @@ class PublishRoute:
             raise Forbidden("widget_key is not accepted")
 
     async def _run_publish_hooks(
-        self, body: BroadcastBody | PrivateBody, connection: Connection
+        self, body: BroadcastBody | PrivateBody | WebhookBody, connection: Connection
     ) -> msgspec.Raw:
         """Run ``on_publish`` hooks on a decoded copy; return the (possibly changed) message."""
         envelope = Envelope(
@@ -151,6 +180,15 @@ class PublishRoute:
         if isinstance(envelope, RequestBody):
             await self.engine.request(channel, connection.connection_id)
             return Reply(200, _OK_REQUEST)
-        if isinstance(envelope, WebhookBody):
-            raise NotImplementedYet("The webhook type is not served by this version")
-        raise BadRequest("Unknown publish type")  # pragma: no cover - the decoder refuses it
+        data = encode(
+            WebhookData(
+                stream_id=channel,
+                author_id=connection.user_id,
+                message=envelope.message,
+                timestamp=envelope.timestamp,
+            )
+        )
+        event = cloud_event("channel_asgi.webhook", channel, data)
+        timeout = self.engine.settings.webhook_timeout
+        status = await call_webhook(self.http(), envelope.url, event, timeout)
+        return Reply(200, _OK_WEBHOOK, status=status)

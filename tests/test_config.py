@@ -181,11 +181,18 @@ def test_app_without_a_secret_warns_it_is_single_process(
     assert "secret=" in text
 
 
-def test_app_with_a_secret_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
-    """With a secret nothing is logged at construction."""
+def test_app_with_a_long_secret_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """With a secret of 32 bytes or more nothing is logged at construction."""
     caplog.set_level(logging.DEBUG, logger="channel_asgi")
-    ChannelApp(secret="s3cret")
+    ChannelApp(secret="s" * 32)
     assert [record for record in caplog.records if record.name == "channel_asgi"] == []
+
+
+def test_app_with_a_short_secret_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """A secret under 32 bytes works but is logged as weak."""
+    caplog.set_level(logging.WARNING, logger="channel_asgi")
+    ChannelApp(secret="s3cret")
+    assert any("32 bytes" in record.getMessage() for record in caplog.records)
 
 
 def test_defaults_are_those_of_the_spec() -> None:

@@ -131,16 +131,6 @@ async def test_request_after_the_connection_closed_is_410(serve, client: httpx.A
     assert (await publish(client, f"{base}/publish/g", token, chat())).status_code == 200
 
 
-async def test_webhook_is_501_until_it_is_served(serve, client: httpx.AsyncClient) -> None:
-    """The webhook type answers a clear 501 in this version."""
-    base = await serve(ChannelApp())
-    async with subscribe(client, f"{base}/subscribe/w") as sub:
-        body = {"type": "webhook", "message": {"url": "http://127.0.0.1:1/"}}
-        reply = await publish(client, f"{base}/publish/w", sub.token, body)
-        assert reply.status_code == 501
-        assert reply.json()["code"] == 501
-
-
 async def test_author_and_stream_id_come_from_the_token_and_path(
     serve, client: httpx.AsyncClient
 ) -> None:

@@ -1,0 +1,85 @@
+"""Who the user is, and whether they may do an action on a channel.
+
+For a subscribe, the user is, in this order: the ``sub`` of a valid identity token (``?token=`` or
+``Authorization: Bearer``; an invalid one is 401, never anonymous), else what ``auth.identify``
+returns, else an anonymous user with a fresh id. For a publish, the user is the one the publish
+token was issued to. Then ``auth.allow`` (when the ``Auth`` has it) and the governing channel
+pattern decide.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from typing import Any
+
+from .auth import Action, Auth, Request
+from .errors import Forbidden, Unauthorized
+from .http import Scope, request_token
+from .identity import IdentityTokens
+from .patterns import PatternSet
+
+__all__ = ["Access"]
+
+
+class Access:
+    """The app's identity and authorisation decisions."""
+
+    def __init__(self, auth: Auth | None, identity: IdentityTokens, patterns: PatternSet) -> None:
+        self.auth = auth
+        self.identity = identity
+        self.patterns = patterns
+
+    async def identify(self, scope: Scope, channel: str) -> tuple[str, bool]:
+        """Return ``(user_id, anonymous)`` for a subscribe, once it is allowed to subscribe.
+
+        Raises:
+            Unauthorized: a bad identity token, or an anonymous user where one is not allowed.
+            Forbidden: the user may not subscribe to ``channel``.
+        """
+        token = request_token(scope)
+        user_id: str | None
+        if token is not None:
+            user_id = self.identity.verify(token, channel)
+        elif self.auth is not None:
+            user_id = await self.auth.identify(Request(scope))
+            if user_id is not None and (not isinstance(user_id, str) or not user_id):
+                raise TypeError(f"auth.identify must return a non-empty str or None: {user_id!r}")
+        else:
+            user_id = None
+        await self.authorize(user_id, channel, "subscribe")
+        if user_id is None:
+            return str(uuid.uuid4()), True
+        return user_id, False
+
+    async def authorize(self, user_id: str | None, channel: str, action: Action) -> None:
+        """Raise unless ``user_id`` (None: anonymous) may do ``action`` on ``channel``."""
+        allow = getattr(self.auth, "allow", None)
+        if allow is not None:
+            allowed: Any = allow(user_id, channel, action)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if not allowed:
+                if user_id is None:
+                    raise Unauthorized(f"Sign in to {action} on this channel")
+                raise Forbidden(f"Not allowed to {action} on this channel")
+        found = self.patterns.match(channel)
+        if found is None:
+            return
+        pattern, params = found
+        if user_id is None:
+            if action == "subscribe" and not pattern.anonymous_subscribe:
+                raise Unauthorized("Sign in to subscribe to this channel")
+            if action != "subscribe" and not pattern.anonymous_publish:
+                raise Forbidden("Anonymous users may not publish on this channel")
+        if action != "subscribe" and pattern.types is not None and action not in pattern.types:
+            raise Forbidden(f"Publish type {action!r} is not allowed on this channel")
+        if not await pattern.allows(user_id, action, params):
+            raise Forbidden(f"Not allowed to {action} on this channel")
+
+    def history_size(self, channel: str, default: int) -> int:
+        """Return how many broadcasts ``channel`` retains."""
+        found = self.patterns.match(channel)
+        if found is None or found[0].history is None:
+            return default
+        return found[0].history
