@@ -249,13 +249,6 @@ class ChannelApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         origin = header(scope, b"origin")
         cors = self.cors.headers(origin)
-        started = False
-
-        async def send_tracking(message: Any) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         try:
             route, channel = _match(route_path(scope))
             method = scope["method"]
@@ -267,24 +260,18 @@ class ChannelApp:
             await self._runner.ensure_started()
             validate_channel(channel)
             if route == "subscribe":
-                await self._subscribe(scope, receive, send_tracking, channel, cors)
+                await self._subscribe(scope, receive, send, channel, cors)
             else:
                 reply = await self._publish.handle_http(scope, receive, channel)
                 await send_json(send, reply.code, encode(reply), cors)
         except ChannelError as exc:
-            if not started:
-                await send_json(
-                    send,
-                    exc.status,
-                    encode(Reply(exc.status, exc.message)),
-                    cors + _error_headers(exc),
-                )
+            body = encode(Reply(exc.status, exc.message))
+            await send_json(send, exc.status, body, cors + _error_headers(exc))
         except Exception:
             logger.exception(
                 "Unexpected error serving %s %s", scope.get("method"), scope.get("path")
             )
-            if not started:
-                await send_json(send, 500, encode(Reply(500, "Internal server error")), cors)
+            await send_json(send, 500, encode(Reply(500, "Internal server error")), cors)
 
     async def _options(self, scope: Scope, send: Send, route: str, origin: str | None) -> None:
         allow = (b"allow", ", ".join(_ROUTES[route]).encode())
@@ -318,7 +305,10 @@ class ChannelApp:
             transport=Transport.SSE,
             last_event_id=_last_event_id(scope),
         )
-        await serve_stream(self.engine, session, receive, send, cors)
+        try:
+            await serve_stream(self.engine, session, receive, send, cors)
+        except Exception:  # the response has started: log it, never answer again
+            logger.exception("Stream %s failed", session.subscriber.connection_id)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()

@@ -11,6 +11,7 @@ so a burst of events costs one write per connection, not one per event.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Iterable, Iterator
@@ -93,7 +94,7 @@ class Subscriber:
         self.cancel_scope: anyio.CancelScope | None = None
         self._items: list[object] = []
         self._size = 0
-        self._waiter: anyio.Event | None = None
+        self._waiter: asyncio.Future[None] | anyio.Event | None = None
         #: Deliveries that arrive while the connection opens (before its replay is written).
         self.backlog: list[Delivery] | None = None
         self.backlog_size = 0
@@ -108,8 +109,7 @@ class Subscriber:
         if self._size > self.limit:
             return False
         if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
+            self._wake()
         return True
 
     def put_control(self, item: object) -> None:
@@ -145,17 +145,33 @@ class Subscriber:
         ) or delivery.to_connection == self.connection_id
 
     def _wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            return
+        if isinstance(waiter, asyncio.Future):
+            if not waiter.done():
+                waiter.set_result(None)
+        else:
+            waiter.set()
 
     async def take(self) -> list[object]:
         """Wait for queued items and return all of them; an empty list once closed and drained."""
         while not self._items:
             if self.closed is not None:
                 return []
-            waiter = self._waiter = anyio.Event()
-            await waiter.wait()
+            # On asyncio a bare future is the cheapest wake-up there is (this runs once per
+            # write of every connection); elsewhere an anyio Event does the same job.
+            try:
+                waiter: asyncio.Future[None] | anyio.Event = (
+                    asyncio.get_running_loop().create_future()
+                )
+            except RuntimeError:
+                waiter = anyio.Event()
+            self._waiter = waiter
+            try:
+                await (waiter.wait() if isinstance(waiter, anyio.Event) else waiter)
+            finally:
+                self._waiter = None
         items, self._items = self._items, []
         self._size = 0
         return items

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .http import Receive, Scope, Send
-
 __all__ = ["ChannelMiddleware"]
 
 # Any ASGI callable: hosts type their scope precisely (Quart uses hypercorn's TypedDicts), and a
@@ -35,7 +33,8 @@ class ChannelMiddleware:
         self.channels = channels
         self.prefix = prefix
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    # Typed loosely (Any) so that `quart_app.asgi_app = ChannelMiddleware(...)` type-checks.
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Dispatch one ASGI connection."""
         if scope["type"] in ("http", "websocket"):
             path: str = scope.get("path", "")

@@ -12,6 +12,7 @@ mailbox.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Final, cast
 
@@ -19,11 +20,14 @@ import anyio
 
 from . import sse
 from .engine import Engine, Session
+from .errors import ChannelError
 from .http import Receive, Send
 from .hub import REQUEST
 from .protocol import with_id
 
 __all__ = ["serve_stream"]
+
+logger = logging.getLogger("channel_asgi")
 
 #: Replays are written in sends of about this many bytes.
 _REPLAY_CHUNK: Final = 64 * 1024
@@ -61,8 +65,11 @@ async def serve_stream(
             opening = sse.retry(reconnect_ms) + sse.event(session.init)
             replay = (sse.event(with_id(e.payload, e.id), e.id) for e in session.replay)
             await _write_all(send, [opening], replay)
-            await engine.go_live(session)
-            await _pump(engine, session, send)
+            try:
+                await engine.go_live(session)
+                await _pump(engine, session, send)
+            except ChannelError as exc:  # the storage failed mid-stream: end it; it reconnects
+                logger.warning("Ending stream %s: %s", subscriber.connection_id, exc)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             group.cancel_scope.cancel()
     finally:

@@ -1,0 +1,1 @@
+"""Host applications that mount channel_asgi; each module docstring says how to run it."""

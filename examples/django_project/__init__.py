@@ -1,0 +1,1 @@
+"""A minimal Django project with channel_asgi wrapped around its ASGI application."""

@@ -1,0 +1,1 @@
+"""FastAPI with channel_asgi mounted under ``/channel``."""

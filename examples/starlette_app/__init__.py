@@ -1,0 +1,1 @@
+"""Starlette with channel_asgi mounted under ``/channel``."""
