@@ -12,7 +12,7 @@ Mount one object and the app's pages can subscribe with ``EventSource`` to
 from __future__ import annotations
 
 from .app import ChannelApp
-from .auth import Auth, Request
+from .auth import Action, Auth, Request
 from .engine import Connection
 from .errors import ChannelError, Reject, StorageUnavailable
 from .middleware import ChannelMiddleware
@@ -20,6 +20,7 @@ from .protocol import Envelope
 from .storage.base import Storage
 
 __all__ = [
+    "Action",
     "Auth",
     "ChannelApp",
     "ChannelError",

@@ -15,7 +15,7 @@ from typing import Any
 
 from .auth import Action, Auth, Request
 from .errors import Forbidden, Unauthorized
-from .http import Scope, request_token
+from .http import Scope, headers_of, request_token
 from .identity import IdentityTokens
 from .patterns import PatternSet
 
@@ -37,7 +37,7 @@ class Access:
             Unauthorized: a bad identity token, or an anonymous user where one is not allowed.
             Forbidden: the user may not subscribe to ``channel``.
         """
-        token = request_token(scope)
+        token = request_token(scope, headers_of(scope))
         user_id: str | None
         if token is not None:
             user_id = self.identity.verify(token, channel)

@@ -35,7 +35,17 @@ from .errors import (
     StorageUnavailable,
     TooManyRequests,
 )
-from .http import Receive, Scope, Send, header, route_path, send_json, validate_channel
+from .http import (
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    header,
+    headers_of,
+    route_path,
+    send_json,
+    validate_channel,
+)
 from .hub import Close, Hub, Transport
 from .identity import IdentityTokens
 from .lifecycle import Runner, run_every, server_is_exiting
@@ -54,6 +64,7 @@ __all__ = ["ChannelApp"]
 logger = logging.getLogger("channel_asgi")
 
 _ROUTES: Final = {"subscribe": ("GET", "OPTIONS"), "publish": ("POST", "OPTIONS")}
+_PREFIXES: Final = tuple((route, f"/{route}/") for route in _ROUTES)
 _EXIT_POLL: Final = 0.25
 
 HookT = TypeVar("HookT", bound=Callable[..., Any])
@@ -247,22 +258,23 @@ class ChannelApp:
             await self._websocket(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = header(scope, b"origin")
+        headers = headers_of(scope)
+        origin = header(headers, b"origin")
         cors = self.cors.headers(origin)
         try:
             route, channel = _match(route_path(scope))
             method = scope["method"]
             if method == "OPTIONS":
-                await self._options(scope, send, route, origin)
+                await self._options(headers, send, route, origin)
                 return
             if method not in _ROUTES[route]:
                 raise MethodNotAllowed(_ROUTES[route])
             await self._runner.ensure_started()
             validate_channel(channel)
             if route == "subscribe":
-                await self._subscribe(scope, receive, send, channel, cors)
+                await self._subscribe(scope, headers, receive, send, channel, cors)
             else:
-                reply = await self._publish.handle_http(scope, receive, channel)
+                reply = await self._publish.handle_http(scope, headers, receive, channel)
                 await send_json(send, reply.code, encode(reply), cors)
         except ChannelError as exc:
             body = encode(Reply(exc.status, exc.message))
@@ -273,9 +285,9 @@ class ChannelApp:
             )
             await send_json(send, 500, encode(Reply(500, "Internal server error")), cors)
 
-    async def _options(self, scope: Scope, send: Send, route: str, origin: str | None) -> None:
+    async def _options(self, headers: Headers, send: Send, route: str, origin: str | None) -> None:
         allow = (b"allow", ", ".join(_ROUTES[route]).encode())
-        if origin is None or header(scope, b"access-control-request-method") is None:
+        if origin is None or header(headers, b"access-control-request-method") is None:
             await send({"type": "http.response.start", "status": 204, "headers": [allow]})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -283,14 +295,15 @@ class ChannelApp:
             body = encode(Reply(403, f"Origin {origin} is not allowed"))
             await send_json(send, 403, body, [allow])
             return
-        requested = header(scope, b"access-control-request-headers")
-        headers = [allow, *self.cors.preflight_headers(origin, requested)]
-        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        requested = header(headers, b"access-control-request-headers")
+        reply_headers = [allow, *self.cors.preflight_headers(origin, requested)]
+        await send({"type": "http.response.start", "status": 204, "headers": reply_headers})
         await send({"type": "http.response.body", "body": b""})
 
     async def _subscribe(
         self,
         scope: Scope,
+        headers: Headers,
         receive: Receive,
         send: Send,
         channel: str,
@@ -303,7 +316,7 @@ class ChannelApp:
             user_id,
             anonymous=anonymous,
             transport=Transport.SSE,
-            last_event_id=_last_event_id(scope),
+            last_event_id=_last_event_id(scope, headers),
         )
         try:
             await serve_stream(self.engine, session, receive, send, cors)
@@ -491,8 +504,7 @@ def _async_hook(hook: Any, name: str) -> Any:
 
 
 def _match(path: str) -> tuple[str, str]:
-    for route in _ROUTES:
-        prefix = f"/{route}/"
+    for route, prefix in _PREFIXES:
         if path.startswith(prefix):
             return route, path[len(prefix) :]
     raise NotFound(f"No route for {path!r}; use /subscribe/{{channel}} or /publish/{{channel}}")
@@ -507,8 +519,8 @@ def _checked_channel(channel: str) -> str:
         raise ValueError(f"{exc.message}: {channel!r}") from None
 
 
-def _last_event_id(scope: Scope) -> str | None:
-    value = header(scope, b"last-event-id")
+def _last_event_id(scope: Scope, headers: Headers) -> str | None:
+    value = header(headers, b"last-event-id")
     if value is None:
         value = Request(scope).query_params.get("last_event_id")
     return value or None

@@ -84,6 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (needs --redis)")
     serve.add_argument("--history-size", type=int, default=1000, help="broadcasts kept per channel")
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between pings")
+    serve.add_argument(
+        "--system-events-max-viewers",
+        type=int,
+        default=1000,
+        help="above this many viewers, join/leave become one count event per interval (1000)",
+    )
+    serve.add_argument(
+        "--presence-interval",
+        type=float,
+        default=1.0,
+        help="seconds between count events on large channels (1.0)",
+    )
+    serve.add_argument(
+        "--no-access-log", action="store_true", help="do not log every request (faster)"
+    )
     return parser
 
 
@@ -108,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cors_origins": args.cors_origins,
             "history_size": args.history_size,
             "heartbeat": args.heartbeat,
+            "system_events_max_viewers": args.system_events_max_viewers,
+            "presence_interval": args.presence_interval,
         }
         workers = args.workers
         if workers < 1:
@@ -132,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         workers=workers,
         log_level=args.log_level,
+        access_log=not getattr(args, "no_access_log", False),
         timeout_graceful_shutdown=5,
     )
     return 0

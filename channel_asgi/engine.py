@@ -41,8 +41,7 @@ REQUEST_CHUNK_BYTES: Final = 256 * 1024
 _END_MESSAGE: Final = encode({"status": "closed"})
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
+class Connection(msgspec.Struct, frozen=True, gc=False):
     """A subscriber connection, as the hooks see it.
 
     Attributes:

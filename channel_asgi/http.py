@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -15,6 +15,7 @@ __all__ = [
     "Send",
     "check_json_content_type",
     "header",
+    "headers_of",
     "read_body",
     "request_token",
     "route_path",
@@ -53,6 +54,19 @@ def validate_channel(name: str) -> str:
         BadRequest: it is empty, longer than 200 characters, has a character outside
             ``A-Z a-z 0-9 _ - . : @ /``, or an empty, ``.`` or ``..`` segment.
     """
+    if name in _valid_names:
+        return name
+    _check_channel(name)
+    if len(_valid_names) >= 10000:  # bounded: names come from clients
+        _valid_names.clear()
+    _valid_names.add(name)
+    return name
+
+
+_valid_names: set[str] = set()
+
+
+def _check_channel(name: str) -> None:
     if not name:
         raise BadRequest("Channel name is empty")
     if len(name) > MAX_CHANNEL_LENGTH:
@@ -61,67 +75,84 @@ def validate_channel(name: str) -> str:
         raise BadRequest("Channel name may only contain A-Z a-z 0-9 _ - . : @ /")
     if any(segment in ("", ".", "..") for segment in name.split("/")):
         raise BadRequest("Channel name has an empty, '.' or '..' segment")
-    return name
 
 
-def header(scope: Scope, name: bytes) -> str | None:
-    """Return the first value of header ``name`` (lower-case bytes), or None."""
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
+#: Request headers by lower-case name (as ASGI gives them); of repeated names, the last wins.
+Headers = Mapping[bytes, bytes]
 
 
-def request_token(scope: Scope) -> str | None:
+def headers_of(scope: Scope) -> dict[bytes, bytes]:
+    """Return the request's headers as a mapping, built once per request."""
+    return dict(scope.get("headers", ()))
+
+
+def header(headers: Headers, name: bytes) -> str | None:
+    """Return header ``name`` (lower-case bytes) decoded as latin-1, or None."""
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
+def request_token(scope: Scope, headers: Headers) -> str | None:
     """Return the token of a request: ``?token=``, else ``Authorization: Bearer``."""
-    query = scope.get("query_string", b"")
+    query: bytes = scope.get("query_string", b"")
     if b"token=" in query:
-        for name, value in parse_qsl(query.decode("latin-1")):
-            if name == "token" and value:
-                return str(value)
-    authorization = header(scope, b"authorization")
+        for part in query.split(b"&"):
+            if part.startswith(b"token=") and len(part) > 6:
+                value = part[6:].decode("latin-1")
+                # Tokens are URL-safe; decode only when a client escaped them anyway.
+                return unquote_plus(value) if "%" in value or "+" in value else value
+    authorization = header(headers, b"authorization")
     if authorization and authorization[:7].lower() == "bearer ":
         return authorization[7:].strip() or None
     return None
 
 
-def check_json_content_type(scope: Scope) -> None:
+def check_json_content_type(headers: Headers) -> None:
     """Refuse a body that is not declared as ``application/json`` or ``application/*+json``.
 
     Raises:
         UnsupportedMediaType: the ``Content-Type`` is missing or not JSON.
     """
-    content_type = header(scope, b"content-type")
+    content_type = header(headers, b"content-type")
     if content_type is None:
         raise UnsupportedMediaType("Content-Type must be application/json")
+    if content_type == "application/json":
+        return
     media_type = content_type.split(";", 1)[0].strip().lower()
     if not _JSON_TYPE.fullmatch(media_type):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {media_type!r}")
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
     """Read the request body, refusing it as soon as it is known to exceed ``limit`` bytes.
 
     Raises:
         PayloadTooLarge: ``Content-Length`` or the bytes received exceed ``limit``.
     """
-    too_large = PayloadTooLarge(f"Body is larger than {limit} bytes")
-    declared = header(scope, b"content-length")
+    declared = header(headers, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise PayloadTooLarge(f"Body is larger than {limit} bytes")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")  # the usual case: one message
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Body is larger than {limit} bytes")
+        return body
+    return await _read_rest(receive, message, limit)
+
+
+async def _read_rest(receive: Receive, message: Message, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break  # http.disconnect: nobody will read a reply; stop reading
+    while message["type"] == "http.request":  # else http.disconnect: stop reading
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise PayloadTooLarge(f"Body is larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     return b"".join(chunks)
 
 

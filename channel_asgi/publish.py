@@ -19,7 +19,14 @@ from .access import Access
 from .auth import Action
 from .engine import Connection, Engine, Hooks, PublishHook
 from .errors import ChannelError, Forbidden, Reject, TooManyRequests
-from .http import Receive, Scope, check_json_content_type, read_body, request_token
+from .http import (
+    Headers,
+    Receive,
+    Scope,
+    check_json_content_type,
+    read_body,
+    request_token,
+)
 from .protocol import (
     BroadcastBody,
     Envelope,
@@ -78,13 +85,15 @@ class PublishRoute:
         self.user_limit = RateLimiter(*settings.rate_limit) if settings.rate_limit else None
         self.ip_limit = RateLimiter(*settings.ip_rate_limit) if settings.ip_rate_limit else None
 
-    async def handle_http(self, scope: Scope, receive: Receive, channel: str) -> Reply:
+    async def handle_http(
+        self, scope: Scope, headers: Headers, receive: Receive, channel: str
+    ) -> Reply:
         """Run every check of an HTTP publish, in order, and then the publish itself."""
         settings = self.engine.settings
         await self.engine.ensure_open(channel)
-        check_json_content_type(scope)
-        body = await read_body(scope, receive, settings.max_body_bytes)
-        claims = self.engine.signer.verify(request_token(scope), channel)
+        check_json_content_type(headers)
+        body = await read_body(headers, receive, settings.max_body_bytes)
+        claims = self.engine.signer.verify(request_token(scope, headers), channel)
         return await self.handle(claims, body, client_address(scope))
 
     async def handle(self, claims: PublishClaims, body: bytes, client: str | None) -> Reply:
@@ -101,12 +110,14 @@ class PublishRoute:
         ):
             raise Forbidden("The webhook URL is not under an allowed prefix (webhook_urls)")
         connection = Connection(claims.user_id, channel, claims.connection_id)
-        if not isinstance(envelope, RequestBody) and self.hooks.on_publish:
+        if self.hooks.on_publish and not isinstance(envelope, RequestBody):
             envelope.message = await self._run_publish_hooks(envelope, connection)
         return await self._act(envelope, connection)
 
     def _check_rate(self, user_id: str, client: str | None) -> None:
         """Refuse with 429 when a limit is exceeded; a refused publish spends nothing."""
+        if self.user_limit is None and self.ip_limit is None:
+            return
         checks = [(self.user_limit, user_id), (self.ip_limit, client)]
         active = [(limit, key) for limit, key in checks if limit is not None and key is not None]
         wait = max((limit.wait(key) for limit, key in active), default=0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import math
 import time
@@ -22,6 +21,7 @@ from .errors import Forbidden, Unauthorized
 __all__ = ["PublishClaims", "TokenSigner"]
 
 _CONTEXT: Final = b"channel_asgi.publish.v1."
+_CACHE_SIZE: Final = 4096
 
 
 class PublishClaims(msgspec.Struct, array_like=True, frozen=True):
@@ -71,9 +71,11 @@ class TokenSigner:
             raise ValueError(f"token ttl must be a finite number > 0, got {ttl!r}")
         self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
         self.ttl = ttl
+        # Tokens already verified: a page publishes many times with one token.
+        self._verified: dict[str, PublishClaims] = {}
 
     def _sign(self, body: bytes) -> bytes:
-        return _b64encode(hmac.new(self._key, _CONTEXT + body, hashlib.sha256).digest())
+        return _b64encode(hmac.digest(self._key, _CONTEXT + body, "sha256"))
 
     def issue(self, channel: str, user_id: str, connection_id: str, *, anonymous: bool) -> str:
         """Return a token that lets ``user_id`` publish to ``channel`` from ``connection_id``."""
@@ -90,6 +92,19 @@ class TokenSigner:
         """
         if not token:
             raise Unauthorized("Missing token; pass the token from the init event as ?token=")
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._check_signature(token)
+            if len(self._verified) >= _CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        if claims.expires < time.time():
+            raise Unauthorized("Token expired; subscribe again for a new one")
+        if claims.channel != channel:
+            raise Forbidden("Token was issued for another channel")
+        return claims
+
+    def _check_signature(self, token: str) -> PublishClaims:
         try:
             raw = token.encode("ascii")
             body, signature = raw.split(b".")
@@ -98,11 +113,6 @@ class TokenSigner:
         if not hmac.compare_digest(signature, self._sign(body)):
             raise Unauthorized("Invalid token signature")
         try:
-            claims = _decode_claims(_b64decode(body))
+            return _decode_claims(_b64decode(body))
         except (binascii.Error, ValueError, msgspec.DecodeError):
             raise Unauthorized("Malformed token") from None
-        if claims.expires < time.time():
-            raise Unauthorized("Token expired; subscribe again for a new one")
-        if claims.channel != channel:
-            raise Forbidden("Token was issued for another channel")
-        return claims

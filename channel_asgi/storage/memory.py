@@ -51,7 +51,7 @@ class MemoryStorage:
 
     def _next_id(self) -> str:
         # "<milliseconds>-<sequence>", strictly increasing even if the clock steps back.
-        now = int(time.time() * 1000)
+        now = time.time_ns() // 1_000_000
         if now > self._last_ms:
             self._last_ms, self._seq = now, 0
         else:
