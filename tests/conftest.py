@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -95,7 +96,11 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
         # A file, not a pipe: a chatty server must never block on a full pipe.
         log = tempfile.TemporaryFile()
         process = subprocess.Popen(
-            command, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+            command,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: workers it spawns stop with it
         )
         server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
         started.append(server)
@@ -104,10 +109,23 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
 
     yield start
     for server in started:
-        if server.process.poll() is None:
-            os.kill(server.pid, signal.SIGKILL)
-        server.process.wait(timeout=WAIT)
+        _stop_group(server.process)
         server.log.close()
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child started in its own session, and every process of its group."""
+    group = process.pid  # start_new_session made it the leader of its process group
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)  # workers a killed supervisor left behind
+    process.wait(timeout=WAIT)
 
 
 REDIS_START = [
