@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -42,6 +42,7 @@ class Close(enum.Enum):
 
     END = "end"  #: the channel was closed
     SLOW = "slow"  #: it did not keep up and its buffer overflowed
+    GONE = "gone"  #: the client disconnected
     SHUTDOWN = "shutdown"  #: the app is stopping
 
 
@@ -66,11 +67,11 @@ class Subscriber:
         "_waiter",
         "backlog",
         "backlog_size",
-        "cancel_scope",
         "channel",
         "closed",
         "connection_id",
         "idle",
+        "interrupt",
         "limit",
         "transport",
         "user_id",
@@ -91,7 +92,8 @@ class Subscriber:
         self.limit = limit
         self.closed: Close | None = None
         self.idle = True
-        self.cancel_scope: anyio.CancelScope | None = None
+        #: Stops the writer at once, even inside a send (set by the connection's writer).
+        self.interrupt: Callable[[], object] | None = None
         self._items: list[object] = []
         self._size = 0
         self._waiter: asyncio.Future[None] | anyio.Event | None = None
@@ -123,13 +125,13 @@ class Subscriber:
         if self.closed is not None:
             return
         self.closed = reason
-        if reason is Close.SLOW:
+        if reason is Close.SLOW or reason is Close.GONE:
             self._items.clear()
             self._size = 0
             self.backlog = None
-            if self.cancel_scope is not None:
-                # The writer may be blocked in a send to a client that stopped reading.
-                self.cancel_scope.cancel()
+        if reason is Close.SLOW and self.interrupt is not None:
+            # The writer may be blocked in a send to a client that stopped reading.
+            self.interrupt()
         self._wake()
 
     def wants(self, delivery: Delivery) -> bool:

@@ -1,0 +1,506 @@
+"""The fan-out benchmark: channel_asgi against sse-starlette + broadcaster, in one run.
+
+Every server runs under uvicorn (uvloop, httptools, one worker, no access log) pinned to CPU 0;
+the load client (``loadgen.c``, built here with the system C compiler) runs pinned to CPU 1, so
+the client is never the bottleneck (its own CPU time is reported next to the server's).
+
+Scenarios, for each server:
+
+* **saturated fan-out** at 100, 1000 and 5000 subscribers on one channel: ~200-byte broadcasts
+  published as fast as the server delivers them (at most ``--window`` broadcasts in flight);
+  deliveries per second, server CPU seconds per 100k deliveries, lost and duplicate deliveries;
+* **latency** at 1000 subscribers and 20 publishes per second: p50 / p99 end to end (the send
+  time travels inside each message) and server CPU per 100k deliveries at that light load;
+* **idle connections**: server RSS growth per idle subscriber at 5000 subscribers, and the time
+  to connect 1000, 2000 and 5000 subscribers (it must grow linearly);
+* **publish only**: publishes per second with no subscriber (channel_asgi checks the token,
+  validates the body and appends to history; the baseline publishes the body as is);
+* **RedisStorage**: channel_asgi's saturated fan-out at 1000 subscribers on Redis.
+
+Usage (from the repository root, after ``scripts/setup``)::
+
+    .venv/bin/pip install -e ".[bench]"
+    .venv/bin/python benchmarks/run.py            # the full run (several minutes)
+    .venv/bin/python benchmarks/run.py --quick    # smaller, for a smoke test
+
+It writes ``benchmarks/results/latest.json``, the table between the markers in
+``docs/benchmarks.md`` and the chart ``docs/benchmarks.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "benchmarks" / "build"
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "benchmarks.png"
+SECRET = secrets.token_hex(32)
+UVICORN = ["--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
+
+
+def cores() -> tuple[set[int], set[int]]:
+    """CPUs for the server and for the load client (the same one on a single-core machine)."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return set(available), set(available)
+    return {available[0]}, {available[1]}
+
+
+SERVER_CPU, CLIENT_CPU = cores()
+
+
+def build_loadgen() -> Path:
+    """Compile loadgen.c (once per source change)."""
+    source = ROOT / "benchmarks" / "loadgen.c"
+    binary = BUILD / "loadgen"
+    if binary.exists() and binary.stat().st_mtime > source.stat().st_mtime:
+        return binary
+    BUILD.mkdir(parents=True, exist_ok=True)
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        sys.exit("the benchmark needs a C compiler (cc or gcc) to build its load client")
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proc_status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+@dataclass
+class Server:
+    """A server process under test."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    token_from_init: bool
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        return proc_status(self.pid, "VmRSS")
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to start one of the compared servers."""
+
+    name: str
+    command: list[str]
+    token_from_init: bool = True
+
+    @contextlib.contextmanager
+    def start(self) -> Iterator[Server]:
+        port = free_port()
+        command = [sys.executable, *(arg.format(port=port) for arg in self.command)]
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPU),
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{self.name} did not start") from None
+                    time.sleep(0.05)
+            yield Server(self.name, process, port, self.token_from_init)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def channel_asgi_target(name: str = "channel_asgi", *extra: str) -> Target:
+    return Target(
+        name,
+        [
+            "-m", "channel_asgi", "serve", "--port", "{port}", "--secret", SECRET,
+            "--log-level", "warning", "--no-access-log", *extra,
+        ],
+    )  # fmt: skip
+
+
+BASELINE = Target(
+    "sse-starlette + broadcaster",
+    ["-m", "uvicorn", "benchmarks.sse_starlette_app:app", "--port", "{port}", *UVICORN],
+    token_from_init=False,
+)
+
+
+def loadgen(binary: Path, server: Server, *args: str, stdin: int | None = None) -> dict[str, Any]:
+    """Run the load client against ``server`` and return its JSON report."""
+    command = [str(binary), "--port", str(server.port), "--cpu-pid", str(server.pid), *args]
+    if not server.token_from_init:
+        command.append("--no-init")
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=stdin,
+        preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPU),
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({result.returncode}): {result.stderr.strip()}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def settle(server: Server, seconds: float = 1.0) -> None:
+    """Wait until the server's CPU use is quiet (the previous run's connections are gone)."""
+
+    def ticks() -> int:
+        with open(f"/proc/{server.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        before = ticks()
+        time.sleep(seconds)
+        if ticks() - before < os.sysconf("SC_CLK_TCK") * seconds * 0.05:
+            return
+
+
+def saturated(
+    binary: Path, target: Target, subs: int, deliveries: int, window: int
+) -> dict[str, Any]:
+    publishes = max(50, deliveries // subs)
+    with target.start() as server:
+        report = loadgen(
+            binary, server, "--subs", str(subs), "--publishes", str(publishes),
+            "--window", str(window), "--pub-conns", "16", "--timeout", "600",
+        )  # fmt: skip
+    report["server_cpu_per_100k"] = report["server_cpu_s"] / max(report["deliveries"], 1) * 1e5
+    return report
+
+
+def latency(binary: Path, target: Target, subs: int, rate: float, count: int) -> dict[str, Any]:
+    with target.start() as server:
+        report = loadgen(
+            binary, server, "--subs", str(subs), "--publishes", str(count), "--rate", str(rate),
+            "--pub-conns", "4", "--timeout", "600",
+        )  # fmt: skip
+    report["server_cpu_per_100k"] = report["server_cpu_s"] / max(report["deliveries"], 1) * 1e5
+    return report
+
+
+def idle(binary: Path, target: Target, subs: int) -> dict[str, Any]:
+    """Connect ``subs`` idle subscribers; measure connect time and RSS per connection."""
+    with target.start() as server:
+        warm = loadgen(binary, server, "--subs", "1", "--publishes", "20", "--window", "4")
+        settle(server)
+        before = server.rss_kib()
+        command = [str(binary), "--port", str(server.port), "--mode", "idle", "--subs", str(subs)]
+        if not server.token_from_init:
+            command.append("--no-init")
+        client = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPU),
+        )
+        assert client.stdout is not None and client.stdin is not None
+        ready = client.stdout.readline()
+        if not ready.startswith("READY"):
+            client.kill()
+            raise RuntimeError(f"idle client failed: {ready!r}")
+        connect_s = float(ready.split()[1])
+        settle(server)
+        after = server.rss_kib()
+        client.stdin.close()
+        client.wait(timeout=60)
+    del warm
+    return {
+        "subs": subs,
+        "connect_s": connect_s,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_connection": (after - before) / subs,
+    }
+
+
+def publish_only(binary: Path, target: Target, seconds: float, runs: int) -> dict[str, Any]:
+    rates = []
+    with target.start() as server:
+        for _ in range(runs):
+            report = loadgen(
+                binary, server, "--mode", "publish-only", "--duration", str(seconds),
+                "--pub-conns", "16",
+            )  # fmt: skip
+            rates.append(report["publishes_per_s"])
+    return {"publishes_per_s": statistics.median(rates), "runs": rates}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    binary = build_loadgen()
+    subs_list = [int(s) for s in args.subs.split(",")]
+    ours = channel_asgi_target()
+    results: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "server_cpu": sorted(SERVER_CPU),
+            "client_cpu": sorted(CLIENT_CPU),
+            "platform": platform.platform(),
+        },
+        "servers": {},
+    }
+    for target, budget in ((ours, args.deliveries), (BASELINE, args.baseline_deliveries)):
+        print(f"== {target.name}", file=sys.stderr)
+        entry: dict[str, Any] = {"saturated": {}, "idle": {}}
+        for subs in subs_list:
+            entry["saturated"][subs] = saturated(binary, target, subs, budget, args.window)
+            print(
+                f"   saturated {subs}: {entry['saturated'][subs]['deliveries_per_s']:.0f}/s",
+                file=sys.stderr,
+            )
+        entry["latency"] = latency(binary, target, args.latency_subs, args.rate, args.latency_count)
+        print(f"   latency: p99 {entry['latency']['p99_ms']:.1f} ms", file=sys.stderr)
+        for subs in args.idle_subs:
+            entry["idle"][subs] = idle(binary, target, subs)
+            print(f"   idle {subs}: {entry['idle'][subs]['connect_s']:.1f} s", file=sys.stderr)
+        entry["publish_only"] = publish_only(binary, target, args.publish_seconds, 3)
+        print(f"   publish only: {entry['publish_only']['publishes_per_s']:.0f}/s", file=sys.stderr)
+        results["servers"][target.name] = entry
+    if not args.no_redis:
+        print("== channel_asgi on Redis", file=sys.stderr)
+        redis_target = channel_asgi_target(
+            "channel_asgi (RedisStorage)",
+            "--redis", args.redis, "--redis-prefix", f"bench-{secrets.token_hex(4)}",
+        )  # fmt: skip
+        subs = 1000 if 1000 in subs_list else subs_list[0]
+        results["redis"] = {
+            subs: saturated(binary, redis_target, subs, args.deliveries, args.window)
+        }
+    return results
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """The goals of issue 6, as ratios of one run."""
+    ours = results["servers"]["channel_asgi"]
+    base = results["servers"]["sse-starlette + broadcaster"]
+    out: dict[str, Any] = {"deliveries": {}}
+    for subs, report in ours["saturated"].items():
+        out["deliveries"][subs] = (
+            report["deliveries_per_s"] / base["saturated"][subs]["deliveries_per_s"]
+        )
+    out["p99"] = ours["latency"]["p99_ms"] / base["latency"]["p99_ms"]
+    out["light_cpu"] = (
+        ours["latency"]["server_cpu_per_100k"] / base["latency"]["server_cpu_per_100k"]
+    )
+    out["publish_only"] = (
+        ours["publish_only"]["publishes_per_s"] / base["publish_only"]["publishes_per_s"]
+    )
+    biggest = max(ours["idle"], key=int)
+    out["kib_per_idle"] = ours["idle"][biggest]["kib_per_connection"]
+    if "redis" in results:
+        subs = next(iter(results["redis"]))
+        memory = ours["saturated"].get(subs)
+        if memory:
+            out["redis"] = results["redis"][subs]["deliveries_per_s"] / memory["deliveries_per_s"]
+    connects = sorted((int(s), r["connect_s"]) for s, r in ours["idle"].items())
+    out["connect_per_sub_ms"] = {s: c / s * 1000 for s, c in connects}
+    return out
+
+
+def table(results: dict[str, Any], r: dict[str, Any]) -> str:
+    ours = results["servers"]["channel_asgi"]
+    base = results["servers"]["sse-starlette + broadcaster"]
+    subs_list = list(ours["saturated"])
+
+    def row(name: str, entry: dict[str, Any]) -> str:
+        sat = " / ".join(
+            f"{entry['saturated'][s]['deliveries_per_s'] / 1000:.0f}k" for s in subs_list
+        )
+        middle = subs_list[len(subs_list) // 2]
+        cpu = entry["saturated"][middle]["server_cpu_per_100k"]
+        lat = entry["latency"]
+        biggest = max(entry["idle"], key=int)
+        kib = entry["idle"][biggest]["kib_per_connection"]
+        pub = entry["publish_only"]["publishes_per_s"] / 1000
+        return (
+            f"| {name} | {sat} | {cpu:.2f} | {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | "
+            f"{lat['server_cpu_per_100k']:.2f} | {kib:.1f} | {pub:.1f}k |"
+        )
+
+    subs_text = " / ".join(str(s) for s in subs_list)
+    middle = subs_list[len(subs_list) // 2]
+    params = results["params"]
+    header = [
+        "server",
+        f"deliveries/s at {subs_text} subscribers",
+        f"CPU s per 100k deliveries ({middle} subs, saturated)",
+        f"p50 / p99 ms at {params['rate']:g} publishes/s, {params['latency_subs']} subs",
+        "CPU s per 100k deliveries at that light load",
+        f"KiB per idle connection ({max(ours['idle'], key=int)} subs)",
+        "publishes/s, no subscribers",
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|---|---|---|---|---|---|---|",
+        row("channel_asgi", ours),
+        row("sse-starlette + broadcaster", base),
+    ]
+    goals = [
+        (
+            "deliveries/s at 1000 subscribers",
+            r["deliveries"].get(1000) or r["deliveries"][middle],
+            ">= 8x",
+            lambda v: v >= 8,
+        ),
+        ("p99 latency, light load", r["p99"], "<= 1/4", lambda v: v <= 0.25),
+        ("server CPU per delivery, light load", r["light_cpu"], "<= 1/2", lambda v: v <= 0.5),
+        ("publishes/s, no subscribers", r["publish_only"], ">= 1.2x", lambda v: v >= 1.2),
+    ]
+    lines += [
+        "",
+        "| goal | channel_asgi / sse-starlette + broadcaster | target | met |",
+        "|---|---|---|---|",
+    ]
+    for name, value, target, check in goals:
+        lines.append(f"| {name} | {value:.2f}x | {target} | {'yes' if check(value) else 'no'} |")
+    lines.append(
+        f"| KiB per idle subscriber | {r['kib_per_idle']:.1f} KiB | <= 16 KiB | "
+        f"{'yes' if r['kib_per_idle'] <= 16 else 'no'} |"
+    )
+    if "redis" in r:
+        lines.append(
+            f"| RedisStorage / MemoryStorage deliveries/s | {r['redis']:.2f}x | >= 0.8x | "
+            f"{'yes' if r['redis'] >= 0.8 else 'no'} |"
+        )
+    connects = ", ".join(f"{s}: {ms:.2f} ms" for s, ms in r["connect_per_sub_ms"].items())
+    lines += ["", f"Connect time per subscriber (channel_asgi, by channel size): {connects}."]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any]) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install -e '.[bench]')", file=sys.stderr)
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, entry in results["servers"].items():
+        subs = [int(s) for s in entry["saturated"]]
+        left.plot(
+            subs,
+            [entry["saturated"][s]["deliveries_per_s"] for s in entry["saturated"]],
+            "o-",
+            label=name,
+        )
+        right.plot(
+            subs, [entry["saturated"][s]["p99_ms"] for s in entry["saturated"]], "o-", label=name
+        )
+    for axis, title in (
+        (left, "deliveries per second (saturated)"),
+        (right, "p99 latency, ms (saturated)"),
+    ):
+        axis.set_xscale("log")
+        axis.set_xlabel("subscribers on one channel")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    left.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(CHART, dpi=110)
+    return True
+
+
+def write_doc(markdown: str) -> None:
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a small run, for a smoke test")
+    parser.add_argument("--subs", default="100,1000,5000", help="subscriber counts (saturated)")
+    parser.add_argument("--deliveries", type=int, default=2_000_000, help="per channel_asgi run")
+    parser.add_argument("--baseline-deliveries", type=int, default=500_000, help="per baseline run")
+    parser.add_argument("--window", type=int, default=256, help="broadcasts in flight, saturated")
+    parser.add_argument("--rate", type=float, default=20.0, help="publishes/s for latency")
+    parser.add_argument("--latency-subs", type=int, default=1000)
+    parser.add_argument("--latency-count", type=int, default=300)
+    parser.add_argument("--publish-seconds", type=float, default=5.0)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only; keep docs as they are")
+    args = parser.parse_args()
+    args.idle_subs = [1000, 2000, 5000]
+    if args.quick:
+        args.subs, args.deliveries, args.baseline_deliveries = "100,1000", 300_000, 100_000
+        args.latency_count, args.publish_seconds, args.idle_subs = 60, 2.0, [500, 1000]
+    results = run(args)
+    results["params"] = {
+        "rate": args.rate,
+        "latency_subs": args.latency_subs,
+        "window": args.window,
+        "deliveries": args.deliveries,
+        "baseline_deliveries": args.baseline_deliveries,
+        "quick": args.quick,
+    }
+    r = ratios(results)
+    results["ratios"] = r
+    markdown = table(results, r)
+    print(markdown)
+    if args.no_write:
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if not args.quick:
+        write_doc(markdown)
+        chart(results)
+
+
+if __name__ == "__main__":
+    main()
