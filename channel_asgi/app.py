@@ -46,7 +46,7 @@ from .http import (
     send_json,
     validate_channel,
 )
-from .hub import Close, Hub, Transport
+from .hub import HEARTBEAT_TICKS, Close, Hub, Transport
 from .identity import IdentityTokens
 from .lifecycle import Runner, run_every, server_is_exiting
 from .patterns import Authorizer, ChannelPattern, PatternSet
@@ -205,7 +205,8 @@ class ChannelApp:
             try:
                 async with anyio.create_task_group() as group:
                     await group.start(self.storage.run, self.hub.dispatch)
-                    await group.start(run_every, self.settings.heartbeat, self.hub.heartbeat)
+                    tick = self.settings.heartbeat / HEARTBEAT_TICKS
+                    await group.start(run_every, tick, self.hub.heartbeat)
                     interval = self.settings.presence_interval
                     await group.start(run_every, interval, self.engine.flush_presence)
                     await group.start(run_every, _EXIT_POLL, self._end_streams_if_exiting)
@@ -269,8 +270,8 @@ class ChannelApp:
                 return
             if method not in _ROUTES[route]:
                 raise MethodNotAllowed(_ROUTES[route])
-            await self._runner.ensure_started()
             validate_channel(channel)
+            await self._runner.ensure_started()
             if route == "subscribe":
                 await self._subscribe(scope, headers, receive, send, channel, cors)
             else:

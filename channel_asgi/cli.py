@@ -56,6 +56,20 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
         command.add_argument("--port", type=int, default=port, help=f"port to bind ({port})")
         command.add_argument("--log-level", default="info", help="uvicorn log level (info)")
+        command.add_argument(
+            "--widget-key",
+            action="append",
+            default=[],
+            dest="widget_keys",
+            help="accept this widget key (repeat for several); publishes must carry one",
+        )
+        command.add_argument(
+            "--cors-origin",
+            action="append",
+            default=[],
+            dest="cors_origins",
+            help="allow browser pages from this origin, or '*' (repeat for several; demo: '*')",
+        )
     serve.add_argument("--redis", metavar="URL", help="use RedisStorage at URL (many workers)")
     serve.add_argument(
         "--redis-prefix", default="channel_asgi", help="prefix of the Redis keys (channel_asgi)"
@@ -67,20 +81,6 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds before a dead worker's viewers stop counting (30)",
     )
     serve.add_argument("--secret", help="HMAC secret for tokens (required with --redis)")
-    serve.add_argument(
-        "--widget-key",
-        action="append",
-        default=[],
-        dest="widget_keys",
-        help="accept this widget key (repeat for several); publishes must carry one",
-    )
-    serve.add_argument(
-        "--cors-origin",
-        action="append",
-        default=[],
-        dest="cors_origins",
-        help="allow browser pages from this origin, or '*' (repeat for several)",
-    )
     serve.add_argument("--workers", type=int, default=1, help="worker processes (needs --redis)")
     serve.add_argument("--history-size", type=int, default=1000, help="broadcasts kept per channel")
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between pings")
@@ -112,7 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     workers = 1
     if args.command == "demo":
-        options: dict[str, Any] = {"demo": True, "cors_origins": ["*"]}
+        options: dict[str, Any] = {
+            "demo": True,
+            "widget_keys": args.widget_keys,
+            "cors_origins": args.cors_origins or ["*"],
+        }
     else:
         options = {
             "redis": args.redis,

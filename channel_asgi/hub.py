@@ -48,6 +48,8 @@ class Close(enum.Enum):
 
 #: Mailbox item asking the writer to send the channel's history (a ``request`` reply).
 REQUEST: Final = object()
+#: Heartbeat ticks per ``heartbeat`` interval.
+HEARTBEAT_TICKS: Final = 3
 
 
 class Subscriber:
@@ -70,9 +72,9 @@ class Subscriber:
         "channel",
         "closed",
         "connection_id",
-        "idle",
         "interrupt",
         "limit",
+        "quiet",
         "transport",
         "user_id",
     )
@@ -91,7 +93,8 @@ class Subscriber:
         self.transport = transport
         self.limit = limit
         self.closed: Close | None = None
-        self.idle = True
+        #: Heartbeat ticks since the last thing queued (see Hub.heartbeat).
+        self.quiet = 0
         #: Stops the writer at once, even inside a send (set by the connection's writer).
         self.interrupt: Callable[[], object] | None = None
         self._items: list[object] = []
@@ -107,7 +110,7 @@ class Subscriber:
             return True
         self._items.append(item)
         self._size += len(item)
-        self.idle = False
+        self.quiet = 0
         if self._size > self.limit:
             return False
         if self._waiter is not None:
@@ -225,10 +228,7 @@ class Hub:
         if subscriber.closed is not None:
             return
         if backlog and replayed_through is not None:
-            for index, delivery in enumerate(backlog):
-                if delivery.id == replayed_through:
-                    backlog = backlog[index + 1 :]
-                    break
+            backlog = _after_replay(backlog, replayed_through)
         key = subscriber.connection_id
         room.by_connection[key] = subscriber
         room.by_transport[subscriber.transport][key] = subscriber
@@ -348,17 +348,34 @@ class Hub:
         subscriber.close(Close.SLOW)
 
     def heartbeat(self) -> None:
-        """Queue a ping for every SSE connection that had nothing to send since the last call."""
+        """Ping every SSE connection that was silent for ``HEARTBEAT_TICKS`` calls.
+
+        The app calls this ``HEARTBEAT_TICKS`` times per ``heartbeat`` interval, so a stream is
+        never silent for more than a third of an interval past its heartbeat.
+        """
         for room in self._rooms.values():
             for subscriber in room.by_transport[Transport.SSE].values():
-                if subscriber.idle:
+                if subscriber.quiet >= HEARTBEAT_TICKS:
                     subscriber.put(sse.PING)
-                subscriber.idle = True
+                else:
+                    subscriber.quiet += 1
 
     def close_all(self, reason: Close) -> None:
         """Close every mailbox (the app is stopping)."""
         for subscriber in self.subscribers():
             subscriber.close(reason)
+
+
+def _after_replay(backlog: list[Delivery], replayed_through: str) -> list[Delivery]:
+    """Drop the retained broadcasts the replay already held (those up to ``replayed_through``).
+
+    Other events (private, system, ...) are never in a replay, so they all stay, in order.
+    """
+    for index, delivery in enumerate(backlog):
+        if delivery.id == replayed_through:
+            earlier = [d for d in backlog[:index] if d.id is None]
+            return earlier + backlog[index + 1 :]
+    return backlog
 
 
 def _frame(transport: Transport, payload: bytes, event_id: str | None) -> bytes | str:

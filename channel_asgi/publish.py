@@ -110,8 +110,10 @@ class PublishRoute:
         ):
             raise Forbidden("The webhook URL is not under an allowed prefix (webhook_urls)")
         connection = Connection(claims.user_id, channel, claims.connection_id)
-        if self.hooks.on_publish and not isinstance(envelope, RequestBody):
-            envelope.message = await self._run_publish_hooks(envelope, connection)
+        if self.hooks.on_publish:
+            message = await self._run_publish_hooks(envelope, connection)
+            if message is not None and not isinstance(envelope, RequestBody):
+                envelope.message = message
         return await self._act(envelope, connection)
 
     def _check_rate(self, user_id: str, client: str | None) -> None:
@@ -136,19 +138,25 @@ class PublishRoute:
             raise Forbidden("widget_key is not accepted")
 
     async def _run_publish_hooks(
-        self, body: BroadcastBody | PrivateBody | WebhookBody, connection: Connection
-    ) -> msgspec.Raw:
-        """Run ``on_publish`` hooks on a decoded copy; return the (possibly changed) message."""
+        self, body: PublishBody, connection: Connection
+    ) -> msgspec.Raw | None:
+        """Run ``on_publish`` hooks on a decoded copy; return the (possibly changed) message.
+
+        A ``request`` has no message: its hooks see ``message`` None, and None is returned.
+        """
+        raw = getattr(body, "message", None)
         envelope = Envelope(
             type=publish_type(body),
             stream_id=connection.channel,
             author_id=connection.user_id,
             to_user_id=getattr(body, "to_user_id", ""),
-            message=msgspec.json.decode(body.message),
+            message=None if raw is None else msgspec.json.decode(raw),
             timestamp=body.timestamp,
         )
         for hook in self.hooks.on_publish:
             await self._run_publish_hook(hook, envelope, connection)
+        if raw is None:
+            return None
         if envelope.message is None:
             raise ChannelError(500, "on_publish hook set the message to null")
         return msgspec.Raw(msgspec.json.encode(envelope.message))

@@ -142,3 +142,31 @@ async def test_a_storage_outage_at_startup_answers_503_until_redis_is_up(
                     break
             except AssertionError:
                 await anyio.sleep(0.2)
+
+
+async def test_broadcasts_made_while_the_pubsub_connection_was_down_are_delivered(
+    own_redis: OwnRedis,
+) -> None:
+    """A dropped pub/sub connection catches up from the stream, even on a quiet channel."""
+    import redis.asyncio
+
+    from .storage.conftest import running
+
+    async with (
+        running(RedisStorage(own_redis.url, prefix="gap")) as reader,
+        running(RedisStorage(own_redis.url, prefix="gap")) as writer,
+    ):
+        await reader.storage.listen("quiet")  # nothing published on it yet
+        admin = redis.asyncio.Redis.from_url(own_redis.url)
+        try:
+            await admin.client_kill_filter(_type="pubsub")
+        finally:
+            await admin.aclose()
+        ids = [await writer.storage.append("quiet", b'{"n":%d}' % n, keep=10) for n in range(3)]
+        got = await reader.inbox.wait_for(3, "quiet")
+        assert [delivery.id for delivery in got] == ids
+        await writer.storage.append("quiet", b'{"n":3}', keep=10)
+        assert len(await reader.inbox.wait_for(4, "quiet")) == 4  # and no duplicates after
+        await anyio.sleep(0.3)
+        assert len([d for d in reader.inbox.deliveries if d.channel == "quiet"]) == 4
+        await reader.storage.unlisten("quiet")

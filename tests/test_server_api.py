@@ -226,3 +226,24 @@ def test_hooks_must_be_async() -> None:
     channels = ChannelApp()
     with pytest.raises(TypeError, match="async"):
         channels.on_connect(lambda conn: None)
+
+
+async def test_on_publish_runs_for_requests_too(serve, client: httpx.AsyncClient) -> None:
+    """A request publish passes the hooks (message None) and may be rejected like any other."""
+    channels = ChannelApp()
+    seen: list[tuple[str, object]] = []
+
+    @channels.on_publish
+    async def gate(envelope: Envelope, conn: Connection) -> None:
+        seen.append((envelope.type, envelope.message))
+        if envelope.type == "request":
+            raise Reject(451, "History is not available here")
+
+    base = await serve(channels)
+    async with subscribe(client, f"{base}/subscribe/q") as sub:
+        reply = await publish(client, f"{base}/publish/q", sub.token, {"type": "request"})
+        assert (reply.status_code, reply.json()["message"]) == (
+            451,
+            "History is not available here",
+        )
+    assert seen == [("request", None)]

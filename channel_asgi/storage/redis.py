@@ -471,6 +471,11 @@ class RedisStorage:
                 await event.wait()
             if not event.is_set():
                 raise StorageUnavailable("Redis did not confirm the subscription in time")
+            if count == 0 and channel not in self._last_seen:
+                # Where to catch up from if the pub/sub connection drops before a broadcast.
+                with _unavailable("subscribe"):
+                    last = await _untyped(self._redis()).get(self._key("last", channel))
+                self._last_seen.setdefault(channel, last.decode() if last else "0-0")
         except BaseException:
             await self.unlisten(channel)
             raise

@@ -1,0 +1,139 @@
+"""The per-process hub: framing once, targeting, the opening backlog, heartbeats, slow readers."""
+
+from __future__ import annotations
+
+from channel_asgi import sse
+from channel_asgi.hub import HEARTBEAT_TICKS, REQUEST, Close, Hub, Subscriber, Transport
+from channel_asgi.storage import Delivery
+
+
+def subscriber(
+    connection: str = "c1",
+    user: str | None = "u1",
+    transport: Transport = Transport.SSE,
+    limit: int = 1 << 20,
+) -> Subscriber:
+    return Subscriber("ch", connection, user, transport, limit)
+
+
+def live(hub: Hub, *subs: Subscriber) -> None:
+    for sub in subs:
+        hub.attach(sub)
+        hub.activate(sub)
+
+
+def queued(sub: Subscriber) -> list[object]:
+    return list(sub._items)
+
+
+def test_a_broadcast_is_framed_once_and_shared_by_every_sse_subscriber() -> None:
+    """Every SSE mailbox holds the very same bytes object."""
+    hub = Hub()
+    subs = [subscriber(f"c{n}", f"u{n}") for n in range(3)]
+    live(hub, *subs)
+    hub.dispatch(Delivery("ch", "event", b'{"type":"broadcast"}', "1-0"))
+    frames = [queued(sub)[0] for sub in subs]
+    assert frames[0] == sse.event(b'{"id":"1-0","type":"broadcast"}', "1-0")
+    assert all(frame is frames[0] for frame in frames)
+
+
+def test_private_goes_to_the_user_and_the_sender_once_each() -> None:
+    """to_user's connections and to_connection get it; a connection that is both gets it once."""
+    hub = Hub()
+    alice1, alice2, bob, carol = (
+        subscriber("a1", "alice"),
+        subscriber("a2", "alice"),
+        subscriber("b", "bob"),
+        subscriber("c", "carol"),
+    )
+    live(hub, alice1, alice2, bob, carol)
+    hub.dispatch(Delivery("ch", "event", b"{}", to_user="alice", to_connection="b"))
+    assert [len(queued(s)) for s in (alice1, alice2, bob, carol)] == [1, 1, 1, 0]
+    hub.dispatch(Delivery("ch", "event", b"{}", to_user="bob", to_connection="b"))
+    assert len(queued(bob)) == 2
+
+
+def test_excluded_connection_does_not_get_its_own_join() -> None:
+    """exclude_connection skips exactly that connection."""
+    hub = Hub()
+    joiner, other = subscriber("j", "u1"), subscriber("o", "u2")
+    live(hub, joiner, other)
+    hub.dispatch(Delivery("ch", "event", b"{}", exclude_connection="j"))
+    assert (len(queued(joiner)), len(queued(other))) == (0, 1)
+
+
+def test_backlog_drops_only_the_broadcasts_the_replay_held() -> None:
+    """Private and system events that arrived while opening survive the trim, in order."""
+    hub = Hub()
+    sub = subscriber()
+    hub.attach(sub)
+    hub.dispatch(Delivery("ch", "event", b'{"n":"system"}'))
+    hub.dispatch(Delivery("ch", "event", b'{"n":"a"}', "1-0"))
+    hub.dispatch(Delivery("ch", "event", b'{"n":"private"}', to_user="u1"))
+    hub.dispatch(Delivery("ch", "event", b'{"n":"b"}', "2-0"))
+    hub.activate(sub, replayed_through="1-0")
+    frames = [bytes(frame) for frame in queued(sub)]  # type: ignore[call-overload]
+    names = [frame.split(b'"n":"')[1].split(b'"')[0] for frame in frames]
+    assert names == [b"system", b"private", b"b"]
+
+
+def test_request_reaches_only_its_connection_as_an_instruction() -> None:
+    """A request delivery queues REQUEST for the named connection."""
+    hub = Hub()
+    one, two = subscriber("c1"), subscriber("c2", "u2")
+    live(hub, one, two)
+    hub.dispatch(Delivery("ch", "request", to_connection="c2"))
+    assert (queued(one), queued(two)) == ([], [REQUEST])
+
+
+def test_end_closes_every_mailbox_after_the_end_event() -> None:
+    """The end event is queued, then the mailbox is closed for good."""
+    hub = Hub()
+    sub = subscriber()
+    live(hub, sub)
+    hub.dispatch(Delivery("ch", "end", b'{"type":"end"}'))
+    assert sub.closed is Close.END
+    assert len(queued(sub)) == 1
+    hub.dispatch(Delivery("ch", "event", b"{}"))
+    assert len(queued(sub)) == 1
+
+
+def test_heartbeat_pings_only_after_a_whole_quiet_interval() -> None:
+    """A ping after HEARTBEAT_TICKS quiet ticks; any event restarts the count."""
+    hub = Hub()
+    sub = subscriber()
+    live(hub, sub)
+    for _ in range(HEARTBEAT_TICKS):
+        hub.heartbeat()
+    assert queued(sub) == []
+    hub.heartbeat()
+    assert queued(sub) == [sse.PING]
+    hub.dispatch(Delivery("ch", "event", b"{}"))
+    for _ in range(HEARTBEAT_TICKS):
+        hub.heartbeat()
+    assert queued(sub)[-1] != sse.PING
+
+
+def test_overflowing_mailbox_closes_as_slow_and_interrupts_its_writer() -> None:
+    """Past its byte limit a subscriber is closed, emptied and its writer interrupted."""
+    hub = Hub()
+    slow, fine = subscriber("s", limit=100), subscriber("f", "u2")
+    interrupted: list[bool] = []
+    slow.interrupt = lambda: interrupted.append(True)
+    live(hub, slow, fine)
+    for _ in range(5):
+        hub.dispatch(Delivery("ch", "event", b"x" * 40))
+    assert slow.closed is Close.SLOW
+    assert queued(slow) == []
+    assert interrupted == [True]
+    assert len(queued(fine)) == 5
+
+
+def test_text_and_json_transports_get_the_payload_with_its_id() -> None:
+    """WebSocket-style subscribers get str, server-side ones bytes, both with the id."""
+    hub = Hub()
+    text, raw = subscriber("t", "u1", Transport.TEXT), subscriber("r", None, Transport.JSON)
+    live(hub, text, raw)
+    hub.dispatch(Delivery("ch", "event", b'{"type":"broadcast"}', "5-1"))
+    assert queued(text) == ['{"id":"5-1","type":"broadcast"}']
+    assert queued(raw) == [b'{"id":"5-1","type":"broadcast"}']
