@@ -150,7 +150,7 @@ async def test_broadcasts_made_while_the_pubsub_connection_was_down_are_delivere
     """A dropped pub/sub connection catches up from the stream, even on a quiet channel."""
     import redis.asyncio
 
-    from .storage.conftest import running
+    from channel_asgi.storage.conformance import running
 
     async with (
         running(RedisStorage(own_redis.url, prefix="gap")) as reader,

@@ -1,0 +1,290 @@
+"""The Storage conformance suite: every behaviour a backend must have, as pytest tests.
+
+``MemoryStorage`` and ``RedisStorage`` both pass it; a third-party backend runs the same suite
+from its own tests by importing it and defining one fixture, ``make_storage``: a factory whose
+every call returns a view of *one shared* storage as another process would see it (for a backend
+with a server, a new client of the same server and key prefix)::
+
+    # test_my_storage.py
+    import pytest
+
+    from channel_asgi.storage.conformance import *  # noqa: F403 - the suite's tests and fixtures
+
+
+    @pytest.fixture
+    def make_storage():
+        return lambda: MyStorage("my://server", prefix="conformance-test")
+
+The tests are async and need pytest with anyio's plugin (``anyio_backend`` selects the event
+loop). This module imports pytest, so only test code should import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio
+import pytest
+
+from .base import Delivery, Storage
+
+#: How long any single wait in the suite may take, in seconds.
+WAIT: Final = 10.0
+
+pytestmark = pytest.mark.anyio
+
+__all__ = [
+    "WAIT",
+    "Inbox",
+    "Running",
+    "peer",
+    "pytestmark",
+    "running",
+    "storage",
+    "test_append_delivers_to_every_listening_process",
+    "test_append_returns_distinct_ids_in_publication_order",
+    "test_backends_implement_the_protocol",
+    "test_channel_names_with_every_allowed_character",
+    "test_close_and_open_span_processes",
+    "test_history_after_a_retained_id_is_recovered",
+    "test_history_after_an_unknown_id_is_not_recovered",
+    "test_history_after_the_newest_id_is_recovered_and_empty",
+    "test_history_is_per_channel",
+    "test_history_keeps_only_the_newest",
+    "test_history_of_an_unknown_channel_is_empty",
+    "test_history_ttl_ignores_old_broadcasts",
+    "test_is_connected_spans_processes",
+    "test_large_and_unusual_payloads_round_trip",
+    "test_listen_is_counted",
+    "test_request_deliveries_cross_processes",
+    "test_send_delivers_without_retaining",
+    "test_viewer_count_spans_processes",
+]
+
+
+@dataclass
+class Inbox:
+    """What a storage delivered to one process."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def __call__(self, delivery: Delivery) -> None:
+        self.deliveries.append(delivery)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait_for(self, count: int, channel: str | None = None) -> list[Delivery]:
+        """Wait until ``count`` deliveries (of ``channel``) arrived; return them."""
+        with anyio.fail_after(WAIT):
+            while True:
+                got = [d for d in self.deliveries if channel is None or d.channel == channel]
+                if len(got) >= count:
+                    return got
+                await self.changed.wait()
+
+
+@dataclass
+class Running:
+    """A storage whose ``run`` is active, with the deliveries it made."""
+
+    storage: Storage
+    inbox: Inbox
+
+
+@asynccontextmanager
+async def running(storage: Storage) -> AsyncIterator[Running]:
+    """Run ``storage`` (as a ChannelApp would) for the block."""
+    inbox = Inbox()
+    async with anyio.create_task_group() as group:
+        await group.start(storage.run, inbox)
+        yield Running(storage, inbox)
+        group.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def storage(make_storage: Callable[[], Storage]) -> AsyncIterator[Running]:
+    """The storage under test, running."""
+    async with running(make_storage()) as first:
+        yield first
+
+
+@pytest.fixture
+async def peer(make_storage: Callable[[], Storage]) -> AsyncIterator[Running]:
+    """The same storage as seen from another process, running."""
+    async with running(make_storage()) as second:
+        yield second
+
+
+def payload(n: int) -> bytes:
+    return b'{"stream_id":"c","message":' + str(n).encode() + b',"type":"broadcast"}'
+
+
+async def test_backends_implement_the_protocol(storage: Running) -> None:
+    """Both backends are Storage instances (the runtime-checkable Protocol)."""
+    assert isinstance(storage.storage, Storage)
+
+
+async def test_append_returns_distinct_ids_in_publication_order(storage: Running) -> None:
+    """Ids are unique and history keeps the order they were appended in."""
+    ids = [await storage.storage.append("c", payload(n), keep=100) for n in range(50)]
+    assert len(set(ids)) == 50
+    history = await storage.storage.history("c")
+    assert [event.id for event in history.events] == ids
+    assert [event.payload for event in history.events] == [payload(n) for n in range(50)]
+    assert history.recovered is None
+
+
+async def test_history_keeps_only_the_newest(storage: Running) -> None:
+    """keep bounds the retained broadcasts; the oldest are evicted."""
+    ids = [await storage.storage.append("c", payload(n), keep=3) for n in range(6)]
+    assert [e.id for e in (await storage.storage.history("c")).events] == ids[3:]
+
+
+async def test_history_after_a_retained_id_is_recovered(storage: Running) -> None:
+    """after= a retained id returns exactly what followed it."""
+    ids = [await storage.storage.append("c", payload(n), keep=10) for n in range(5)]
+    history = await storage.storage.history("c", after=ids[1])
+    assert history.recovered is True
+    assert [e.id for e in history.events] == ids[2:]
+
+
+async def test_history_after_the_newest_id_is_recovered_and_empty(storage: Running) -> None:
+    """The newest id is recovered even when nothing is retained."""
+    newest = await storage.storage.append("c", payload(0), keep=0)
+    history = await storage.storage.history("c", after=newest)
+    assert (history.recovered, history.events) == (True, [])
+
+
+@pytest.mark.parametrize("after", ["evicted", "unknown", "0-1", "garbage"])
+async def test_history_after_an_unknown_id_is_not_recovered(storage: Running, after: str) -> None:
+    """An evicted or unknown id gives every retained broadcast and recovered False."""
+    ids = [await storage.storage.append("c", payload(n), keep=2) for n in range(4)]
+    if after == "evicted":
+        after = ids[0]
+    history = await storage.storage.history("c", after=after)
+    assert history.recovered is False
+    assert [e.id for e in history.events] == ids[2:]
+
+
+async def test_history_of_an_unknown_channel_is_empty(storage: Running) -> None:
+    """No history is an empty list; resuming on it is not recovered."""
+    assert (await storage.storage.history("never")).events == []
+    assert (await storage.storage.history("never", after="1-0")).recovered is False
+
+
+async def test_history_ttl_ignores_old_broadcasts(storage: Running) -> None:
+    """Broadcasts older than ttl are not returned."""
+    await storage.storage.append("c", payload(0), keep=10, ttl=0.3)
+    await anyio.sleep(0.5)
+    fresh = await storage.storage.append("c", payload(1), keep=10, ttl=0.3)
+    assert [e.id for e in (await storage.storage.history("c", ttl=0.3)).events] == [fresh]
+
+
+async def test_history_is_per_channel(storage: Running) -> None:
+    """Channels do not share history."""
+    await storage.storage.append("a", payload(1), keep=10)
+    await storage.storage.append("b", payload(2), keep=10)
+    assert [e.payload for e in (await storage.storage.history("a")).events] == [payload(1)]
+
+
+async def test_append_delivers_to_every_listening_process(storage: Running, peer: Running) -> None:
+    """A broadcast reaches this process and the others, with its id, in order."""
+    await storage.storage.listen("c")
+    await peer.storage.listen("c")
+    ids = [await storage.storage.append("c", payload(n), keep=100) for n in range(100)]
+    for running in (storage, peer):
+        got = await running.inbox.wait_for(100, "c")
+        assert [(d.kind, d.id, d.payload) for d in got] == [
+            ("event", event_id, payload(n)) for n, event_id in enumerate(ids)
+        ]
+    await storage.storage.unlisten("c")
+    await peer.storage.unlisten("c")
+
+
+async def test_send_delivers_without_retaining(storage: Running, peer: Running) -> None:
+    """send() reaches every listening process with every field, and is not history."""
+    await peer.storage.listen("c")
+    delivery = Delivery(
+        "c", "event", b'{"x":1}', to_user="u", to_connection="k", exclude_connection="e"
+    )
+    await storage.storage.send(delivery)
+    assert (await peer.inbox.wait_for(1, "c"))[0] == delivery
+    assert (await storage.storage.history("c")).events == []
+    await peer.storage.unlisten("c")
+
+
+async def test_request_deliveries_cross_processes(storage: Running, peer: Running) -> None:
+    """A request addressed to a connection reaches the process that holds it."""
+    await peer.storage.listen("c")
+    await storage.storage.send(Delivery("c", "request", to_connection="conn-1"))
+    got = (await peer.inbox.wait_for(1, "c"))[0]
+    assert (got.kind, got.to_connection) == ("request", "conn-1")
+    await peer.storage.unlisten("c")
+
+
+async def test_listen_is_counted(storage: Running) -> None:
+    """Two listens need two unlistens; deliveries flow until the last."""
+    await storage.storage.listen("c")
+    await storage.storage.listen("c")
+    await storage.storage.unlisten("c")
+    await storage.storage.append("c", payload(1), keep=1)
+    await storage.inbox.wait_for(1, "c")
+    await storage.storage.unlisten("c")
+
+
+async def test_viewer_count_spans_processes(storage: Running, peer: Running) -> None:
+    """join and leave return the count across processes, the new connection included."""
+    assert await storage.storage.join("v", "a") == 1
+    assert await peer.storage.join("v", "b") == 2
+    assert await storage.storage.viewer_count("v") == 2
+    assert await peer.storage.leave("v", "b") == 1
+    assert await storage.storage.leave("v", "a") == 0
+    assert await peer.storage.viewer_count("v") == 0
+
+
+async def test_is_connected_spans_processes(storage: Running, peer: Running) -> None:
+    """A connection joined in one process is connected as seen from another."""
+    await peer.storage.join("v", "conn-9")
+    assert await storage.storage.is_connected("conn-9")
+    await peer.storage.leave("v", "conn-9")
+    assert not await storage.storage.is_connected("conn-9")
+    assert not await storage.storage.is_connected("never")
+
+
+async def test_close_and_open_span_processes(storage: Running, peer: Running) -> None:
+    """close_channel marks it closed everywhere and delivers end; open_channel undoes it."""
+    await peer.storage.listen("c")
+    kept = await storage.storage.append("c", payload(1), keep=10)
+    await storage.storage.close_channel("c", b'{"type":"end"}')
+    assert await peer.storage.is_closed("c")
+    deliveries = await peer.inbox.wait_for(2, "c")
+    assert (deliveries[-1].kind, deliveries[-1].payload) == ("end", b'{"type":"end"}')
+    await peer.storage.open_channel("c")
+    assert not await storage.storage.is_closed("c")
+    assert [e.id for e in (await storage.storage.history("c")).events] == [kept]
+    await peer.storage.unlisten("c")
+
+
+async def test_large_and_unusual_payloads_round_trip(storage: Running, peer: Running) -> None:
+    """Payload bytes come back exactly, large or with odd bytes, in history and delivery."""
+    await peer.storage.listen("c")
+    big = b'{"m":"' + b"x" * (1024 * 1024) + b'"}'
+    odd = '{"m":"é\\n\\u0000 ☃"}'.encode()
+    ids = [await storage.storage.append("c", data, keep=10) for data in (big, odd)]
+    assert [e.payload for e in (await storage.storage.history("c")).events] == [big, odd]
+    got = await peer.inbox.wait_for(2, "c")
+    assert [(d.id, d.payload) for d in got] == list(zip(ids, (big, odd), strict=True))
+    await peer.storage.unlisten("c")
+
+
+async def test_channel_names_with_every_allowed_character(storage: Running) -> None:
+    """Channel names use A-Z a-z 0-9 _ - . : @ / freely."""
+    channel = "Aa0_-.:@/x" * 20
+    event_id = await storage.storage.append(channel, payload(1), keep=5)
+    assert [e.id for e in (await storage.storage.history(channel)).events] == [event_id]
+    assert await storage.storage.join(channel, "k") == 1
+    assert await storage.storage.leave(channel, "k") == 0
