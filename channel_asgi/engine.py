@@ -115,7 +115,8 @@ class Engine:
         self.hub = hub
         self.signer = signer
         self.hooks = hooks
-        self._presence: dict[str, list[int]] = {}
+        self._presence: dict[str, list[int]] = {}  # large channel -> [joined, left] to record
+        self._watching: dict[str, float] = {}  # large channel -> until when to keep flushing
         #: How many broadcasts a channel retains (channel patterns may override the default).
         self.history_for: Callable[[str], int] = lambda channel: settings.history_size
         #: Called with (channel, event id, payload) after each broadcast this process made.
@@ -336,14 +337,37 @@ class Engine:
         )
 
     async def flush_presence(self) -> None:
-        """Send the coalesced ``count`` event of every large channel that had joins or leaves."""
+        """Record this process's joins and leaves of large channels and send due ``count`` events.
+
+        The storage lets one process per interval announce the totals of every process; a
+        channel is flushed for a few intervals after its last local change, so what this process
+        recorded is announced even when another process held the interval.
+        """
         pending, self._presence = self._presence, {}
-        for channel, (joined, left) in pending.items():
-            await _quietly(self._send_count(channel, joined, left))
+        now = anyio.current_time()
+        interval = self.settings.presence_interval
+        for channel in pending:
+            self._watching[channel] = now + 3 * interval
+        for channel, until in list(self._watching.items()):
+            if until < now:
+                del self._watching[channel]
+                continue
+            joined, left = pending.get(channel, (0, 0))
+            await self._send_count(channel, joined, left)
 
     async def _send_count(self, channel: str, joined: int, left: int) -> None:
-        count = await self.storage.viewer_count(channel)
-        message = encode(CountMessage("count", count, joined, left))
+        interval = self.settings.presence_interval
+        try:
+            totals = await self.storage.coalesce_presence(channel, joined, left, interval=interval)
+        except ChannelError as exc:  # keep the tallies for the next flush
+            logger.warning("Could not record the presence of %r: %s", channel, exc)
+            pending = self._presence.setdefault(channel, [0, 0])
+            pending[0] += joined
+            pending[1] += left
+            return
+        if totals is None:
+            return
+        message = encode(CountMessage("count", totals.viewer_count, totals.joined, totals.left))
         await self.storage.send(
             Delivery(channel, "event", encode_event("system", channel, message))
         )

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .base import Deliver, Delivery, History, Storage, StoredEvent
+from .base import Deliver, Delivery, History, PresenceTotals, Storage, StoredEvent
 from .memory import MemoryStorage
 from .redis import RedisStorage
 
@@ -15,6 +15,7 @@ __all__ = [
     "Delivery",
     "History",
     "MemoryStorage",
+    "PresenceTotals",
     "RedisStorage",
     "Storage",
     "StoredEvent",

@@ -14,7 +14,7 @@ import msgspec
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-__all__ = ["Deliver", "Delivery", "History", "Storage", "StoredEvent"]
+__all__ = ["Deliver", "Delivery", "History", "PresenceTotals", "Storage", "StoredEvent"]
 
 
 class Delivery(msgspec.Struct, array_like=True, gc=False):
@@ -64,6 +64,20 @@ class History(msgspec.Struct, gc=False):
 
     events: list[StoredEvent]
     recovered: bool | None = None
+
+
+class PresenceTotals(msgspec.Struct, frozen=True, gc=False):
+    """What the coalesced ``count`` event of a large channel announces.
+
+    Attributes:
+        viewer_count: live connections on the channel, in every process.
+        joined: joins recorded, in every process, since the last announcement.
+        left: leaves recorded, in every process, since the last announcement.
+    """
+
+    viewer_count: int
+    joined: int
+    left: int
 
 
 @runtime_checkable
@@ -142,6 +156,18 @@ class Storage(Protocol):
 
     async def is_connected(self, connection_id: str) -> bool:
         """Return whether the connection is live, in whichever process holds it."""
+        ...
+
+    async def coalesce_presence(
+        self, channel: str, joined: int, left: int, *, interval: float
+    ) -> PresenceTotals | None:
+        """Record joins and leaves of a large channel; return what to announce now, if anything.
+
+        Across all processes, at most one call per ``interval`` seconds returns totals (all the
+        joins and leaves recorded since the previous announcement); other calls return None and
+        keep what they recorded for the next one. A call with nothing recorded anywhere returns
+        None.
+        """
         ...
 
     async def close_channel(self, channel: str, end_payload: bytes) -> None:

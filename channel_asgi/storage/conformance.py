@@ -59,6 +59,8 @@ __all__ = [
     "test_is_connected_spans_processes",
     "test_large_and_unusual_payloads_round_trip",
     "test_listen_is_counted",
+    "test_presence_is_announced_once_per_interval_across_processes",
+    "test_presence_totals_carry_the_viewer_count",
     "test_request_deliveries_cross_processes",
     "test_send_delivers_without_retaining",
     "test_viewer_count_spans_processes",
@@ -288,3 +290,31 @@ async def test_channel_names_with_every_allowed_character(storage: Running) -> N
     assert [e.id for e in (await storage.storage.history(channel)).events] == [event_id]
     assert await storage.storage.join(channel, "k") == 1
     assert await storage.storage.leave(channel, "k") == 0
+
+
+async def test_presence_is_announced_once_per_interval_across_processes(
+    storage: Running, peer: Running
+) -> None:
+    """Joins and leaves from every process add up; one process announces them per interval."""
+    first = await storage.storage.coalesce_presence("big", 3, 0, interval=0.5)
+    assert first is not None
+    assert (first.joined, first.left) == (3, 0)
+    assert await peer.storage.coalesce_presence("big", 2, 1, interval=0.5) is None
+    assert await storage.storage.coalesce_presence("big", 0, 0, interval=0.5) is None
+    await anyio.sleep(0.6)
+    later = await peer.storage.coalesce_presence("big", 0, 0, interval=0.5)
+    assert later is not None
+    assert (later.joined, later.left) == (2, 1)
+    await anyio.sleep(0.6)
+    assert await storage.storage.coalesce_presence("big", 0, 0, interval=0.5) is None
+
+
+async def test_presence_totals_carry_the_viewer_count(storage: Running, peer: Running) -> None:
+    """The announcement's viewer_count counts every process's connections."""
+    await storage.storage.join("big", "a")
+    await peer.storage.join("big", "b")
+    totals = await peer.storage.coalesce_presence("big", 2, 0, interval=0.2)
+    assert totals is not None
+    assert totals.viewer_count == 2
+    await storage.storage.leave("big", "a")
+    await peer.storage.leave("big", "b")

@@ -14,7 +14,7 @@ import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from .base import Deliver, Delivery, History, StoredEvent
+from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
 
 __all__ = ["MemoryStorage"]
 
@@ -40,6 +40,7 @@ class MemoryStorage:
         self._closed: set[str] = set()
         self._connections: set[str] = set()
         self._consumers: list[Deliver] = []
+        self._presence: dict[str, list[float]] = {}  # channel -> [joined, left, announced at]
         self._last_ms = 0
         self._seq = 0
 
@@ -151,6 +152,21 @@ class MemoryStorage:
     async def is_connected(self, connection_id: str) -> bool:
         """Return whether the connection is live."""
         return connection_id in self._connections
+
+    async def coalesce_presence(
+        self, channel: str, joined: int, left: int, *, interval: float
+    ) -> PresenceTotals | None:
+        """Accumulate joins and leaves; release them at most once per ``interval``."""
+        state = self._presence.setdefault(channel, [0, 0, -interval])
+        state[0] += joined
+        state[1] += left
+        now = time.monotonic()
+        if now - state[2] < interval or not (state[0] or state[1]):
+            return None
+        totals = PresenceTotals(await self.viewer_count(channel), int(state[0]), int(state[1]))
+        state[0] = state[1] = 0
+        state[2] = now
+        return totals
 
     async def close_channel(self, channel: str, end_payload: bytes) -> None:
         """Mark closed and deliver the ``end`` event."""

@@ -8,6 +8,8 @@ Layout, under ``prefix`` (``P``)::
     P:v:{channel}     hash        viewers per process: {process id: connection count}
     P:procs           sorted set  live processes, scored by when their lease expires (ms)
     P:c:{process}     set         the process's live connection ids (expires with its lease)
+    P:pj:{channel}    hash        joins and leaves of a large channel not yet announced
+    P:pt:{channel}    string      set for one presence_interval by the process that announces
     P:closed          set         closed channels
 
 A broadcast is one script call: append to the stream, remember its id and publish it, so its cost
@@ -36,7 +38,7 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from ..errors import StorageUnavailable
-from .base import Deliver, Delivery, History, StoredEvent
+from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -139,6 +141,22 @@ else
 end
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]))
 return count(KEYS[1], KEYS[2], now)
+"""
+)
+
+# KEYS: viewers, procs, pending, tick. ARGV: joined, left, interval_ms.
+# Returns {} (nothing to announce now) or {viewer count, joined, left}.
+_COALESCE: Final = (
+    _COUNT_LUA
+    + """
+if tonumber(ARGV[1]) ~= 0 then redis.call('HINCRBY', KEYS[3], 'joined', ARGV[1]) end
+if tonumber(ARGV[2]) ~= 0 then redis.call('HINCRBY', KEYS[3], 'left', ARGV[2]) end
+if not redis.call('SET', KEYS[4], '1', 'PX', tonumber(ARGV[3]), 'NX') then return {} end
+local totals = redis.call('HMGET', KEYS[3], 'joined', 'left')
+local joined, left = tonumber(totals[1] or 0), tonumber(totals[2] or 0)
+if joined == 0 and left == 0 then return {} end
+redis.call('DEL', KEYS[3])
+return {count(KEYS[1], KEYS[2], now_ms()), joined, left}
 """
 )
 
@@ -562,6 +580,23 @@ class RedisStorage:
         with _unavailable("is_connected"):
             args = [f"{self.prefix}:c:", connection_id]
             return bool(await self._script("connected", _CONNECTED, [self._key("procs")], args))
+
+    async def coalesce_presence(
+        self, channel: str, joined: int, left: int, *, interval: float
+    ) -> PresenceTotals | None:
+        """Add to the channel's shared tallies; the first call of each interval announces."""
+        keys = [
+            self._key("v", channel),
+            self._key("procs"),
+            self._key("pj", channel),
+            self._key("pt", channel),
+        ]
+        args = [joined, left, max(1, int(interval * 1000))]
+        with _unavailable("coalesce_presence"):
+            reply = await self._script("coalesce", _COALESCE, keys, args)
+        if not reply:
+            return None
+        return PresenceTotals(int(reply[0]), int(reply[1]), int(reply[2]))
 
     async def close_channel(self, channel: str, end_payload: bytes) -> None:
         """Mark the channel closed and publish its ``end`` to every process."""
