@@ -99,10 +99,16 @@ async def serve_stream(
 async def _pump(engine: Engine, session: Session, send: Send) -> None:
     subscriber = session.subscriber
     while True:
-        items = await subscriber.take()
-        if not items:
-            return
-        if REQUEST not in items:
+        # The hot loop of every connection: await the mailbox's future directly, take all that
+        # is queued, write it in one send.
+        if not subscriber._items:
+            if subscriber.closed is not None:
+                return
+            await subscriber.until_ready()
+            continue
+        controls = subscriber.controls
+        items = subscriber.drain()
+        if not controls:
             body = b"".join(cast("list[bytes]", items))
             await send({"type": "http.response.body", "body": body, "more_body": True})
             continue

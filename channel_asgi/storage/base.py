@@ -118,6 +118,9 @@ class Storage(Protocol):
     ) -> str:
         """Retain a broadcast and deliver it to every process; return its event id.
 
+        Raises:
+            NotFound: the channel is closed; nothing was stored or delivered.
+
         Args:
             channel: the channel.
             payload: the encoded envelope, without ``id``.

@@ -21,7 +21,7 @@ loop). This module imports pytest, so only test code should import it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final
@@ -46,9 +46,11 @@ __all__ = [
     "storage",
     "test_append_delivers_to_every_listening_process",
     "test_append_returns_distinct_ids_in_publication_order",
+    "test_append_to_a_closed_channel_is_refused",
     "test_backends_implement_the_protocol",
     "test_channel_names_with_every_allowed_character",
     "test_close_and_open_span_processes",
+    "test_closed_state_reaches_every_process",
     "test_history_after_a_retained_id_is_recovered",
     "test_history_after_an_unknown_id_is_not_recovered",
     "test_history_after_the_newest_id_is_recovered_and_empty",
@@ -318,3 +320,39 @@ async def test_presence_totals_carry_the_viewer_count(storage: Running, peer: Ru
     assert totals.viewer_count == 2
     await storage.storage.leave("big", "a")
     await peer.storage.leave("big", "b")
+
+
+async def test_append_to_a_closed_channel_is_refused(storage: Running, peer: Running) -> None:
+    """A broadcast to a channel another process closed is neither stored nor delivered."""
+    from ..errors import NotFound
+
+    await peer.storage.close_channel("shut", b'{"type":"end"}')
+    try:
+        await storage.storage.append("shut", b"{}", keep=10)
+    except NotFound:
+        pass
+    else:
+        raise AssertionError("append to a closed channel must raise NotFound")
+    assert (await storage.storage.history("shut")).events == []
+    await peer.storage.open_channel("shut")
+    await _eventually(lambda: _not(storage.storage.is_closed("shut")))
+    await storage.storage.append("shut", b"{}", keep=10)
+
+
+async def test_closed_state_reaches_every_process(storage: Running, peer: Running) -> None:
+    """is_closed follows close and open made by another process."""
+    await peer.storage.close_channel("c2", b"{}")
+    await _eventually(lambda: storage.storage.is_closed("c2"))
+    await peer.storage.open_channel("c2")
+    await _eventually(lambda: _not(storage.storage.is_closed("c2")))
+
+
+async def _not(check: Awaitable[bool]) -> bool:
+    return not await check
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until ``check()`` is true: another process's change arrives asynchronously."""
+    with anyio.fail_after(WAIT):
+        while not await check():  # noqa: ASYNC110 - the state lives in another process
+            await anyio.sleep(0.01)

@@ -14,6 +14,7 @@ import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from ..errors import NotFound
 from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
 
 __all__ = ["MemoryStorage"]
@@ -84,6 +85,8 @@ class MemoryStorage:
         self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
     ) -> str:
         """Retain a broadcast, deliver it, and return its id."""
+        if channel in self._closed:
+            raise NotFound(f"Channel {channel!r} is closed")
         state = self._channel(channel)
         event_id = self._next_id()
         state.last_id = event_id

@@ -11,6 +11,7 @@ Layout, under ``prefix`` (``P``)::
     P:pj:{channel}    hash        joins and leaves of a large channel not yet announced
     P:pt:{channel}    string      set for one presence_interval by the process that announces
     P:closed          set         closed channels
+    P:control         pub/sub     "C<channel>" / "O<channel>" when a channel is closed or opened
 
 A broadcast is one script call: append to the stream, remember its id and publish it, so its cost
 is O(1) round trips whatever the number of subscribers. Each process holds one pub/sub connection
@@ -37,7 +38,7 @@ import msgspec
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ..errors import StorageUnavailable
+from ..errors import NotFound, StorageUnavailable
 from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
 
 if TYPE_CHECKING:
@@ -74,8 +75,10 @@ local function count(viewers, procs, now)
 end
 """
 
-# KEYS: stream, last, topic. ARGV: payload, keep, ttl_ms ('' for none).
+# KEYS: stream, last, topic, closed. ARGV: payload, keep, ttl_ms ('' for none), channel.
+# Returns the new id, or nil (false) when the channel is closed: nothing is stored or sent.
 _APPEND: Final = """
+if redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 1 then return false end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', tonumber(ARGV[2]), '*', 'p', ARGV[1])
 redis.call('SET', KEYS[2], id)
 if ARGV[3] ~= '' then
@@ -263,6 +266,8 @@ class RedisStorage:
         self._listening: dict[str, int] = {}
         self._confirmed: dict[str, anyio.Event] = {}
         self._connected: anyio.Event | _NotYet
+        #: Closed channels, kept current over pub/sub while connected (None: ask Redis).
+        self._closed: set[str] | None = None
         self._last_seen: dict[str, str] = {}
         self._floor: dict[str, tuple[int, int]] = {}
         self._local: dict[str, set[str]] = {}
@@ -363,6 +368,7 @@ class RedisStorage:
                 if self._connected.is_set():
                     logger.warning("Lost the Redis pub/sub connection: %s", exc)
             pubsub, self._pubsub = self._pubsub, None
+            self._closed = None
             if self._connected.is_set():
                 self._connected = anyio.Event()
             # Listeners already waiting keep their event; the others must wait for the new
@@ -379,7 +385,7 @@ class RedisStorage:
 
     async def _connect(self) -> None:
         pubsub = self._redis().pubsub()
-        topics = [self._key("p", self.process_id), *map(self._topic, self._listening)]
+        topics = [self._key("control"), *map(self._topic, self._listening)]
         await pubsub.subscribe(*topics)
         pending = set(topics)
         with anyio.fail_after(_CONNECT_WAIT):
@@ -387,6 +393,9 @@ class RedisStorage:
                 message = await pubsub.get_message(timeout=_CONNECT_WAIT)
                 if message is not None and message["type"] == "subscribe":
                     pending.discard(message["channel"].decode())
+        # Subscribed to the control topic first, then read: no close or open is missed.
+        closed = await _untyped(self._redis()).smembers(self._key("closed"))
+        self._closed = {name.decode() for name in closed}
         self._pubsub = pubsub
         await self._fill_gaps()
         for channel in self._listening:
@@ -410,6 +419,7 @@ class RedisStorage:
         pubsub = self._pubsub
         assert pubsub is not None  # set by _connect just before
         prefix = f"{self.prefix}:e:"
+        control = self._key("control")
         while True:
             message = await pubsub.get_message(timeout=5.0)
             if message is None:
@@ -419,8 +429,20 @@ class RedisStorage:
             channel = topic[len(prefix) :] if topic.startswith(prefix) else ""
             if kind == "message" and channel:
                 self._receive(channel, message["data"])
+            elif kind == "message" and topic == control:
+                self._control(message["data"])
             elif kind == "subscribe" and channel in self._confirmed:
                 self._confirmed[channel].set()
+
+    def _control(self, data: bytes) -> None:
+        """A channel was closed (``C<name>``) or opened (``O<name>``) by some process."""
+        if self._closed is None:
+            return
+        name = data[1:].decode()
+        if data[:1] == b"C":
+            self._closed.add(name)
+        elif data[:1] == b"O":
+            self._closed.discard(name)
 
     def _receive(self, channel: str, data: bytes) -> None:
         if data[:1] == b"B":
@@ -517,10 +539,17 @@ class RedisStorage:
         self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
     ) -> str:
         """Retain and publish a broadcast in one script call; return its stream id."""
-        keys = [self._key("h", channel), self._key("last", channel), self._topic(channel)]
-        args = [payload, keep, "" if ttl is None else int(ttl * 1000)]
+        keys = [
+            self._key("h", channel),
+            self._key("last", channel),
+            self._topic(channel),
+            self._key("closed"),
+        ]
+        args = [payload, keep, "" if ttl is None else int(ttl * 1000), channel]
         with _unavailable("append"):
             event_id = await self._script("append", _APPEND, keys, args)
+        if event_id is None:
+            raise NotFound(f"Channel {channel!r} is closed")
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     async def send(self, delivery: Delivery) -> None:
@@ -604,16 +633,30 @@ class RedisStorage:
         with _unavailable("close_channel"):
             pipe = self._redis().pipeline(transaction=True)
             pipe.sadd(self._key("closed"), channel)
+            pipe.publish(self._key("control"), b"C" + channel.encode())
             pipe.publish(self._topic(channel), delivery)
             await pipe.execute()
+        if self._closed is not None:
+            self._closed.add(channel)
 
     async def open_channel(self, channel: str) -> None:
         """Mark the channel open again."""
         with _unavailable("open_channel"):
-            await self._redis().srem(self._key("closed"), channel)
+            pipe = self._redis().pipeline(transaction=True)
+            pipe.srem(self._key("closed"), channel)
+            pipe.publish(self._key("control"), b"O" + channel.encode())
+            await pipe.execute()
+        if self._closed is not None:
+            self._closed.discard(channel)
 
     async def is_closed(self, channel: str) -> bool:
-        """Return whether the channel is closed."""
+        """Return whether the channel is closed (from the kept copy while connected).
+
+        The copy may trail a close made by another process by the time its notice takes to
+        arrive; ``append`` checks again in Redis, so nothing is published to a closed channel.
+        """
+        if self._closed is not None:
+            return channel in self._closed
         with _unavailable("is_closed"):
             return bool(await self._redis().sismember(self._key("closed"), channel))
 
