@@ -6,7 +6,10 @@ mailbox. Appending never awaits: a mailbox that grows past its byte limit marks 
 too slow, closes it and cancels its writer; the client reconnects and recovers from history.
 
 Each connection's own ASGI task drains its mailbox and writes everything pending in one ``send``,
-so a burst of events costs one write per connection, not one per event.
+so a burst of events costs one write per connection, not one per event. Under uvicorn, whose
+``send`` writes at once, the hub's flush even writes for writers that are parked waiting, without
+waking their tasks (see ``_write_directly``); a write that must wait for the client is finished
+by the writer itself.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, cast
 
 import anyio
 
@@ -24,7 +27,7 @@ from . import sse
 from .protocol import with_id
 from .storage.base import Delivery
 
-__all__ = ["Close", "Hub", "Subscriber", "Transport"]
+__all__ = ["Close", "Hub", "Resume", "Subscriber", "Transport"]
 
 logger = logging.getLogger("channel_asgi")
 
@@ -76,6 +79,8 @@ class Subscriber:
         "closed",
         "connection_id",
         "controls",
+        "direct",
+        "inflight",
         "interrupt",
         "limit",
         "quiet",
@@ -111,6 +116,10 @@ class Subscriber:
         self.waking = False
         #: How many queued items are instructions (REQUEST) rather than events.
         self.controls = 0
+        #: Starts a write of ``body`` (a coroutine); set when the hub may write for the writer.
+        self.direct: Callable[[bytes], Coroutine[Any, Any, Any]] | None = None
+        #: A direct write that had to wait for the client; the writer finishes it.
+        self.inflight: Resume | None = None
         #: Deliveries that arrive while the connection opens (before its replay is written).
         self.backlog: list[Delivery] | None = None
         self.backlog_size = 0
@@ -172,6 +181,18 @@ class Subscriber:
                 waiter.set_result(None)
         else:
             waiter.set()
+
+    def parked(self) -> bool:
+        """Whether the writer is idle, waiting, with only events (no instruction) queued."""
+        waiter = self._waiter
+        return (
+            waiter is not None
+            and isinstance(waiter, asyncio.Future)
+            and not waiter.done()
+            and not self.controls
+            and self.closed is None
+            and self.inflight is None
+        )
 
     def drain(self) -> list[object]:
         """Return everything queued (possibly nothing), without waiting."""
@@ -252,7 +273,10 @@ class Hub:
     def _flush(self) -> None:
         batch, self._to_wake = self._to_wake, []
         for subscriber in batch:
-            subscriber._wake()
+            if subscriber.direct is not None and subscriber.parked():
+                _write_directly(subscriber, subscriber.direct)
+            else:
+                subscriber._wake()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -437,6 +461,59 @@ class Hub:
         """Close every mailbox (the app is stopping)."""
         for subscriber in self.subscribers():
             subscriber.close(reason)
+
+
+class Resume:
+    """Await the rest of a coroutine that was started outside of any task and suspended.
+
+    ``_write_directly`` runs a server's ``send`` coroutine from the hub's flush callback; nearly
+    always it completes at once. When it suspends instead (the server waits for the client to
+    drain), the connection's writer awaits this object, which hands the awaited future to the
+    writer's task and resumes the coroutine where it stopped.
+    """
+
+    __slots__ = ("_coroutine", "_yielded")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coroutine = coroutine
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        yielded = self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except BaseException as exc:  # noqa: PERF203 - rare path; cancellation passes in
+                try:
+                    yielded = self._coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = self._coroutine.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+def _write_directly(
+    subscriber: Subscriber, start: Callable[[bytes], Coroutine[Any, Any, Any]]
+) -> None:
+    """Write what a parked writer would write, without waking its task (one write per event
+    per connection is the cost that dominates at light load; a task switch is most of the rest).
+    """
+    subscriber.waking = False
+    body = b"".join(cast("list[bytes]", subscriber.drain()))
+    coroutine = start(body)
+    try:
+        yielded = coroutine.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        logger.debug("Direct write to %s failed", subscriber.connection_id, exc_info=True)
+        subscriber.close(Close.GONE)
+        return
+    subscriber.inflight = Resume(coroutine, yielded)
+    subscriber._wake()
 
 
 def _after_replay(backlog: list[Delivery], replayed_through: str) -> list[Delivery]:

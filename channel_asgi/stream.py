@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
-from typing import Final, cast
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Final, cast
 
 import anyio
 
@@ -98,7 +98,12 @@ async def serve_stream(
 
 async def _pump(engine: Engine, session: Session, send: Send) -> None:
     subscriber = session.subscriber
+    subscriber.direct = _direct_writer(send)
     while True:
+        if subscriber.inflight is not None:  # a direct write waits for the client: finish it
+            inflight, subscriber.inflight = subscriber.inflight, None
+            await inflight
+            continue
         # The hot loop of every connection: await the mailbox's future directly, take all that
         # is queued, write it in one send.
         if not subscriber._items:
@@ -123,6 +128,22 @@ async def _pump(engine: Engine, session: Session, send: Send) -> None:
                 pending.append(cast(bytes, item))
         if pending:
             await _write_all(send, pending, ())
+
+
+def _direct_writer(send: Send) -> Callable[[bytes], Coroutine[Any, Any, None]] | None:
+    """Let the hub write events for this connection from its flush, if the server allows.
+
+    Only uvicorn's ``send`` is known to be plain enough to run outside the connection's task
+    (it writes to the transport at once, and awaits only the client's flow control).
+    """
+    if type(getattr(send, "__self__", None)).__module__.startswith("uvicorn.protocols.http."):
+
+        def start(body: bytes) -> Coroutine[Any, Any, None]:
+            message = {"type": "http.response.body", "body": body, "more_body": True}
+            return cast("Coroutine[Any, Any, None]", send(message))
+
+        return start
+    return None
 
 
 async def _write_all(send: Send, head: list[bytes], frames: Iterable[bytes]) -> None:

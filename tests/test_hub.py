@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from channel_asgi import sse
-from channel_asgi.hub import HEARTBEAT_TICKS, REQUEST, Close, Hub, Subscriber, Transport
+from channel_asgi.hub import HEARTBEAT_TICKS, REQUEST, Close, Hub, Resume, Subscriber, Transport
 from channel_asgi.storage import Delivery
 
 
@@ -137,3 +140,52 @@ def test_text_and_json_transports_get_the_payload_with_its_id() -> None:
     hub.dispatch(Delivery("ch", "event", b'{"type":"broadcast"}', "5-1"))
     assert queued(text) == ['{"id":"5-1","type":"broadcast"}']
     assert queued(raw) == [b'{"id":"5-1","type":"broadcast"}']
+
+
+async def test_resume_finishes_a_write_that_suspended_outside_a_task() -> None:
+    """A coroutine started by the hub and suspended is finished by the awaiting writer."""
+    loop = asyncio.get_running_loop()
+    drained = loop.create_future()
+
+    async def write() -> str:
+        await drained  # as a server's send waits for the client to drain
+        return "written"
+
+    coroutine = write()
+    yielded = coroutine.send(None)
+    assert yielded is drained
+
+    async def writer() -> str:
+        return str(await Resume(coroutine, yielded))
+
+    task = asyncio.ensure_future(writer())
+    await asyncio.sleep(0)
+    drained.set_result(None)
+    assert await task == "written"
+
+
+async def test_resume_passes_cancellation_into_the_suspended_write() -> None:
+    """Interrupting the writer cancels the write it was finishing."""
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+
+    async def write() -> None:
+        try:
+            await loop.create_future()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    coroutine = write()
+    resume = Resume(coroutine, coroutine.send(None))
+
+    async def writer() -> None:
+        await resume
+
+    task = asyncio.ensure_future(writer())
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert seen == ["cancelled"]
+    assert task.cancelled()
