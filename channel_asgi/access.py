@@ -29,6 +29,12 @@ class Access:
         self.auth = auth
         self.identity = identity
         self.patterns = patterns
+        self._allows = getattr(auth, "allow", None) is not None
+
+    @property
+    def decides(self) -> bool:
+        """Whether anything can refuse an action (an ``Auth.allow`` or a channel pattern)."""
+        return self._allows or bool(self.patterns)
 
     async def identify(self, scope: Scope, channel: str) -> tuple[str, bool]:
         """Return ``(user_id, anonymous)`` for a subscribe, once it is allowed to subscribe.

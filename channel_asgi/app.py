@@ -170,7 +170,7 @@ class ChannelApp:
         self.access = Access(auth, IdentityTokens(secret), self.patterns)
         self.engine.history_for = lambda name: self.access.history_size(name, history_size)
         self.bridges: list[Bridge] = []
-        self.engine.after_broadcast.append(self._offer_to_bridges)
+
         self._outbound: httpx.AsyncClient | None = None
         self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
         self._runner = Runner(self._background)
@@ -396,6 +396,8 @@ class ChannelApp:
         if self._runner.running:
             raise RuntimeError("Register bridges before the ChannelApp starts")
         bridge = Bridge(pattern, url, retries=retries, queue_size=queue_size, timeout=timeout)
+        if not self.bridges:
+            self.engine.after_broadcast.append(self._offer_to_bridges)
         self.bridges.append(bridge)
         return bridge
 

@@ -162,17 +162,14 @@ async def send_json(
     body: bytes,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Send a complete JSON reply."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-                *(headers or ()),
-            ],
-        }
-    )
+    """Send a complete JSON reply (refusals are marked not to be stored by caches)."""
+    reply_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status >= 300:
+        reply_headers.append((b"cache-control", b"no-store"))
+    if headers:
+        reply_headers += headers
+    await send({"type": "http.response.start", "status": status, "headers": reply_headers})
     await send({"type": "http.response.body", "body": body})

@@ -101,6 +101,9 @@ class PatternSet:
         self._patterns: list[ChannelPattern] = []
         self._cache: dict[str, tuple[ChannelPattern, dict[str, str]] | None] = {}
 
+    def __bool__(self) -> bool:
+        return bool(self._patterns)
+
     def add(self, pattern: ChannelPattern) -> None:
         """Register a pattern (later lookups see it)."""
         self._patterns.append(pattern)

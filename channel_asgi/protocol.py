@@ -82,7 +82,8 @@ def decode_publish(body: bytes) -> PublishBody:
             ``type`` is unknown, or ``message`` is null. The message names the field.
     """
     try:
-        body.decode("utf-8")  # msgspec skips Raw values without checking their UTF-8
+        if not body.isascii():  # msgspec skips Raw values without checking their UTF-8
+            body.decode("utf-8")
         decoded = _publish_decoder.decode(body)
     except UnicodeDecodeError:
         raise BadRequest("Body is not valid UTF-8") from None

@@ -87,15 +87,22 @@ class MemoryStorage:
         """Retain a broadcast, deliver it, and return its id."""
         if channel in self._closed:
             raise NotFound(f"Channel {channel!r} is closed")
-        state = self._channel(channel)
+        state = self._channels.get(channel) or self._channel(channel)
         event_id = self._next_id()
         state.last_id = event_id
         if keep > 0:
-            state.events.append((StoredEvent(event_id, payload), time.monotonic()))
-            while len(state.events) > keep:
-                state.events.popleft()
-        self._expire(state, ttl)
-        self._deliver(Delivery(channel, "event", payload, event_id))
+            events = state.events
+            events.append(
+                (StoredEvent(event_id, payload), 0.0 if ttl is None else time.monotonic())
+            )
+            if len(events) > keep:
+                while len(events) > keep:
+                    events.popleft()
+        if ttl is not None:
+            self._expire(state, ttl)
+        delivery = Delivery(channel, "event", payload, event_id)
+        for deliver in self._consumers:
+            deliver(delivery)
         return event_id
 
     async def send(self, delivery: Delivery) -> None:
