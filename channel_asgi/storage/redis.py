@@ -26,6 +26,7 @@ supported (the scripts touch keys of several channels).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import uuid
@@ -49,7 +50,8 @@ __all__ = ["RedisStorage"]
 
 logger = logging.getLogger("channel_asgi.redis")
 
-_CONNECT_WAIT: Final = 2.0  # how long a subscribe waits for Redis to confirm it
+_CONNECT_WAIT: Final = 2.0  # how long connecting waits for Redis to confirm the subscriptions
+_LISTEN_WAIT: Final = 10.0  # how long a new channel's subscription may take (a busy reader)
 _BACKOFF_MAX: Final = 5.0
 _encode_delivery: Final = msgspec.msgpack.Encoder().encode
 _decode_delivery: Final = msgspec.msgpack.Decoder(Delivery).decode
@@ -273,6 +275,8 @@ class RedisStorage:
         self._local: dict[str, set[str]] = {}
         self._emptied: set[str] = set()  # channels left since the last lease renewal
         self._scripts: dict[str, Any] = {}
+        self._appends: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._connected = _NotYet()
 
     # -- keys ----------------------------------------------------------------------------------
@@ -337,12 +341,12 @@ class RedisStorage:
                 except Exception:
                     logger.debug("Closing the pub/sub connection failed", exc_info=True)
             try:
-                pipe = self._redis().pipeline(transaction=False)
-                pipe.zrem(self._key("procs"), self.process_id)
-                pipe.delete(self._key("c", self.process_id))
-                for channel in self._local:
-                    pipe.hdel(self._key("v", channel), self.process_id)
-                await pipe.execute()
+                async with self._redis().pipeline(transaction=False) as pipe:
+                    pipe.zrem(self._key("procs"), self.process_id)
+                    pipe.delete(self._key("c", self.process_id))
+                    for channel in self._local:
+                        pipe.hdel(self._key("v", channel), self.process_id)
+                    await pipe.execute()
             except Exception:
                 logger.debug("Removing this process's presence failed", exc_info=True)
             await self.aclose()
@@ -507,7 +511,7 @@ class RedisStorage:
                     raise StorageUnavailable("Redis is unavailable (not connected)")
                 with _unavailable("subscribe"):
                     await pubsub.subscribe(self._topic(channel))
-            with anyio.move_on_after(_CONNECT_WAIT):
+            with anyio.move_on_after(_LISTEN_WAIT):
                 await event.wait()
             if not event.is_set():
                 raise StorageUnavailable("Redis did not confirm the subscription in time")
@@ -546,11 +550,50 @@ class RedisStorage:
             self._key("closed"),
         ]
         args = [payload, keep, "" if ttl is None else int(ttl * 1000), channel]
-        with _unavailable("append"):
-            event_id = await self._script("append", _APPEND, keys, args)
+        event_id = await self._queue_append(keys, args)
         if event_id is None:
             raise NotFound(f"Channel {channel!r} is closed")
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
+
+    def _queue_append(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue one append; the appends of a loop iteration go to Redis in one pipeline.
+
+        Publishes arrive many at a time under load, and a pipeline costs one round trip and one
+        pass through the client for all of them instead of one each.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._appends.append((keys, args, future))
+        if len(self._appends) == 1:
+            task = loop.create_task(self._send_appends())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def _send_appends(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this iteration's publishes join the batch
+        batch, self._appends = self._appends, []
+        script = self._scripts.get("append")
+        if script is None:
+            script = self._scripts["append"] = self._redis().register_script(_APPEND)
+        try:
+            with _unavailable("append"):
+                async with self._redis().pipeline(transaction=False) as pipe:
+                    for keys, args, _ in batch:
+                        await script(keys=keys, args=args, client=pipe)
+                    results = await pipe.execute(raise_on_error=False)
+        except StorageUnavailable as exc:
+            results = [exc] * len(batch)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, StorageUnavailable):
+                future.set_exception(result)
+            elif isinstance(result, Exception):
+                unavailable = StorageUnavailable(f"Redis is unavailable (append): {result}")
+                future.set_exception(unavailable)
+            else:
+                future.set_result(result)
 
     async def send(self, delivery: Delivery) -> None:
         """Publish a delivery that is not retained."""
@@ -631,21 +674,21 @@ class RedisStorage:
         """Mark the channel closed and publish its ``end`` to every process."""
         delivery = b"D" + _encode_delivery(Delivery(channel, "end", end_payload))
         with _unavailable("close_channel"):
-            pipe = self._redis().pipeline(transaction=True)
-            pipe.sadd(self._key("closed"), channel)
-            pipe.publish(self._key("control"), b"C" + channel.encode())
-            pipe.publish(self._topic(channel), delivery)
-            await pipe.execute()
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.sadd(self._key("closed"), channel)
+                pipe.publish(self._key("control"), b"C" + channel.encode())
+                pipe.publish(self._topic(channel), delivery)
+                await pipe.execute()
         if self._closed is not None:
             self._closed.add(channel)
 
     async def open_channel(self, channel: str) -> None:
         """Mark the channel open again."""
         with _unavailable("open_channel"):
-            pipe = self._redis().pipeline(transaction=True)
-            pipe.srem(self._key("closed"), channel)
-            pipe.publish(self._key("control"), b"O" + channel.encode())
-            await pipe.execute()
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.srem(self._key("closed"), channel)
+                pipe.publish(self._key("control"), b"O" + channel.encode())
+                await pipe.execute()
         if self._closed is not None:
             self._closed.discard(channel)
 
