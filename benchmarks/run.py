@@ -477,6 +477,7 @@ def chart(results: dict[str, Any]) -> bool:
         axis.grid(True, alpha=0.3)
         axis.legend()
     left.set_yscale("log")
+    right.set_yscale("log")  # the client's histogram stops at 10 s
     fig.tight_layout()
     fig.savefig(CHART, dpi=110)
     return True
@@ -506,7 +507,17 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only; keep docs as they are")
+    parser.add_argument(
+        "--from-json", type=Path, help="only redraw the table and chart from a results file"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        markdown = table(results, results["ratios"])
+        print(markdown)
+        write_doc(markdown)
+        chart(results)
+        return
     args.idle_subs = [1000, 2000, 5000]
     if args.quick:
         args.subs, args.deliveries, args.baseline_deliveries = "100,1000", 300_000, 100_000
