@@ -58,6 +58,7 @@ from .stream import serve_stream
 from .subscription import Subscription
 from .tokens import TokenSigner
 from .webhooks import Bridge, validate_url_prefix
+from .websocket import WebSocketRoute
 
 __all__ = ["ChannelApp"]
 
@@ -173,6 +174,7 @@ class ChannelApp:
 
         self._outbound: httpx.AsyncClient | None = None
         self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
+        self._ws = WebSocketRoute(self.engine, self.access, self._publish)
         self._runner = Runner(self._background)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -328,7 +330,21 @@ class ChannelApp:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        await send({"type": "websocket.close", "code": 1003, "reason": "Not served yet"})
+        headers = headers_of(scope)
+        try:
+            path = route_path(scope)
+            if not path.startswith("/ws/"):
+                raise NotFound(f"No WebSocket route for {path!r}; use /ws/{{channel}}")
+            channel = validate_channel(path[len("/ws/") :])
+            await self._runner.ensure_started()
+            session = await self._ws.open(scope, headers, channel)
+        except ChannelError as exc:
+            await self._ws.refuse(scope, send, exc)
+            return
+        try:
+            await self._ws.serve(scope, receive, send, session)
+        except Exception:  # accepted already: log it, never answer again
+            logger.exception("WebSocket %s failed", session.subscriber.connection_id)
 
     # -- identity, authorisation, channel patterns and bridges ---------------------------------
 
@@ -437,6 +453,9 @@ class ChannelApp:
         raw = msgspec.Raw(msgspec.json.encode(message))
         await self._runner.ensure_started()
         await self.engine.ensure_open(channel)
+        # Always yield to the event loop once: with the memory storage nothing else would, and a
+        # loop of publishes would starve the connections that deliver them.
+        await anyio.lowlevel.checkpoint()
         if type == "broadcast":
             return await self.engine.broadcast(
                 channel, raw, author_id=author_id, timestamp=timestamp

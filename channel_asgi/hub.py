@@ -138,6 +138,12 @@ class Subscriber:
             self.wake_soon(self)
         return True
 
+    def put_reply(self, text: str) -> None:
+        """Queue a reply frame (WebSocket); replies do not count against the limit."""
+        if self.closed is None:
+            self._items.append(text)
+            self._wake()
+
     def put_control(self, item: object) -> None:
         """Queue an instruction for the writer; it does not count against the limit."""
         if self.closed is None:

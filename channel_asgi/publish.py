@@ -27,6 +27,7 @@ from .http import (
     read_body,
     request_token,
 )
+from .hub import REQUEST, Subscriber
 from .protocol import (
     BroadcastBody,
     Envelope,
@@ -97,8 +98,23 @@ class PublishRoute:
         claims = self.engine.signer.verify(request_token(scope, headers), channel)
         return await self.handle(claims, body, client_address(scope))
 
-    async def handle(self, claims: PublishClaims, body: bytes, client: str | None) -> Reply:
-        """Checks from the rate limit on (shared with the WebSocket route), then the publish."""
+    async def handle(
+        self,
+        claims: PublishClaims,
+        body: bytes,
+        client: str | None,
+        *,
+        local: Subscriber | None = None,
+    ) -> Reply:
+        """Checks from the rate limit on (shared with the WebSocket route), then the publish.
+
+        Args:
+            claims: who publishes, from where.
+            body: the publish body.
+            client: the client's address (for ``ip_rate_limit``).
+            local: the publishing connection's own subscriber, when it is in this process (a
+                WebSocket): a ``request`` is then queued on it directly, before the reply.
+        """
         self._check_rate(claims.user_id, client)
         envelope = decode_publish(body)
         channel = claims.channel
@@ -116,6 +132,9 @@ class PublishRoute:
             message = await self._run_publish_hooks(envelope, connection)
             if message is not None and not isinstance(envelope, RequestBody):
                 envelope.message = message
+        if local is not None and isinstance(envelope, RequestBody):
+            local.put_control(REQUEST)
+            return Reply(200, _OK_REQUEST)
         return await self._act(envelope, connection)
 
     def _check_rate(self, user_id: str, client: str | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["PING", "comment", "event", "retry"]
+__all__ = ["PING", "REQUEST_END", "comment", "event", "retry"]
 
 
 def event(data: bytes, event_id: str | None = None) -> bytes:
@@ -30,3 +30,6 @@ def retry(milliseconds: int) -> bytes:
 
 #: The heartbeat comment.
 PING: Final = comment("ping")
+#: Follows the last ``request`` event of a reply (a reply may be split into several events);
+#: browsers ignore comments, the Python client uses it to know the history is complete.
+REQUEST_END: Final = comment("request-end")

@@ -122,7 +122,8 @@ async def _pump(engine: Engine, session: Session, send: Send) -> None:
             if item is REQUEST:
                 connection = session.connection
                 reply = await engine.history_events(connection.channel, connection.user_id)
-                await _write_all(send, pending, (sse.event(event) for event in reply))
+                frames = [*(sse.event(event) for event in reply), sse.REQUEST_END]
+                await _write_all(send, pending, frames)
                 pending = []
             else:
                 pending.append(cast(bytes, item))

@@ -90,8 +90,10 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     """
     started: list[ServerProcess] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None) -> ServerProcess:
-        port = free_port()
+    def start(
+        args: list[str], env: dict[str, str] | None = None, port: int | None = None
+    ) -> ServerProcess:
+        port = port or free_port()
         command = [sys.executable, *(arg.format(port=port) for arg in args)]
         # A file, not a pipe: a chatty server must never block on a full pipe.
         log = tempfile.TemporaryFile()

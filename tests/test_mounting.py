@@ -190,12 +190,12 @@ async def test_starts_on_first_use_without_lifespan(serve, client: httpx.AsyncCl
                 await sub.stream.next(comments=True)
 
 
-async def test_websocket_scope_is_refused_cleanly_until_served(
-    serve, client: httpx.AsyncClient
-) -> None:
-    """A WebSocket to the app is closed, not crashed."""
+async def test_websocket_outside_the_ws_route_is_refused_with_json(serve) -> None:
+    """A WebSocket to a path other than /ws/{channel} gets a JSON 404 before the upgrade."""
     base = await serve(ChannelApp())
-    with pytest.raises(websockets.exceptions.InvalidStatus):
-        async with websockets.connect(base.replace("http", "ws") + "/ws/1"):
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with websockets.connect(base.replace("http", "ws") + "/subscribe/1"):
             pass  # pragma: no cover
-    assert json.loads((await client.get(f"{base}/nope")).text)["code"] == 404
+    response = refused.value.response
+    assert response.status_code == 404
+    assert json.loads(bytes(response.body or b""))["code"] == 404

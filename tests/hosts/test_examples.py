@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import anyio
 import httpx
 import pytest
+import websockets
 
 from ..helpers import publish, subscribe
 
@@ -127,3 +129,21 @@ async def test_host_keeps_its_page_startup_and_paths_outside_the_prefix(
     inside = await client.get(f"{base}/channel/nope")
     assert inside.status_code == 404
     assert is_channel_reply(inside), inside.text
+
+
+async def test_websocket_route_works_inside_the_host(base: str, client: httpx.AsyncClient) -> None:
+    """{prefix}/ws/{channel} is served through the host's mount or middleware, both ways."""
+    ws_base = "ws" + base[len("http") :]
+    async with (
+        websockets.connect(f"{ws_base}/channel/ws/room", open_timeout=10) as ws,
+        subscribe(client, f"{base}/channel/subscribe/room") as sse,
+    ):
+        with anyio.fail_after(10):
+            init = json.loads(await ws.recv())
+            assert init["type"] == "init"
+            await ws.send(json.dumps({"type": "broadcast", "message": "over ws", "ref": 1}))
+            frames = [json.loads(await ws.recv()) for _ in range(3)]  # SSE's join, event, ack
+        event = await sse.stream.until("broadcast")
+        assert event.json["message"] == "over ws"
+        ack = next(frame for frame in frames if frame["type"] == "ack")
+        assert (ack["ref"], ack["id"]) == (1, event.id)

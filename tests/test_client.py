@@ -1,0 +1,182 @@
+"""channel_asgi.client: subscribe, iterate, publish, request, reconnect, over SSE and WebSocket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import anyio
+import httpx
+import pytest
+
+from channel_asgi import ChannelApp
+from channel_asgi.client import ChannelError, Client, Envelope
+
+from .helpers import WAIT, free_port, subscribe
+
+SECRET = "c" * 40
+
+pytestmark = pytest.mark.parametrize("transport", ["sse", "ws"])
+
+
+async def next_event(sub, kind: str | None = None) -> Envelope:  # type: ignore[no-untyped-def]
+    """The next iterated event (of ``kind``), within WAIT."""
+    with anyio.fail_after(WAIT):
+        async for event in sub:
+            if kind is None or event.type == kind:
+                return event
+    raise AssertionError("the subscription ended")
+
+
+async def test_subscribe_gives_user_token_and_events(serve, transport: str) -> None:
+    """user_id and token come from init; iteration yields envelopes, never init."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    async with Client(base, transport=transport) as client, client.subscribe("room") as sub:
+        assert sub.user_id and sub.token
+        assert sub.recovered is None
+        event_id = await channels.publish("room", {"hello": "world"}, author_id="host")
+        event = await next_event(sub)
+        assert isinstance(event, Envelope)
+        assert (event.type, event.id, event.message, event.author_id, event.stream_id) == (
+            "broadcast",
+            event_id,
+            {"hello": "world"},
+            "host",
+            "room",
+        )
+
+
+async def test_publish_returns_the_id_and_reaches_everyone(serve, transport: str) -> None:
+    """A broadcast returns its id; a private reaches its user and echoes to the sender."""
+    base = await serve(ChannelApp(secret=SECRET, widget_keys={"wk"}))
+    async with Client(base, transport=transport, widget_key="wk") as client:
+        async with client.subscribe("room") as alice, client.subscribe("room") as bob:
+            event_id = await alice.publish({"text": "hi"}, timestamp=3.5)
+            for sub in (alice, bob):
+                event = await next_event(sub, "broadcast")
+                assert (event.id, event.author_id, event.timestamp) == (
+                    event_id,
+                    alice.user_id,
+                    3.5,
+                )
+            assert await alice.publish("psst", type="private", to_user_id=bob.user_id) is None
+            for sub in (bob, alice):
+                event = await next_event(sub, "private")
+                assert (event.message, event.to_user_id) == ("psst", bob.user_id)
+
+
+async def test_request_returns_the_history_and_is_not_iterated(serve, transport: str) -> None:
+    """request() gives the retained broadcasts, oldest first, even split over several events."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    ids = [await channels.publish("big", {"n": n, "pad": "x" * 20000}) for n in range(30)]
+    async with Client(base, transport=transport) as client, client.subscribe("big") as sub:
+        history = await sub.request()
+        assert [event.id for event in history] == ids
+        assert all(isinstance(event, Envelope) for event in history)
+        later = await channels.publish("big", "after")
+        assert (await next_event(sub)).id == later  # no request event was iterated
+
+
+async def test_refused_subscribe_raises_at_async_with(serve, transport: str) -> None:
+    """A bad name, a closed channel or a bad identity token: ChannelError with code and message."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    await channels.close_channel("shut")
+    async with Client(base, transport=transport) as client:
+        for channel, code in (("bad name", 400), ("shut", 404)):
+            with pytest.raises(ChannelError) as refused:
+                async with client.subscribe(channel):
+                    pass  # pragma: no cover
+            assert refused.value.code == code
+            assert refused.value.message
+    async with Client(base, transport=transport, token="forged") as client:
+        with pytest.raises(ChannelError) as refused:
+            async with client.subscribe("room"):
+                pass  # pragma: no cover
+        assert refused.value.code == 401
+
+
+async def test_refused_publish_raises_with_code_and_message(serve, transport: str) -> None:
+    """The server's refusal becomes a ChannelError."""
+    base = await serve(ChannelApp(secret=SECRET, widget_keys={"good"}))
+    async with Client(base, transport=transport, widget_key="bad") as client:
+        async with client.subscribe("room") as sub:
+            with pytest.raises(ChannelError) as refused:
+                await sub.publish("x")
+            assert (refused.value.code, refused.value.message) == (
+                403,
+                "widget_key is not accepted",
+            )
+
+
+async def test_identity_token_subscribes_as_its_user(serve, transport: str) -> None:
+    """Client(token=...) runs the subscription as the token's user."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    async with Client(base, transport=transport, token=channels.issue_token("ann")) as client:
+        async with client.subscribe("room") as sub:
+            assert sub.user_id == "ann"
+
+
+async def test_iteration_ends_after_the_end_of_a_closed_channel(serve, transport: str) -> None:
+    """end is the last event; no reconnect follows."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    async with Client(base, transport=transport) as client, client.subscribe("live") as sub:
+        await channels.publish("live", 1)
+        await channels.close_channel("live")
+        with anyio.fail_after(WAIT):
+            kinds = [event.type async for event in sub]
+        assert kinds == ["broadcast", "end"]
+
+
+async def test_resumes_without_gap_across_a_server_restart_on_redis(
+    server_process, transport: str, redis_url: str, redis_prefix: str
+) -> None:
+    """Stop the server, publish on its successor, and the client catches up exactly."""
+    port = free_port()
+    command = [
+        "-m", "channel_asgi", "serve", "--port", "{port}", "--redis", redis_url,
+        "--redis-prefix", redis_prefix, "--secret", SECRET, "--log-level", "warning",
+    ]  # fmt: skip
+    first = server_process(command, port=port)
+    base = first.base
+    async with Client(base, transport=transport) as client, client.subscribe("tv") as sub:
+        token = sub.token
+        before = await sub.publish({"n": 0})
+        assert (await next_event(sub, "broadcast")).id == before
+        os.kill(first.pid, signal.SIGTERM)
+        first.process.wait(timeout=WAIT)
+        second = server_process(command, port=port)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            missed = []
+            for n in (1, 2, 3):  # the old token still verifies: same secret
+                reply = await http.post(
+                    f"{second.base}/publish/tv",
+                    params={"token": token},
+                    content=json.dumps({"type": "broadcast", "message": {"n": n}}),
+                    headers={"content-type": "application/json"},
+                )
+                assert reply.status_code == 200, reply.text
+                missed.append(reply.json()["id"])
+        got = [(await next_event(sub, "broadcast")).id for _ in range(3)]
+        assert got == missed
+        assert sub.recovered is True
+        assert sub.token != token  # a new init came with the reconnect
+        live = await sub.publish({"n": 4})
+        assert (await next_event(sub, "broadcast")).id == live
+
+
+async def test_client_and_raw_sse_agree(serve, client: httpx.AsyncClient, transport: str) -> None:
+    """What the client iterates is what a raw SSE subscriber receives."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    async with subscribe(client, f"{base}/subscribe/agree") as raw:
+        async with Client(base, transport=transport) as own, own.subscribe("agree") as sub:
+            await raw.stream.until("system")
+            ids = [await channels.publish("agree", n) for n in range(3)]
+            assert [(await next_event(sub, "broadcast")).id for _ in range(3)] == ids
+            assert [(await raw.stream.until("broadcast")).id for _ in range(3)] == ids
