@@ -4,25 +4,20 @@ A connection closed as too slow ends without completing its response (its writer
 send); the server closes the socket and the browser reconnects with ``Last-Event-ID``.
 
 The connection's own task is the writer; a second task listens for the client's disconnect and
-closes the mailbox. They are bare asyncio tasks, not an anyio task group: a task group per
-connection costs about 5 KiB more, and the SSE route is served by asyncio servers (uvicorn,
-hypercorn, daphne). The writer drains the mailbox and sends everything pending in one
-``http.response.body`` message. Replays and ``request`` replies are written directly with
-``await send`` (the server's flow control paces them); only live events go through the bounded
-mailbox.
+closes the mailbox (see ``connection.live``). The writer drains the mailbox and sends everything
+pending in one ``http.response.body`` message. Replays and ``request`` replies are written
+directly with ``await send`` (the server's flow control paces them); only live events go
+through the bounded mailbox.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Final, cast
 
-import anyio
-
 from . import sse
+from .connection import live
 from .engine import Engine, Session
 from .errors import ChannelError
 from .http import Receive, Send
@@ -35,8 +30,6 @@ logger = logging.getLogger("channel_asgi")
 
 #: Replays are written in sends of about this many bytes.
 _REPLAY_CHUNK: Final = 64 * 1024
-#: How long the cleanup of a closed connection may take (it runs shielded).
-_CLEANUP_TIMEOUT: Final = 10.0
 
 _SSE_HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -54,19 +47,9 @@ async def serve_stream(
 ) -> None:
     """Stream ``session``'s events until the client leaves, the channel ends or the app stops."""
     subscriber = session.subscriber
-    writer = asyncio.current_task()
-    if writer is None:  # pragma: no cover - an ASGI app always runs in a task
-        raise RuntimeError("serve_stream must run in a task")
-    subscriber.interrupt = writer.cancel
-    watcher = asyncio.ensure_future(_watch_disconnect(receive, subscriber))
-    try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*_SSE_HEADERS, *extra_headers],
-            }
-        )
+    async with live(engine, session, _watch_disconnect(receive, subscriber)):
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [*_SSE_HEADERS, *extra_headers]})
         reconnect_ms = int(engine.settings.reconnect_delay * 1000)
         opening = sse.retry(reconnect_ms) + sse.event(session.init)
         replay = (sse.event(with_id(e.payload, e.id), e.id) for e in session.replay)
@@ -79,21 +62,6 @@ async def serve_stream(
             logger.warning("Ending stream %s: %s", subscriber.connection_id, exc)
         if subscriber.closed is not Close.GONE:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except asyncio.CancelledError:
-        if subscriber.closed is not Close.SLOW:
-            raise
-        # Our own interruption of a writer stuck on a client that stopped reading.
-        uncancel = getattr(writer, "uncancel", None)
-        if uncancel is not None:
-            uncancel()
-    finally:
-        subscriber.interrupt = None
-        watcher.cancel()
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + _CLEANUP_TIMEOUT
-            await engine.end_session(session)
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
 
 
 async def _pump(engine: Engine, session: Session, send: Send) -> None:

@@ -7,15 +7,15 @@ reply frame, ``{"type": "ack", "code": 200, "message", "id"?}`` or ``{"type": "e
 "message"}``, echoing the frame's ``"ref"`` when it had one.
 
 As for SSE, the connection's task is the writer and a second task reads the client's frames (and
-notices it leaving). Replies go through the connection's mailbox, so a single task writes to the
-socket and a ``request``'s history always arrives before its ``ack``. Refusals before the upgrade
-are HTTP JSON replies (ASGI's ``websocket.http.response`` extension), or a close with code 1008
-where the server lacks the extension. A connection too slow to keep up is closed with code 1008.
+notices it leaving); see ``connection.live``. Replies go through the connection's mailbox, so a
+single task writes to the socket and a ``request``'s history always arrives before its ``ack``.
+Refusals before the upgrade are HTTP JSON replies (ASGI's ``websocket.http.response``
+extension), or a close with code 1008 where the server lacks the extension. A connection too
+slow to keep up is closed with code 1008.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -26,6 +26,7 @@ import anyio
 import msgspec
 
 from .access import Access
+from .connection import live
 from .engine import Engine, Session
 from .errors import ChannelError, NotFound, PayloadTooLarge
 from .http import Headers, Receive, Scope, Send, header
@@ -38,7 +39,6 @@ __all__ = ["Ack", "Error", "WebSocketRoute"]
 
 logger = logging.getLogger("channel_asgi")
 
-_CLEANUP_TIMEOUT: Final = 10.0
 _CLOSE_CODES: Final = {Close.END: 1000, Close.SHUTDOWN: 1001, Close.SLOW: 1008}
 
 
@@ -117,10 +117,6 @@ class WebSocketRoute:
     async def serve(self, scope: Scope, receive: Receive, send: Send, session: Session) -> None:
         """Accept, then stream events and answer frames until either side ends."""
         subscriber = session.subscriber
-        writer = asyncio.current_task()
-        if writer is None:  # pragma: no cover - an ASGI app always runs in a task
-            raise RuntimeError("serve must run in a task")
-        subscriber.interrupt = writer.cancel
         connection = session.connection
         claims = PublishClaims(
             connection.channel,
@@ -130,15 +126,12 @@ class WebSocketRoute:
             session.anonymous,
         )
         await send({"type": "websocket.accept"})
-        reader = asyncio.ensure_future(
-            self._read(receive, subscriber, claims, client_address(scope))
-        )
-        try:
+        reader = self._read(receive, subscriber, claims, client_address(scope))
+        async with live(self.engine, session, reader):
             await send({"type": "websocket.send", "text": session.init.decode()})
             for event in session.replay:
-                await send(
-                    {"type": "websocket.send", "text": with_id(event.payload, event.id).decode()}
-                )
+                text = with_id(event.payload, event.id).decode()
+                await send({"type": "websocket.send", "text": text})
             session.init, session.replay = b"", []
             try:
                 await self.engine.go_live(session)
@@ -149,22 +142,9 @@ class WebSocketRoute:
             code = _CLOSE_CODES.get(subscriber.closed or Close.SHUTDOWN)
             if code is not None:
                 await send({"type": "websocket.close", "code": code})
-        except asyncio.CancelledError:
-            if subscriber.closed is not Close.SLOW:
-                raise
-            uncancel = getattr(writer, "uncancel", None)
-            if uncancel is not None:
-                uncancel()
+        if subscriber.closed is Close.SLOW:
             with anyio.move_on_after(1.0), contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1008})
-        finally:
-            subscriber.interrupt = None
-            reader.cancel()
-            with anyio.CancelScope(shield=True) as scope_:
-                scope_.deadline = anyio.current_time() + _CLEANUP_TIMEOUT
-                await self.engine.end_session(session)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
 
     async def _pump(self, session: Session, send: Send) -> None:
         subscriber = session.subscriber
