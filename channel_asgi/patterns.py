@@ -15,11 +15,11 @@ from typing import Any, Final
 
 from .auth import Action
 from .http import validate_channel
+from .protocol import PUBLISH_TYPES
 
 __all__ = ["ChannelPattern", "PatternSet", "pattern_matches"]
 
 _PARAM: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-PUBLISH_TYPES: Final = frozenset({"broadcast", "private", "request", "webhook"})
 
 #: ``authorize(user_id, action, params)``: True allows; sync or async.
 Authorizer = Callable[[str | None, Action, Mapping[str, str]], bool | Awaitable[bool]]

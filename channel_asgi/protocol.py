@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 #: The publish types a client may send.
-PUBLISH_TYPES: Final = ("broadcast", "private", "request", "webhook")
+PUBLISH_TYPES: Final = frozenset({"broadcast", "private", "request", "webhook"})
 
 _NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
 
