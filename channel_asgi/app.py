@@ -174,7 +174,7 @@ class ChannelApp:
 
         self._outbound: httpx.AsyncClient | None = None
         self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
-        self._ws = WebSocketRoute(self.engine, self.access, self._publish)
+        self._ws = WebSocketRoute(self.engine, self.access, self._publish, self.cors)
         self._runner = Runner(self._background)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -529,7 +529,10 @@ def _match(path: str) -> tuple[str, str]:
     for route, prefix in _PREFIXES:
         if path.startswith(prefix):
             return route, path[len(prefix) :]
-    raise NotFound(f"No route for {path!r}; use /subscribe/{{channel}} or /publish/{{channel}}")
+    raise NotFound(
+        f"No route for {path!r}; use /subscribe/{{channel}}, /publish/{{channel}} "
+        "or a WebSocket to /ws/{channel}"
+    )
 
 
 def _checked_channel(channel: str) -> str:

@@ -201,11 +201,14 @@ class Subscription:
         tb: TracebackType | None,
     ) -> None:
         group, self._group = self._group, None
-        if group is not None:
-            group.cancel_scope.cancel()
-            await group.__aexit__(exc_type, exc, tb)
-        self._events_in.close()
-        self._events.close()
+        try:
+            if group is not None:
+                group.cancel_scope.cancel()
+                # Not handed the block's exception: it goes on as it was, not in a group.
+                await group.__aexit__(None, None, None)
+        finally:
+            self._events_in.close()
+            self._events.close()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -277,11 +280,14 @@ class Subscription:
             return await self._publish_ws(body)
         if self.token is None:
             raise ChannelError(401, "Not subscribed yet: no publish token")
-        response = await self.client.http.post(
-            self.client.url("publish", self.channel, token=self.token),
-            content=msgspec.json.encode(body),
-            headers={"content-type": "application/json"},
-        )
+        try:
+            response = await self.client.http.post(
+                self.client.url("publish", self.channel, token=self.token),
+                content=msgspec.json.encode(body),
+                headers={"content-type": "application/json"},
+            )
+        except httpx.TransportError as exc:
+            raise ChannelError(503, f"Could not reach the server: {exc}") from exc
         if response.status_code != 200:
             raise _refusal(response.status_code, response.content)
         reply: dict[str, Any] = response.json()

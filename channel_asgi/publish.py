@@ -52,6 +52,7 @@ logger = logging.getLogger("channel_asgi")
 _OK_BROADCAST: Final = "Message broadcast"
 _OK_PRIVATE: Final = "Private message sent"
 _OK_REQUEST: Final = "History requested; it arrives on the subscribe stream"
+_OK_REQUEST_HERE: Final = "History sent, just before this reply"
 _OK_WEBHOOK: Final = "Webhook called"
 
 
@@ -134,7 +135,7 @@ class PublishRoute:
                 envelope.message = message
         if local is not None and isinstance(envelope, RequestBody):
             local.put_control(REQUEST)
-            return Reply(200, _OK_REQUEST)
+            return Reply(200, _OK_REQUEST_HERE)
         return await self._act(envelope, connection)
 
     def _check_rate(self, user_id: str, client: str | None) -> None:

@@ -27,8 +27,9 @@ import msgspec
 
 from .access import Access
 from .connection import live
+from .cors import CorsPolicy
 from .engine import Engine, Session
-from .errors import ChannelError, NotFound, PayloadTooLarge
+from .errors import ChannelError, Forbidden, NotFound
 from .http import Headers, Receive, Scope, Send, header
 from .hub import REQUEST, Close, Subscriber, Transport
 from .protocol import Reply, encode, with_id
@@ -72,10 +73,13 @@ class Error(msgspec.Struct, omit_defaults=True, tag_field="type", tag="error"):
 class WebSocketRoute:
     """Serve WebSocket connections for one app."""
 
-    def __init__(self, engine: Engine, access: Access, publish: PublishRoute) -> None:
+    def __init__(
+        self, engine: Engine, access: Access, publish: PublishRoute, cors: CorsPolicy
+    ) -> None:
         self.engine = engine
         self.access = access
         self.publish = publish
+        self.cors = cors
 
     async def refuse(self, scope: Scope, send: Send, exc: ChannelError) -> None:
         """Answer a connection attempt with an HTTP JSON reply (or a plain close)."""
@@ -96,9 +100,11 @@ class WebSocketRoute:
         """Run the subscribe checks and join the connection to ``channel``.
 
         Raises:
-            ChannelError: the same refusals as ``GET /subscribe``, in the same order.
+            ChannelError: the same refusals as ``GET /subscribe``, in the same order, and 403
+                for a browser page from an origin that is neither this host nor allowed.
         """
         await self.engine.ensure_open(channel)
+        self._check_origin(headers)
         user_id, anonymous = await self.access.identify(scope, channel)
         last_event_id = header(headers, b"last-event-id")
         if last_event_id is None:
@@ -113,6 +119,21 @@ class WebSocketRoute:
             transport=Transport.TEXT,
             last_event_id=last_event_id,
         )
+
+    def _check_origin(self, headers: Headers) -> None:
+        """Refuse cross-site WebSocket hijacking.
+
+        Browsers apply no same-origin rule to WebSockets, and send the page's cookies along; so a
+        handshake from a page of another origin is refused unless ``cors_origins`` allows it, as
+        the browser would refuse that page the SSE and publish routes.
+        """
+        origin = header(headers, b"origin")
+        if origin is None or self.cors.is_allowed_origin(origin):
+            return
+        host = header(headers, b"host")
+        if host is not None and origin.partition("://")[2] == host:
+            return
+        raise Forbidden(f"Origin {origin} is not allowed")
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, session: Session) -> None:
         """Accept, then stream events and answer frames until either side ends."""
@@ -189,15 +210,14 @@ class WebSocketRoute:
         if text is None:
             return Error(400, "Send publish bodies as text frames")
         body = text.encode()
+        limit = self.engine.settings.max_body_bytes
+        if len(body) > limit:  # before parsing it (a ref it may hold is not read)
+            return Error(413, f"Frame is larger than {limit} bytes")
         try:
             ref = _decode_frame(body).ref
         except (msgspec.DecodeError, RecursionError):
             return Error(400, "A frame must be a JSON object (a publish body)")
         try:
-            if len(body) > self.engine.settings.max_body_bytes:
-                raise PayloadTooLarge(
-                    f"Frame is larger than {self.engine.settings.max_body_bytes} bytes"
-                )
             if await self.engine.storage.is_closed(claims.channel):
                 raise NotFound(f"Channel {claims.channel!r} is closed")
             reply = await self.publish.handle(claims, body, client, local=subscriber)

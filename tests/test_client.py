@@ -180,3 +180,25 @@ async def test_client_and_raw_sse_agree(serve, client: httpx.AsyncClient, transp
             ids = [await channels.publish("agree", n) for n in range(3)]
             assert [(await next_event(sub, "broadcast")).id for _ in range(3)] == ids
             assert [(await raw.stream.until("broadcast")).id for _ in range(3)] == ids
+
+
+async def test_errors_in_the_block_come_out_unchanged(serve, transport: str) -> None:
+    """A ChannelError raised by publish inside `async with` is not wrapped in a group."""
+    base = await serve(ChannelApp(secret=SECRET, widget_keys={"good"}))
+    async with Client(base, transport=transport, widget_key="bad") as client:
+        with pytest.raises(ChannelError) as refused:
+            async with client.subscribe("room") as sub:
+                await sub.publish("x")
+        assert refused.value.code == 403
+        with pytest.raises(KeyError):
+            async with client.subscribe("room"):
+                raise KeyError("mine")
+
+
+async def test_unreachable_server_is_a_channel_error(transport: str) -> None:
+    """Connection failures are ChannelError(503), on either transport."""
+    async with Client(f"http://127.0.0.1:{free_port()}", transport=transport) as client:
+        with pytest.raises(ChannelError) as refused:
+            async with client.subscribe("room"):
+                pass  # pragma: no cover
+        assert refused.value.code == 503

@@ -94,11 +94,11 @@ async def test_frames_publish_and_get_one_ack_each_echoing_ref(serve) -> None:
         ('{"type": "nope", "ref": 3}', 400, 3),
         ('{"type": "broadcast", "ref": {"k": [1]}}', 400, {"k": [1]}),
         ('{"type": "broadcast", "message": 1, "widget_key": "bad", "ref": 5}', 403, 5),
-        ('{"type": "broadcast", "message": "' + "x" * 70000 + '", "ref": 6}', 413, 6),
+        ('{"type": "broadcast", "message": "' + "x" * 70000 + '", "ref": 6}', 413, None),
     ],
 )
 async def test_refused_frames_get_an_error_frame(serve, frame: str, code: int, ref: object) -> None:
-    """Errors name the problem; a frame that is not a JSON object has no ref to echo."""
+    """Errors name the problem; no ref is echoed from a frame not parsed (not JSON, too big)."""
     base = await serve(ChannelApp(secret=SECRET, widget_keys={"good"}))
     async with ws_subscribe(base, "room") as (ws, _):
         await ws.send(frame)
@@ -224,3 +224,30 @@ async def test_a_websocket_that_stops_reading_is_closed_with_1008(serve) -> None
                 while True:
                     await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        (None, True),  # not a browser
+        ("https://page.example", True),  # in cors_origins
+        ("http://{host}", True),  # the server's own origin
+        ("https://evil.example", False),
+    ],
+)
+async def test_handshakes_from_other_origins_are_refused(
+    serve, origin: str | None, allowed: bool
+) -> None:
+    """Cross-site WebSocket hijacking: a page of a foreign origin gets a 403 before the upgrade."""
+    base = await serve(ChannelApp(secret=SECRET, cors_origins=["https://page.example"]))
+    host = base.removeprefix("http://")
+    headers = {} if origin is None else {"Origin": origin.format(host=host)}
+    url = ws_url(base, "/ws/room")
+    if allowed:
+        async with websockets.connect(url, origin=None, additional_headers=headers) as ws:
+            assert json.loads(await recv(ws))["type"] == "init"
+        return
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with websockets.connect(url, origin=None, additional_headers=headers):
+            pass  # pragma: no cover
+    assert refused.value.response.status_code == 403
