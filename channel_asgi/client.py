@@ -455,7 +455,10 @@ class Subscription:
             self._ws = None
             for waiting in self._replies.values():
                 waiting.set()  # the waiting publishes see no reply: they fail with 503
-            await connection.close()
+            # Shielded: when the subscription is left, this runs in a cancelled scope, and an
+            # interrupted close would leave the socket open.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.client.timeout):
+                await connection.close()
         return False
 
     def _on_reply(self, reply: dict[str, Any]) -> None:
