@@ -18,7 +18,7 @@ import msgspec
 from .access import Access
 from .auth import Action
 from .engine import Connection, Engine, Hooks, PublishHook
-from .errors import ChannelError, Forbidden, NotFound, Reject, TooManyRequests
+from .errors import ChannelError, Forbidden, Reject, TooManyRequests
 from .http import (
     Headers,
     Receive,
@@ -92,8 +92,7 @@ class PublishRoute:
     ) -> Reply:
         """Run every check of an HTTP publish, in order, and then the publish itself."""
         settings = self.engine.settings
-        if await self.engine.storage.is_closed(channel):
-            raise NotFound(f"Channel {channel!r} is closed")
+        await self.engine.ensure_open(channel)
         check_json_content_type(headers)
         body = await read_body(headers, receive, settings.max_body_bytes)
         claims = self.engine.signer.verify(request_token(scope, headers), channel)

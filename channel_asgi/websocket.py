@@ -29,7 +29,7 @@ from .access import Access
 from .connection import live
 from .cors import CorsPolicy
 from .engine import Engine, Session
-from .errors import ChannelError, Forbidden, NotFound
+from .errors import ChannelError, Forbidden
 from .http import Headers, Receive, Scope, Send, header
 from .hub import REQUEST, Close, Subscriber, Transport
 from .protocol import Reply, encode, with_id
@@ -218,8 +218,7 @@ class WebSocketRoute:
         except (msgspec.DecodeError, RecursionError):
             return Error(400, "A frame must be a JSON object (a publish body)")
         try:
-            if await self.engine.storage.is_closed(claims.channel):
-                raise NotFound(f"Channel {claims.channel!r} is closed")
+            await self.engine.ensure_open(claims.channel)
             reply = await self.publish.handle(claims, body, client, local=subscriber)
         except ChannelError as exc:
             return Error(exc.status, exc.message, ref=ref)
