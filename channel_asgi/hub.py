@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
@@ -244,11 +245,13 @@ class Hub:
     """The channels and connections of this process.
 
     Writers are woken in batches: the first wake-up after a quiet spell happens at the end of the
-    current loop iteration; after that, the next batch waits, after the previous batch's writes
-    are done, for as long as those writes took (at least ``WAKE_GAP``, at most ``MAX_WAKE_GAP``
-    seconds). Under load, every event that arrives meanwhile leaves in the same write, even when
-    events come one per loop iteration (as they do from Redis), and writing never takes more than
-    about half of the process's time, so publishes keep flowing in. At light load nothing waits.
+    current loop iteration, and the next batch waits at least ``WAKE_GAP`` seconds after the
+    previous batch's writes are done. When that batch carried more than one event, events are
+    arriving faster than they are written: the next one then waits as long as the writes took
+    (direct writes included; at most ``MAX_WAKE_GAP``). Under load, every event that arrives
+    meanwhile leaves in the same write, even when events come one per loop iteration (as they do
+    from Redis), and writing never takes more than about half of the process's time, so
+    publishes keep flowing in. At light load (one event per batch) nothing waits.
     """
 
     def __init__(self) -> None:
@@ -257,6 +260,9 @@ class Hub:
         self._flush_at: float | None = None  # when the scheduled flush runs, if one is
         self._writes_done = -1.0  # when the writers woken by the last flush had run
         self._flushed_at = 0.0
+        self._direct_took = 0.0  # how long the last flush's direct writes took
+        self._events = 0  # events dispatched since the last flush
+        self._batch_events = 0  # events dispatched before the last flush
         self._gap = WAKE_GAP
 
     def _wake_soon(self, subscriber: Subscriber) -> None:
@@ -277,12 +283,15 @@ class Hub:
             loop.call_at(due, self._flush)
 
     def _flush(self) -> None:
+        started = time.perf_counter()
         batch, self._to_wake = self._to_wake, []
         for subscriber in batch:
             if subscriber.direct is not None and subscriber.parked():
                 _write_directly(subscriber, subscriber.direct)
             else:
                 subscriber._wake()
+        self._direct_took = time.perf_counter() - started
+        self._batch_events, self._events = self._events, 0
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -294,8 +303,11 @@ class Hub:
 
     def _writes_ran(self, loop: asyncio.AbstractEventLoop) -> None:
         self._writes_done = loop.time()
-        took = self._writes_done - self._flushed_at
-        self._gap = min(MAX_WAKE_GAP, max(WAKE_GAP, took))
+        took = self._direct_took + self._writes_done - self._flushed_at
+        # One event per batch is light load: the next one may leave soon. More, and events
+        # are arriving faster than they are written: wait as long as the writes took.
+        busy = self._batch_events > 1
+        self._gap = min(MAX_WAKE_GAP, max(WAKE_GAP, took)) if busy else WAKE_GAP
         self._flush_at = None
         if self._to_wake:  # arrived while the writers ran: the next batch, after the gap
             to_wake, self._to_wake = self._to_wake, []
@@ -385,6 +397,7 @@ class Hub:
         room = self._rooms.get(delivery.channel)
         if room is None:
             return
+        self._events += 1
         if room.opening:
             self._collect(room, delivery)
         if delivery.kind == "request":

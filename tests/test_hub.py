@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from channel_asgi import sse
-from channel_asgi.hub import HEARTBEAT_TICKS, REQUEST, Close, Hub, Resume, Subscriber, Transport
+from channel_asgi.hub import (
+    HEARTBEAT_TICKS,
+    REQUEST,
+    WAKE_GAP,
+    Close,
+    Hub,
+    Resume,
+    Subscriber,
+    Transport,
+)
 from channel_asgi.storage import Delivery
 
 
@@ -189,3 +199,44 @@ async def test_resume_passes_cancellation_into_the_suspended_write() -> None:
         await task
     assert seen == ["cancelled"]
     assert task.cancelled()
+
+
+async def test_busy_batches_wait_as_long_as_their_writes_took_and_single_events_do_not() -> None:
+    """The wake-up policy: one event per batch leaves soon; several make the next batch wait."""
+    hub = Hub()
+    sub = subscriber()
+    live(hub, sub)
+    writes: list[tuple[float, float, bytes]] = []
+
+    async def slow_write(body: bytes) -> None:  # a direct write to a slow socket: 30 ms
+        started = time.monotonic()
+        time.sleep(0.03)  # noqa: ASYNC251 - the write blocks the loop, as a real one does
+        writes.append((started, time.monotonic(), body))
+
+    sub.direct = slow_write
+    parked = sub.until_ready()  # the writer waits: the hub writes for it
+
+    async def written(count: int) -> None:
+        for _ in range(500):
+            if len(writes) >= count:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"{len(writes)} writes, expected {count}")
+
+    def event(n: int) -> Delivery:
+        return Delivery("ch", "event", b'{"n":%d}' % n, f"{n}-0")
+
+    hub.dispatch(event(1))  # light load: one event per batch
+    await written(1)
+    await asyncio.sleep(0.01)  # the flush's bookkeeping runs after the writes
+    assert hub._gap == WAKE_GAP
+
+    for n in (2, 3, 4):  # a burst: one batch of three, which took 30 ms to write
+        hub.dispatch(event(n))
+    await written(2)
+    assert writes[1][2].count(b"data:") == 3
+    hub.dispatch(event(5))
+    await written(3)
+    waited = writes[2][0] - writes[1][1]
+    assert waited >= 0.025, waited  # as long as the last writes took (30 ms), not WAKE_GAP
+    assert parked is sub._waiter  # every write was made without waking the writer

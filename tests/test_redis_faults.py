@@ -15,6 +15,7 @@ import pytest
 
 from channel_asgi import ChannelApp
 from channel_asgi.storage import RedisStorage
+from channel_asgi.storage.conformance import running
 
 from .helpers import WAIT, free_port, publish, redis_answers, subscribe
 
@@ -170,3 +171,40 @@ async def test_broadcasts_made_while_the_pubsub_connection_was_down_are_delivere
         await anyio.sleep(0.3)
         assert len([d for d in reader.inbox.deliveries if d.channel == "quiet"]) == 4
         await reader.storage.unlisten("quiet")
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(own_redis: OwnRedis) -> None:
+    """After ``SCRIPT FLUSH`` (what a Redis restart also does) calls still succeed."""
+    import redis
+
+    storage = RedisStorage(own_redis.url, prefix="flush")
+    async with running(storage) as live:
+        await storage.listen("ch")
+        first = await storage.append("ch", b'{"n":1}', keep=10)
+        direct = redis.Redis(port=own_redis.port)
+        try:
+            direct.script_flush()
+        finally:
+            direct.close()
+        second = await storage.append("ch", b'{"n":2}', keep=10)
+        assert [event.id for event in (await storage.history("ch")).events] == [first, second]
+        assert await storage.join("ch", "c1") == 1
+        assert len(await live.inbox.wait_for(2, "ch")) == 2
+
+
+async def test_a_burst_of_calls_beyond_the_connection_pool_waits_instead_of_failing(
+    own_redis: OwnRedis,
+) -> None:
+    """Hundreds of joins and leaves at once (a crowd arriving) all succeed."""
+    storage = RedisStorage(own_redis.url, prefix="burst")
+    crowd = [f"c{index}" for index in range(400)]
+    async with running(storage):
+        async with anyio.create_task_group() as group:
+            for connection_id in crowd:
+                group.start_soon(storage.join, "live", connection_id)
+        assert await storage.viewer_count("live") == len(crowd)
+        async with anyio.create_task_group() as group:
+            for connection_id in crowd:
+                group.start_soon(storage.leave, "live", connection_id)
+                group.start_soon(storage.viewer_count, "live")
+        assert await storage.viewer_count("live") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import anyio
 import httpx
@@ -149,6 +150,17 @@ async def test_one_pubsub_connection_per_process_and_constant_cost_per_publish(
             sent.append(str(args[0]))
             return await super().execute_command(*args, **options)
 
+        def pipeline(self, transaction: bool = True, shard_hint: object = None) -> Any:
+            pipe = super().pipeline(transaction, shard_hint)
+            queue = pipe.execute_command
+
+            def counting(*args: object, **options: object) -> object:
+                sent.append(str(args[0]))
+                return queue(*args, **options)
+
+            pipe.execute_command = counting  # type: ignore[method-assign]
+            return pipe
+
     counting = CountingRedis.from_url(redis_url)
     storage = RedisStorage(prefix=redis_prefix, client=counting, presence_ttl=3600)
     channels = ChannelApp(storage=storage, secret=SECRET)
@@ -164,6 +176,7 @@ async def test_one_pubsub_connection_per_process_and_constant_cost_per_publish(
     try:
         async with subscribe(client, f"{base}/subscribe/fan") as one:
             assert direct.pubsub_numsub(topic) == [(topic.encode(), 1)]
+            await cost_of_one_publish(one.token)  # the first loads the script
             alone = await cost_of_one_publish(one.token)
             async with anyio.create_task_group() as group:
                 ready = anyio.Event()
@@ -181,6 +194,8 @@ async def test_one_pubsub_connection_per_process_and_constant_cost_per_publish(
                     group.start_soon(hold)
                 with anyio.fail_after(WAIT):
                     await ready.wait()
+                for _ in range(49):  # every join announced: nothing else is in flight
+                    assert (await one.stream.until("system")).json["message"]["status"] == "join"
                 assert direct.pubsub_numsub(topic) == [(topic.encode(), 1)]
                 crowded = await cost_of_one_publish(one.token)
                 group.cancel_scope.cancel()

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -54,6 +54,10 @@ logger = logging.getLogger("channel_asgi.redis")
 _CONNECT_WAIT: Final = 2.0  # how long connecting waits for Redis to confirm the subscriptions
 _LISTEN_WAIT: Final = 10.0  # how long a new channel's subscription may take (a busy reader)
 _BACKOFF_MAX: Final = 5.0
+#: Connections to Redis per process, besides the pub/sub one. Calls made in the same loop
+#: iteration share one pipeline, so a handful is plenty; a burst past it waits its turn.
+_MAX_CONNECTIONS: Final = 32
+_SOCKET_TIMEOUT: Final = 2.0
 _encode_delivery: Final = msgspec.msgpack.Encoder().encode
 _decode_delivery: Final = msgspec.msgpack.Decoder(Delivery).decode
 
@@ -126,9 +130,9 @@ class RedisStorage:
         self._floor: dict[str, tuple[int, int]] = {}
         self._local: dict[str, set[str]] = {}
         self._emptied: set[str] = set()  # channels left since the last lease renewal
-        self._scripts: dict[str, Any] = {}
-        self._appends: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._shas: dict[str, str] = {}  # script source -> its SHA1, once loaded
+        self._calls: list[_Call] = []  # waiting for the next pipeline
+        self._sender: asyncio.Task[None] | None = None  # sends the pipelines, one at a time
         self._connected = _NotYet()
 
     # -- keys ----------------------------------------------------------------------------------
@@ -141,25 +145,115 @@ class RedisStorage:
 
     def _redis(self) -> Redis:
         if self._client is None:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
             # No retries: a failed call is a 503 at once; the caller (or browser) retries.
-            self._client = Redis.from_url(
+            # A blocking pool: a burst of calls beyond its size waits for a connection (up to
+            # the socket timeout) instead of failing.
+            pool = BlockingConnectionPool.from_url(
                 self._url or "",
+                max_connections=_MAX_CONNECTIONS,
+                timeout=_SOCKET_TIMEOUT,
                 retry=Retry(NoBackoff(), 0),
                 socket_connect_timeout=1.0,
-                socket_timeout=2.0,
+                socket_timeout=_SOCKET_TIMEOUT,
                 health_check_interval=5,
             )
+            self._client = Redis(connection_pool=pool)
         return self._client
 
-    async def _script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self._redis().register_script(source)
-        return await script(keys=keys, args=args)
+    def _script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Run a Lua script in the next pipeline; return its reply (awaitable)."""
+        return self._queue(_Call(name, (len(keys), *keys, *args), source))
+
+    def _command(self, name: str, *args: Any) -> Awaitable[Any]:
+        """Run a plain command in the next pipeline; return its reply (awaitable)."""
+        return self._queue(_Call(name, args))
+
+    def _queue(self, call: _Call) -> asyncio.Future[Any]:
+        """Queue a call for the next pipeline (automatic pipelining).
+
+        One pipeline is in flight at a time. Calls made meanwhile wait for it and then go
+        together in the next one, so under load a round trip carries many calls (publishes;
+        joins and leaves when a crowd comes or goes), and at light load nothing waits.
+        """
+        loop = asyncio.get_running_loop()
+        call.future = loop.create_future()
+        sender = self._sender
+        if sender is not None and sender.get_loop() is not loop:  # left by a loop now gone
+            sender, self._calls = None, []
+        self._calls.append(call)
+        if sender is None:
+            self._sender = loop.create_task(self._send_calls())
+        return call.future
+
+    async def _send_calls(self) -> None:
+        batch: list[_Call] = []
+        try:
+            await asyncio.sleep(0)  # let the rest of this loop iteration's calls join
+            while self._calls:
+                batch, self._calls = self._calls, []
+                try:
+                    results = await self._execute(batch)
+                except StorageUnavailable as exc:
+                    results = [exc] * len(batch)
+                for call, result in zip(batch, results, strict=True):
+                    call.settle(result)
+        finally:  # normally nothing is left; cancelled (the loop stops): nobody waits forever
+            self._sender = None
+            stranded, self._calls = [*batch, *self._calls], []
+            for call in stranded:
+                call.settle(StorageUnavailable("Redis storage is closing"))
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        """Send a batch in one pipeline; return one result (or exception) per call.
+
+        Consecutive appends to the same channel become one script call, so a burst of
+        broadcasts is also one pub/sub message for every process to read.
+        """
+        from redis.exceptions import NoScriptError
+
+        groups: list[list[_Call]] = []
+        for call in batch:
+            if call.merge is not None and groups and groups[-1][0].merge == call.merge:
+                groups[-1].append(call)
+            else:
+                groups.append([call])
+        with _unavailable(batch[0].name):
+            replies = await self._pipeline(groups)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:  # Redis restarted or flushed its scripts: load them again, once
+                self._shas.clear()
+                again = await self._pipeline([groups[i] for i in missing])
+                for index, reply in zip(missing, again, strict=True):
+                    replies[index] = reply
+        results: list[Any] = []
+        for group, reply in zip(groups, replies, strict=True):
+            if group[0].merge is None:
+                results.append(reply)
+            elif isinstance(reply, list):  # one id per merged call
+                results += reply
+            else:  # an error, or the channel is closed: the same for all of them
+                results += [reply] * len(group)
+        return results
+
+    async def _pipeline(self, groups: list[list[_Call]]) -> list[Any]:
+        client = _untyped(self._redis())
+        for source in {group[0].source for group in groups} - self._shas.keys() - {""}:
+            self._shas[source] = await client.script_load(source)
+        async with client.pipeline(transaction=False) as pipe:
+            for group in groups:
+                first = group[0]
+                args = first.args
+                if first.merge is not None:
+                    args += tuple(call.item for call in group)
+                if first.source:
+                    pipe.execute_command("EVALSHA", self._shas[first.source], *args)
+                else:
+                    pipe.execute_command(first.name, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     # -- lifecycle and delivery ----------------------------------------------------------------
 
@@ -210,8 +304,8 @@ class RedisStorage:
         """
         if self._url is not None and self._client is not None:
             client, self._client = self._client, None
-            self._scripts.clear()
-            await client.aclose()
+            self._shas.clear()
+            await client.aclose(close_connection_pool=True)
 
     async def _read_forever(self) -> None:
         delay = 0.1
@@ -301,15 +395,16 @@ class RedisStorage:
             self._closed.discard(name)
 
     def _receive(self, channel: str, data: bytes) -> None:
-        if data[:1] == b"B":
-            head, _, payload = data[1:].partition(b"\n")
-            event_id = head.decode()
-            floor = self._floor.get(channel)
-            if floor is not None:
-                if _stream_id(event_id) <= floor:
-                    return  # already delivered by _fill_gaps
-                del self._floor[channel]
-            self._broadcast(channel, event_id, payload)
+        if data[:1] == b"B":  # broadcasts: "<id>\n<payload>" pairs joined by "\n"
+            parts = data[1:].split(b"\n")
+            for index in range(0, len(parts) - 1, 2):
+                event_id = parts[index].decode()
+                floor = self._floor.get(channel)
+                if floor is not None:
+                    if _stream_id(event_id) <= floor:
+                        continue  # already delivered by _fill_gaps
+                    del self._floor[channel]
+                self._broadcast(channel, event_id, parts[index + 1])
         elif data[:1] == b"D":
             try:
                 delivery = _decode_delivery(data[1:])
@@ -369,8 +464,7 @@ class RedisStorage:
                 raise StorageUnavailable("Redis did not confirm the subscription in time")
             if count == 0 and channel not in self._last_seen:
                 # Where to catch up from if the pub/sub connection drops before a broadcast.
-                with _unavailable("subscribe"):
-                    last = await _untyped(self._redis()).get(self._key("last", channel))
+                last = await self._command("GET", self._key("last", channel))
                 self._last_seen.setdefault(channel, last.decode() if last else "0-0")
         except BaseException:
             await self.unlisten(channel)
@@ -401,58 +495,18 @@ class RedisStorage:
             self._topic(channel),
             self._key("closed"),
         ]
-        args = [payload, keep, "" if ttl is None else int(ttl * 1000), channel]
-        event_id = await self._queue_append(keys, args)
+        args = (4, *keys, keep, "" if ttl is None else int(ttl * 1000), channel)
+        # Appends to one channel queued together are merged into one script call.
+        call = _Call("append", args, scripts.APPEND, merge=args, item=payload)
+        event_id = await self._queue(call)
         if event_id is None:
             raise NotFound(f"Channel {channel!r} is closed")
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
 
-    def _queue_append(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Queue one append; the appends of a loop iteration go to Redis in one pipeline.
-
-        Publishes arrive many at a time under load, and a pipeline costs one round trip and one
-        pass through the client for all of them instead of one each.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._appends.append((keys, args, future))
-        if len(self._appends) == 1:
-            task = loop.create_task(self._send_appends())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return future
-
-    async def _send_appends(self) -> None:
-        await asyncio.sleep(0)  # let the rest of this iteration's publishes join the batch
-        batch, self._appends = self._appends, []
-        script = self._scripts.get("append")
-        if script is None:
-            script = self._scripts["append"] = self._redis().register_script(scripts.APPEND)
-        try:
-            with _unavailable("append"):
-                async with self._redis().pipeline(transaction=False) as pipe:
-                    for keys, args, _ in batch:
-                        await script(keys=keys, args=args, client=pipe)
-                    results = await pipe.execute(raise_on_error=False)
-        except StorageUnavailable as exc:
-            results = [exc] * len(batch)
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, StorageUnavailable):
-                future.set_exception(result)
-            elif isinstance(result, Exception):
-                unavailable = StorageUnavailable(f"Redis is unavailable (append): {result}")
-                future.set_exception(unavailable)
-            else:
-                future.set_result(result)
-
     async def send(self, delivery: Delivery) -> None:
         """Publish a delivery that is not retained."""
-        with _unavailable("send"):
-            await self._redis().publish(
-                self._topic(delivery.channel), b"D" + _encode_delivery(delivery)
-            )
+        data = b"D" + _encode_delivery(delivery)
+        await self._command("PUBLISH", self._topic(delivery.channel), data)
 
     async def history(
         self, channel: str, *, after: str | None = None, ttl: float | None = None
@@ -460,8 +514,7 @@ class RedisStorage:
         """Return retained broadcasts (see the Storage protocol)."""
         keys = [self._key("h", channel), self._key("last", channel)]
         args = [after or "", "" if ttl is None else int(ttl * 1000)]
-        with _unavailable("history"):
-            reply = await self._script("history", scripts.HISTORY, keys, args)
+        reply = await self._script("history", scripts.HISTORY, keys, args)
         flag = reply[0]
         events = [
             StoredEvent(reply[i].decode(), bytes(reply[i + 1])) for i in range(1, len(reply), 2)
@@ -472,8 +525,7 @@ class RedisStorage:
     async def _presence(self, channel: str, connection_id: str, delta: int) -> int:
         keys = [self._key("v", channel), self._key("procs"), self._key("c", self.process_id)]
         args = [self.process_id, connection_id, delta, self._lease_ms]
-        with _unavailable("presence"):
-            return int(await self._script("presence", scripts.PRESENCE, keys, args))
+        return int(await self._script("presence", scripts.PRESENCE, keys, args))
 
     async def join(self, channel: str, connection_id: str) -> int:
         """Count a connection of this process; return the channel's viewers in all processes."""
@@ -493,19 +545,15 @@ class RedisStorage:
 
     async def viewer_count(self, channel: str) -> int:
         """Return the channel's live connections in every process whose lease is current."""
-        with _unavailable("viewer_count"):
-            keys = [self._key("v", channel), self._key("procs")]
-            return int(await self._script("viewers", scripts.VIEWERS, keys, []))
+        keys = [self._key("v", channel), self._key("procs")]
+        return int(await self._script("viewers", scripts.VIEWERS, keys, []))
 
     async def is_connected(self, connection_id: str) -> bool:
         """Return whether any live process holds ``connection_id``."""
         if any(connection_id in connections for connections in self._local.values()):
             return True
-        with _unavailable("is_connected"):
-            args = [f"{self.prefix}:c:", connection_id]
-            return bool(
-                await self._script("connected", scripts.CONNECTED, [self._key("procs")], args)
-            )
+        args = [f"{self.prefix}:c:", connection_id]
+        return bool(await self._script("connected", scripts.CONNECTED, [self._key("procs")], args))
 
     async def coalesce_presence(
         self, channel: str, joined: int, left: int, *, interval: float
@@ -518,8 +566,7 @@ class RedisStorage:
             self._key("pt", channel),
         ]
         args = [joined, left, max(1, int(interval * 1000))]
-        with _unavailable("coalesce_presence"):
-            reply = await self._script("coalesce", scripts.COALESCE, keys, args)
+        reply = await self._script("coalesce", scripts.COALESCE, keys, args)
         if not reply:
             return None
         return PresenceTotals(int(reply[0]), int(reply[1]), int(reply[2]))
@@ -554,8 +601,42 @@ class RedisStorage:
         """
         if self._closed is not None:
             return channel in self._closed
-        with _unavailable("is_closed"):
-            return bool(await self._redis().sismember(self._key("closed"), channel))
+        return bool(await self._command("SISMEMBER", self._key("closed"), channel))
+
+
+class _Call:
+    """A Redis call waiting for its pipeline."""
+
+    __slots__ = ("args", "future", "item", "merge", "name", "source")
+
+    def __init__(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        source: str = "",
+        *,
+        merge: tuple[Any, ...] | None = None,
+        item: bytes = b"",
+    ) -> None:
+        self.name = name  #: the command, or the script's name
+        self.args = args
+        self.source = source  #: a script's Lua source ("" for a plain command)
+        #: Queued calls with the same ``merge`` (not None) run as one script call, each
+        #: adding its ``item`` to the arguments; the reply is a list, one result per call.
+        self.merge = merge
+        self.item = item
+        self.future: asyncio.Future[Any]
+
+    def settle(self, result: Any) -> None:
+        """Give the caller its result (an exception means Redis is unavailable)."""
+        if self.future.done():
+            return
+        if isinstance(result, Exception):
+            if not isinstance(result, StorageUnavailable):
+                result = StorageUnavailable(f"Redis is unavailable ({self.name}): {result}")
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
 
 
 def _untyped(value: object) -> Any:

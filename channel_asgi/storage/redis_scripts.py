@@ -31,22 +31,31 @@ local function count(viewers, procs, now)
 end
 """
 
-# KEYS: stream, last, topic, closed. ARGV: payload, keep, ttl_ms ('' for none), channel.
-# Returns the new id, or nil (false) when the channel is closed: nothing is stored or sent.
+# KEYS: stream, last, topic, closed. ARGV: keep, ttl_ms ('' for none), channel, payload...
+# Appends the payloads in order and publishes them as one message, "B<id>\n<payload>" pairs
+# joined by "\n" (neither ids nor encoded envelopes hold a line break). Returns the new ids, or
+# nil (false) when the channel is closed: nothing is stored or sent.
 APPEND: Final = """
-if redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 1 then return false end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', tonumber(ARGV[2]), '*', 'p', ARGV[1])
-redis.call('SET', KEYS[2], id)
-if ARGV[3] ~= '' then
-  local ttl = tonumber(ARGV[3])
+if redis.call('SISMEMBER', KEYS[4], ARGV[3]) == 1 then return false end
+local keep = tonumber(ARGV[1])
+local ids, parts = {}, {}
+for i = 4, #ARGV do
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', keep, '*', 'p', ARGV[i])
+  ids[#ids + 1] = id
+  parts[#parts + 1] = id
+  parts[#parts + 1] = ARGV[i]
+end
+redis.call('SET', KEYS[2], ids[#ids])
+if ARGV[2] ~= '' then
+  local ttl = tonumber(ARGV[2])
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('XTRIM', KEYS[1], 'MINID', now - ttl)
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
-redis.call('PUBLISH', KEYS[3], 'B' .. id .. '\\n' .. ARGV[1])
-return id
+redis.call('PUBLISH', KEYS[3], 'B' .. table.concat(parts, '\\n'))
+return ids
 """
 
 # KEYS: stream, last. ARGV: after ('' for none), ttl_ms ('' for none).
