@@ -85,6 +85,8 @@ class Access:
 
     def history_size(self, channel: str, default: int) -> int:
         """Return how many broadcasts ``channel`` retains."""
+        if not self.patterns:
+            return default
         found = self.patterns.match(channel)
         if found is None or found[0].history is None:
             return default

@@ -263,7 +263,7 @@ class ChannelApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
         origin = header(headers, b"origin")
-        cors = self.cors.headers(origin)
+        cors = self.cors.headers(origin) if origin is not None else []
         try:
             route, channel = _match(route_path(scope))
             method = scope["method"]
@@ -273,7 +273,8 @@ class ChannelApp:
             if method not in _ROUTES[route]:
                 raise MethodNotAllowed(_ROUTES[route])
             validate_channel(channel)
-            await self._runner.ensure_started()
+            if not self._runner.running:
+                await self._runner.ensure_started()
             if route == "subscribe":
                 await self._subscribe(scope, headers, receive, send, channel, cors)
             else:

@@ -95,12 +95,16 @@ def header(headers: Headers, name: bytes) -> str | None:
 def request_token(scope: Scope, headers: Headers) -> str | None:
     """Return the token of a request: ``?token=``, else ``Authorization: Bearer``."""
     query: bytes = scope.get("query_string", b"")
-    if b"token=" in query:
-        for part in query.split(b"&"):
-            if part.startswith(b"token=") and len(part) > 6:
-                value = part[6:].decode("latin-1")
+    start = query.find(b"token=")
+    while start >= 0:
+        if start == 0 or query[start - 1] == 0x26:  # "&": the name starts a parameter
+            end = query.find(b"&", start)
+            value = query[start + 6 : end if end >= 0 else None]
+            if value:
+                text = value.decode("latin-1")
                 # Tokens are URL-safe; decode only when a client escaped them anyway.
-                return unquote_plus(value) if "%" in value or "+" in value else value
+                return unquote_plus(text) if "%" in text or "+" in text else text
+        start = query.find(b"token=", start + 1)
     authorization = header(headers, b"authorization")
     if authorization and authorization[:7].lower() == "bearer ":
         return authorization[7:].strip() or None
@@ -113,12 +117,12 @@ def check_json_content_type(headers: Headers) -> None:
     Raises:
         UnsupportedMediaType: the ``Content-Type`` is missing or not JSON.
     """
-    content_type = header(headers, b"content-type")
-    if content_type is None:
-        raise UnsupportedMediaType("Content-Type must be application/json")
-    if content_type == "application/json":
+    value = headers.get(b"content-type")
+    if value == b"application/json":
         return
-    media_type = content_type.split(";", 1)[0].strip().lower()
+    if value is None:
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    media_type = value.decode("latin-1").split(";", 1)[0].strip().lower()
     if not _JSON_TYPE.fullmatch(media_type):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {media_type!r}")
 
@@ -129,7 +133,7 @@ async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
     Raises:
         PayloadTooLarge: ``Content-Length`` or the bytes received exceed ``limit``.
     """
-    declared = header(headers, b"content-length")
+    declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Body is larger than {limit} bytes")
     message = await receive()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any
@@ -54,6 +55,7 @@ class Runner:
         self._ready: anyio.Event | None = None
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0  # the thread that runs ``_loop``
         self._task: asyncio.Task[None] | None = None
         self._stop: anyio.Event | None = None
 
@@ -64,10 +66,10 @@ class Runner:
         return ready and (self._loop is None or self._same_loop())
 
     def _same_loop(self) -> bool:
-        try:
-            return self._loop is asyncio.get_running_loop()
-        except RuntimeError:
-            return False
+        # The loop running in this thread is the current one. (Cheaper than asking asyncio,
+        # which makes a getpid system call: this runs on every request.)
+        loop = self._loop
+        return loop is not None and self._thread == threading.get_ident() and loop.is_running()
 
     def _forget_closed_loop(self) -> None:
         """Drop state left by an event loop that has stopped (tests run many loops)."""
@@ -84,6 +86,7 @@ class Runner:
         if self._ready is not None:
             raise RuntimeError("The ChannelApp is already running")
         self._loop = _asyncio_loop()
+        self._thread = threading.get_ident()
         self._ready = anyio.Event()
         group = anyio.create_task_group()
         await group.__aenter__()
@@ -124,6 +127,7 @@ class Runner:
                     "serve it with lifespan or use 'async with channels:'"
                 )
             self._loop = loop
+            self._thread = threading.get_ident()
             self._ready = anyio.Event()
             self._stop = anyio.Event()
             self._task = loop.create_task(self._own_task(self._ready, self._stop))

@@ -119,23 +119,28 @@ class PublishRoute:
         envelope = decode_publish(body)
         channel = claims.channel
         self._check_widget_key(envelope)
-        user_id = None if claims.anonymous else claims.user_id
-        action = cast(Action, publish_type(envelope))
         if self.access.decides:
+            user_id = None if claims.anonymous else claims.user_id
+            action = cast(Action, publish_type(envelope))
             await self.access.authorize(user_id, channel, action)
         if isinstance(envelope, WebhookBody) and not url_allowed(
             envelope.url, self.engine.settings.webhook_urls
         ):
             raise Forbidden("The webhook URL is not under an allowed prefix (webhook_urls)")
-        connection = Connection(claims.user_id, channel, claims.connection_id)
         if self.hooks.on_publish:
+            connection = Connection(claims.user_id, channel, claims.connection_id)
             message = await self._run_publish_hooks(envelope, connection)
             if message is not None and not isinstance(envelope, RequestBody):
                 envelope.message = message
+        if isinstance(envelope, BroadcastBody):  # the usual case, first
+            event_id = await self.engine.broadcast(
+                channel, envelope.message, author_id=claims.user_id, timestamp=envelope.timestamp
+            )
+            return Reply(200, _OK_BROADCAST, event_id)
         if local is not None and isinstance(envelope, RequestBody):
             local.put_control(REQUEST)
             return Reply(200, _OK_REQUEST_HERE)
-        return await self._act(envelope, connection)
+        return await self._act(envelope, claims)
 
     def _check_rate(self, user_id: str, client: str | None) -> None:
         """Refuse with 429 when a limit is exceeded; a refused publish spends nothing."""
@@ -197,33 +202,27 @@ class PublishRoute:
             logger.exception("on_publish hook %r failed", hook)
             raise ChannelError(500, "on_publish hook failed") from exc
 
-    async def _act(self, envelope: PublishBody, connection: Connection) -> Reply:
-        channel = connection.channel
-        if isinstance(envelope, BroadcastBody):
-            event_id = await self.engine.broadcast(
-                channel,
-                envelope.message,
-                author_id=connection.user_id,
-                timestamp=envelope.timestamp,
-            )
-            return Reply(200, _OK_BROADCAST, event_id)
+    async def _act(self, envelope: PublishBody, claims: PublishClaims) -> Reply:
+        """The other publish types (a broadcast is handled in :meth:`handle`)."""
+        channel = claims.channel
         if isinstance(envelope, PrivateBody):
             await self.engine.private(
                 channel,
                 envelope.message,
                 to_user_id=envelope.to_user_id,
-                author_id=connection.user_id,
+                author_id=claims.user_id,
                 timestamp=envelope.timestamp,
-                from_connection=connection.connection_id,
+                from_connection=claims.connection_id,
             )
             return Reply(200, _OK_PRIVATE)
         if isinstance(envelope, RequestBody):
-            await self.engine.request(channel, connection.connection_id)
+            await self.engine.request(channel, claims.connection_id)
             return Reply(200, _OK_REQUEST)
+        assert isinstance(envelope, WebhookBody)
         data = encode(
             WebhookData(
                 stream_id=channel,
-                author_id=connection.user_id,
+                author_id=claims.user_id,
                 message=envelope.message,
                 timestamp=envelope.timestamp,
             )

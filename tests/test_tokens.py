@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from channel_asgi.errors import Forbidden, Unauthorized
+from channel_asgi.http import request_token
 from channel_asgi.tokens import PublishClaims, TokenSigner
 
 SECRET = "s3cret-for-tests"
@@ -241,3 +242,23 @@ def test_signature_is_compared_with_hmac_compare_digest(
     else:
         signer.verify(token, "chats/1")
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "expected"),
+    [
+        (b"token=abc", {}, "abc"),
+        (b"x=1&token=abc&y=2", {}, "abc"),
+        (b"mytoken=no&token=yes", {}, "yes"),
+        (b"token=&token=second", {}, "second"),
+        (b"mytoken=no", {}, None),
+        (b"token=a%2Bb+c", {}, "a+b c"),
+        (b"", {b"authorization": b"Bearer from-header"}, "from-header"),
+        (b"token=query", {b"authorization": b"Bearer from-header"}, "query"),
+        (b"", {b"authorization": b"Basic xyz"}, None),
+    ],
+)
+def test_the_token_comes_from_the_query_else_a_bearer_header(
+    query: bytes, headers: dict[bytes, bytes], expected: str | None
+) -> None:
+    assert request_token({"query_string": query}, headers) == expected
