@@ -14,7 +14,9 @@ Layout, under ``prefix`` (``P``)::
     P:control         pub/sub     "C<channel>" / "O<channel>" when a channel is closed or opened
 
 A broadcast is one script call: append to the stream, remember its id and publish it, so its cost
-is O(1) round trips whatever the number of subscribers. Each process holds one pub/sub connection
+is O(1) round trips whatever the number of subscribers. Calls are pipelined automatically (one
+pipeline in flight; the calls made meanwhile go in the next), and consecutive appends to a channel
+in a pipeline are one script call and one pub/sub message. Each process holds one pub/sub connection
 for all the channels it serves. A process renews its lease every ``presence_ttl / 3`` seconds; one
 that dies stops counting in ``viewer_count`` when its lease expires, and is pruned then.
 
