@@ -46,9 +46,10 @@ from .http import (
     send_json,
     validate_channel,
 )
-from .hub import HEARTBEAT_TICKS, Close, Hub, Transport
+from .hub import HEARTBEAT_TICKS, Hub
 from .identity import IdentityTokens
 from .lifecycle import Runner, run_every, server_is_exiting
+from .mailbox import Close, Transport
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute

@@ -21,7 +21,7 @@ from typing import Any, Final
 import anyio
 
 from .engine import Engine, Session
-from .hub import Close
+from .mailbox import Close
 
 __all__ = ["live"]
 

@@ -18,7 +18,8 @@ import msgspec
 
 from .config import Settings
 from .errors import ChannelError, Gone, NotFound
-from .hub import Hub, Subscriber, Transport
+from .hub import Hub
+from .mailbox import Subscriber, Transport
 from .protocol import (
     CountMessage,
     Envelope,

@@ -27,7 +27,7 @@ from .http import (
     read_body,
     request_token,
 )
-from .hub import REQUEST, Subscriber
+from .mailbox import REQUEST, Subscriber
 from .protocol import (
     BroadcastBody,
     Envelope,

@@ -21,7 +21,7 @@ from .connection import live
 from .engine import Engine, Session
 from .errors import ChannelError
 from .http import Receive, Send
-from .hub import REQUEST, Close, Subscriber
+from .mailbox import REQUEST, Close, Subscriber
 from .protocol import with_id
 
 __all__ = ["serve_stream"]

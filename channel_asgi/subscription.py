@@ -16,7 +16,7 @@ from typing import cast
 import anyio
 
 from .engine import Engine
-from .hub import Close, Subscriber
+from .mailbox import Close, Subscriber
 from .protocol import Envelope, decode_envelope, with_id
 
 __all__ = ["Subscription"]

@@ -31,7 +31,7 @@ from .cors import CorsPolicy
 from .engine import Engine, Session
 from .errors import ChannelError, Forbidden
 from .http import Headers, Receive, Scope, Send, header
-from .hub import REQUEST, Close, Subscriber, Transport
+from .mailbox import REQUEST, Close, Subscriber, Transport
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute, client_address
 from .tokens import PublishClaims

@@ -7,16 +7,8 @@ import contextlib
 import time
 
 from channel_asgi import sse
-from channel_asgi.hub import (
-    HEARTBEAT_TICKS,
-    REQUEST,
-    WAKE_GAP,
-    Close,
-    Hub,
-    Resume,
-    Subscriber,
-    Transport,
-)
+from channel_asgi.hub import HEARTBEAT_TICKS, WAKE_GAP, Hub
+from channel_asgi.mailbox import REQUEST, Close, Resume, Subscriber, Transport
 from channel_asgi.storage import Delivery
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from channel_asgi import ChannelApp
-from channel_asgi.hub import Subscriber as HubSubscriber
+from channel_asgi.mailbox import Subscriber as HubSubscriber
 
 from .helpers import WAIT, publish, rss_kib, subscribe
 
