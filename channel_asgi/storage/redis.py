@@ -44,6 +44,7 @@ from anyio.abc import TaskStatus
 from ..errors import NotFound, StorageUnavailable
 from . import redis_scripts as scripts
 from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
+from .redis_pipeline import AutoPipeline, Call, unavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -56,8 +57,8 @@ logger = logging.getLogger("channel_asgi.redis")
 _CONNECT_WAIT: Final = 2.0  # how long connecting waits for Redis to confirm the subscriptions
 _LISTEN_WAIT: Final = 10.0  # how long a new channel's subscription may take (a busy reader)
 _BACKOFF_MAX: Final = 5.0
-#: Connections to Redis per process, besides the pub/sub one. Calls made in the same loop
-#: iteration share one pipeline, so a handful is plenty; a burst past it waits its turn.
+#: Connections to Redis per process, besides the pub/sub one. Most calls go through the one
+#: pipeline in flight (see redis_pipeline), so a handful is plenty; a burst waits its turn.
 _MAX_CONNECTIONS: Final = 32
 _SOCKET_TIMEOUT: Final = 2.0
 _encode_delivery: Final = msgspec.msgpack.Encoder().encode
@@ -67,17 +68,6 @@ _decode_delivery: Final = msgspec.msgpack.Decoder(Delivery).decode
 def _stream_id(event_id: str) -> tuple[int, int]:
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-@contextmanager
-def _unavailable(action: str) -> Iterator[None]:
-    """Map every Redis or socket failure to StorageUnavailable."""
-    from redis.exceptions import RedisError
-
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise StorageUnavailable(f"Redis is unavailable ({action}): {exc}") from exc
 
 
 class RedisStorage:
@@ -132,9 +122,7 @@ class RedisStorage:
         self._floor: dict[str, tuple[int, int]] = {}
         self._local: dict[str, set[str]] = {}
         self._emptied: set[str] = set()  # channels left since the last lease renewal
-        self._shas: dict[str, str] = {}  # script source -> its SHA1, once loaded
-        self._calls: list[_Call] = []  # waiting for the next pipeline
-        self._sender: asyncio.Task[None] | None = None  # sends the pipelines, one at a time
+        self._pipeline = AutoPipeline(self._redis)
         self._connected = _NotYet()
 
     # -- keys ----------------------------------------------------------------------------------
@@ -167,95 +155,10 @@ class RedisStorage:
         return self._client
 
     def _script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        """Run a Lua script in the next pipeline; return its reply (awaitable)."""
-        return self._queue(_Call(name, (len(keys), *keys, *args), source))
+        return self._pipeline.script(name, source, keys, args)
 
     def _command(self, name: str, *args: Any) -> Awaitable[Any]:
-        """Run a plain command in the next pipeline; return its reply (awaitable)."""
-        return self._queue(_Call(name, args))
-
-    def _queue(self, call: _Call) -> asyncio.Future[Any]:
-        """Queue a call for the next pipeline (automatic pipelining).
-
-        One pipeline is in flight at a time. Calls made meanwhile wait for it and then go
-        together in the next one, so under load a round trip carries many calls (publishes;
-        joins and leaves when a crowd comes or goes), and at light load nothing waits.
-        """
-        loop = asyncio.get_running_loop()
-        call.future = loop.create_future()
-        sender = self._sender
-        if sender is not None and sender.get_loop() is not loop:  # left by a loop now gone
-            sender, self._calls = None, []
-        self._calls.append(call)
-        if sender is None:
-            self._sender = loop.create_task(self._send_calls())
-        return call.future
-
-    async def _send_calls(self) -> None:
-        batch: list[_Call] = []
-        try:
-            await asyncio.sleep(0)  # let the rest of this loop iteration's calls join
-            while self._calls:
-                batch, self._calls = self._calls, []
-                try:
-                    results = await self._execute(batch)
-                except StorageUnavailable as exc:
-                    results = [exc] * len(batch)
-                for call, result in zip(batch, results, strict=True):
-                    call.settle(result)
-        finally:  # normally nothing is left; cancelled (the loop stops): nobody waits forever
-            self._sender = None
-            stranded, self._calls = [*batch, *self._calls], []
-            for call in stranded:
-                call.settle(StorageUnavailable("Redis storage is closing"))
-
-    async def _execute(self, batch: list[_Call]) -> list[Any]:
-        """Send a batch in one pipeline; return one result (or exception) per call.
-
-        Consecutive appends to the same channel become one script call, so a burst of
-        broadcasts is also one pub/sub message for every process to read.
-        """
-        from redis.exceptions import NoScriptError
-
-        groups: list[list[_Call]] = []
-        for call in batch:
-            if call.merge is not None and groups and groups[-1][0].merge == call.merge:
-                groups[-1].append(call)
-            else:
-                groups.append([call])
-        with _unavailable(batch[0].name):
-            replies = await self._pipeline(groups)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:  # Redis restarted or flushed its scripts: load them again, once
-                self._shas.clear()
-                again = await self._pipeline([groups[i] for i in missing])
-                for index, reply in zip(missing, again, strict=True):
-                    replies[index] = reply
-        results: list[Any] = []
-        for group, reply in zip(groups, replies, strict=True):
-            if group[0].merge is None:
-                results.append(reply)
-            elif isinstance(reply, list):  # one id per merged call
-                results += reply
-            else:  # an error, or the channel is closed: the same for all of them
-                results += [reply] * len(group)
-        return results
-
-    async def _pipeline(self, groups: list[list[_Call]]) -> list[Any]:
-        client = _untyped(self._redis())
-        for source in {group[0].source for group in groups} - self._shas.keys() - {""}:
-            self._shas[source] = await client.script_load(source)
-        async with client.pipeline(transaction=False) as pipe:
-            for group in groups:
-                first = group[0]
-                args = first.args
-                if first.merge is not None:
-                    args += tuple(call.item for call in group)
-                if first.source:
-                    pipe.execute_command("EVALSHA", self._shas[first.source], *args)
-                else:
-                    pipe.execute_command(first.name, *args)
-            return list(await pipe.execute(raise_on_error=False))
+        return self._pipeline.command(name, *args)
 
     # -- lifecycle and delivery ----------------------------------------------------------------
 
@@ -306,7 +209,7 @@ class RedisStorage:
         """
         if self._url is not None and self._client is not None:
             client, self._client = self._client, None
-            self._shas.clear()
+            self._pipeline.forget_scripts()
             await client.aclose(close_connection_pool=True)
 
     async def _read_forever(self) -> None:
@@ -458,7 +361,7 @@ class RedisStorage:
                 pubsub = self._pubsub
                 if pubsub is None:
                     raise StorageUnavailable("Redis is unavailable (not connected)")
-                with _unavailable("subscribe"):
+                with unavailable("subscribe"):
                     await pubsub.subscribe(self._topic(channel))
             with anyio.move_on_after(_LISTEN_WAIT):
                 await event.wait()
@@ -499,8 +402,8 @@ class RedisStorage:
         ]
         args = (4, *keys, keep, "" if ttl is None else int(ttl * 1000), channel)
         # Appends to one channel queued together are merged into one script call.
-        call = _Call("append", args, scripts.APPEND, merge=args, item=payload)
-        event_id = await self._queue(call)
+        call = Call("append", args, scripts.APPEND, merge=args, item=payload)
+        event_id = await self._pipeline.queue(call)
         if event_id is None:
             raise NotFound(f"Channel {channel!r} is closed")
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
@@ -576,7 +479,7 @@ class RedisStorage:
     async def close_channel(self, channel: str, end_payload: bytes) -> None:
         """Mark the channel closed and publish its ``end`` to every process."""
         delivery = b"D" + _encode_delivery(Delivery(channel, "end", end_payload))
-        with _unavailable("close_channel"):
+        with unavailable("close_channel"):
             async with self._redis().pipeline(transaction=True) as pipe:
                 pipe.sadd(self._key("closed"), channel)
                 pipe.publish(self._key("control"), b"C" + channel.encode())
@@ -587,7 +490,7 @@ class RedisStorage:
 
     async def open_channel(self, channel: str) -> None:
         """Mark the channel open again."""
-        with _unavailable("open_channel"):
+        with unavailable("open_channel"):
             async with self._redis().pipeline(transaction=True) as pipe:
                 pipe.srem(self._key("closed"), channel)
                 pipe.publish(self._key("control"), b"O" + channel.encode())
