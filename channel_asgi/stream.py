@@ -48,13 +48,7 @@ async def serve_stream(
     """Stream ``session``'s events until the client leaves, the channel ends or the app stops."""
     subscriber = session.subscriber
     async with live(engine, session, _watch_disconnect(receive, subscriber)):
-        start = {"type": "http.response.start", "status": 200}
-        await send({**start, "headers": [*_SSE_HEADERS, *extra_headers]})
-        reconnect_ms = int(engine.settings.reconnect_delay * 1000)
-        opening = sse.retry(reconnect_ms) + sse.event(session.init)
-        replay = (sse.event(with_id(e.payload, e.id), e.id) for e in session.replay)
-        await _write_all(send, [opening], replay)
-        session.init, session.replay = b"", []  # sent: keep idle connections small
+        await _open(engine, session, send, extra_headers)
         try:
             await engine.go_live(session)
             await _pump(engine, session, send)
@@ -62,6 +56,23 @@ async def serve_stream(
             logger.warning("Ending stream %s: %s", subscriber.connection_id, exc)
         if subscriber.closed is not Close.GONE:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _open(
+    engine: Engine, session: Session, send: Send, extra_headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Send the headers, ``retry:``, ``init`` and the replay.
+
+    A function of its own so that what it builds is freed once sent: the connection's frame
+    lives as long as the connection, and idle connections should stay small.
+    """
+    headers = [*_SSE_HEADERS, *extra_headers]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    reconnect_ms = int(engine.settings.reconnect_delay * 1000)
+    opening = sse.retry(reconnect_ms) + sse.event(session.init)
+    replay = (sse.event(with_id(e.payload, e.id), e.id) for e in session.replay)
+    await _write_all(send, [opening], replay)
+    session.init, session.replay = b"", []
 
 
 async def _pump(engine: Engine, session: Session, send: Send) -> None:
