@@ -28,7 +28,6 @@ supported (the scripts touch keys of several channels).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import uuid
@@ -507,41 +506,6 @@ class RedisStorage:
         if self._closed is not None:
             return channel in self._closed
         return bool(await self._command("SISMEMBER", self._key("closed"), channel))
-
-
-class _Call:
-    """A Redis call waiting for its pipeline."""
-
-    __slots__ = ("args", "future", "item", "merge", "name", "source")
-
-    def __init__(
-        self,
-        name: str,
-        args: tuple[Any, ...],
-        source: str = "",
-        *,
-        merge: tuple[Any, ...] | None = None,
-        item: bytes = b"",
-    ) -> None:
-        self.name = name  #: the command, or the script's name
-        self.args = args
-        self.source = source  #: a script's Lua source ("" for a plain command)
-        #: Queued calls with the same ``merge`` (not None) run as one script call, each
-        #: adding its ``item`` to the arguments; the reply is a list, one result per call.
-        self.merge = merge
-        self.item = item
-        self.future: asyncio.Future[Any]
-
-    def settle(self, result: Any) -> None:
-        """Give the caller its result (an exception means Redis is unavailable)."""
-        if self.future.done():
-            return
-        if isinstance(result, Exception):
-            if not isinstance(result, StorageUnavailable):
-                result = StorageUnavailable(f"Redis is unavailable ({self.name}): {result}")
-            self.future.set_exception(result)
-        else:
-            self.future.set_result(result)
 
 
 def _untyped(value: object) -> Any:
