@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
@@ -69,10 +68,8 @@ class Hub:
         self._to_wake: list[Subscriber] = []
         self._flush_at: float | None = None  # when the scheduled flush runs, if one is
         self._writes_done = -1.0  # when the writers woken by the last flush had run
-        self._flushed_at = 0.0
-        self._direct_took = 0.0  # how long the last flush's direct writes took
+        self._flushed_at = 0.0  # when the last flush started
         self._events = 0  # events dispatched since the last flush
-        self._batch_events = 0  # events dispatched before the last flush
         self._gap = WAKE_GAP
 
     def _wake_soon(self, subscriber: Subscriber) -> None:
@@ -93,30 +90,31 @@ class Hub:
             loop.call_at(due, self._flush)
 
     def _flush(self) -> None:
-        started = time.perf_counter()
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._flushed_at = loop.time()  # before the writes: direct writes count too
+        busy, self._events = self._events > 1, 0
         batch, self._to_wake = self._to_wake, []
         for subscriber in batch:
             if subscriber.direct is not None and subscriber.parked():
                 _write_directly(subscriber, subscriber.direct)
             else:
                 subscriber._wake()
-        self._direct_took = time.perf_counter() - started
-        self._batch_events, self._events = self._events, 0
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if loop is None:
             self._flush_at = None
             return
         # The woken writers run next, in this order; this callback runs right after them.
-        self._flushed_at = loop.time()
-        loop.call_soon(self._writes_ran, loop)
+        loop.call_soon(self._writes_ran, loop, busy)
 
-    def _writes_ran(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _writes_ran(self, loop: asyncio.AbstractEventLoop, busy: bool) -> None:
+        """The batch's writes are done; ``busy``: it carried more than one event."""
         self._writes_done = loop.time()
-        took = self._direct_took + self._writes_done - self._flushed_at
+        took = self._writes_done - self._flushed_at
         # One event per batch is light load: the next one may leave soon. More, and events
         # are arriving faster than they are written: wait as long as the writes took.
-        busy = self._batch_events > 1
         self._gap = min(MAX_WAKE_GAP, max(WAKE_GAP, took)) if busy else WAKE_GAP
         self._flush_at = None
         if self._to_wake:  # arrived while the writers ran: the next batch, after the gap

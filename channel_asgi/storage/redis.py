@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -152,12 +152,6 @@ class RedisStorage:
             )
             self._client = Redis(connection_pool=pool)
         return self._client
-
-    def _script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        return self._pipeline.script(name, source, keys, args)
-
-    def _command(self, name: str, *args: Any) -> Awaitable[Any]:
-        return self._pipeline.command(name, *args)
 
     # -- lifecycle and delivery ----------------------------------------------------------------
 
@@ -343,7 +337,7 @@ class RedisStorage:
             args += connections
         keys = [self._key("procs"), self._key("c", self.process_id)]
         try:
-            await self._script("lease", scripts.LEASE, keys, args)
+            await self._pipeline.script("lease", scripts.LEASE, keys, args)
         except BaseException:
             self._emptied |= emptied
             raise
@@ -368,7 +362,7 @@ class RedisStorage:
                 raise StorageUnavailable("Redis did not confirm the subscription in time")
             if count == 0 and channel not in self._last_seen:
                 # Where to catch up from if the pub/sub connection drops before a broadcast.
-                last = await self._command("GET", self._key("last", channel))
+                last = await self._pipeline.command("GET", self._key("last", channel))
                 self._last_seen.setdefault(channel, last.decode() if last else "0-0")
         except BaseException:
             await self.unlisten(channel)
@@ -401,7 +395,7 @@ class RedisStorage:
         ]
         args = (4, *keys, keep, "" if ttl is None else int(ttl * 1000), channel)
         # Appends to one channel queued together are merged into one script call.
-        call = Call("append", args, scripts.APPEND, merge=args, item=payload)
+        call = Call("append", args, scripts.APPEND, item=payload)
         event_id = await self._pipeline.queue(call)
         if event_id is None:
             raise NotFound(f"Channel {channel!r} is closed")
@@ -410,7 +404,7 @@ class RedisStorage:
     async def send(self, delivery: Delivery) -> None:
         """Publish a delivery that is not retained."""
         data = b"D" + _encode_delivery(delivery)
-        await self._command("PUBLISH", self._topic(delivery.channel), data)
+        await self._pipeline.command("PUBLISH", self._topic(delivery.channel), data)
 
     async def history(
         self, channel: str, *, after: str | None = None, ttl: float | None = None
@@ -418,7 +412,7 @@ class RedisStorage:
         """Return retained broadcasts (see the Storage protocol)."""
         keys = [self._key("h", channel), self._key("last", channel)]
         args = [after or "", "" if ttl is None else int(ttl * 1000)]
-        reply = await self._script("history", scripts.HISTORY, keys, args)
+        reply = await self._pipeline.script("history", scripts.HISTORY, keys, args)
         flag = reply[0]
         events = [
             StoredEvent(reply[i].decode(), bytes(reply[i + 1])) for i in range(1, len(reply), 2)
@@ -429,7 +423,7 @@ class RedisStorage:
     async def _presence(self, channel: str, connection_id: str, delta: int) -> int:
         keys = [self._key("v", channel), self._key("procs"), self._key("c", self.process_id)]
         args = [self.process_id, connection_id, delta, self._lease_ms]
-        return int(await self._script("presence", scripts.PRESENCE, keys, args))
+        return int(await self._pipeline.script("presence", scripts.PRESENCE, keys, args))
 
     async def join(self, channel: str, connection_id: str) -> int:
         """Count a connection of this process; return the channel's viewers in all processes."""
@@ -450,14 +444,16 @@ class RedisStorage:
     async def viewer_count(self, channel: str) -> int:
         """Return the channel's live connections in every process whose lease is current."""
         keys = [self._key("v", channel), self._key("procs")]
-        return int(await self._script("viewers", scripts.VIEWERS, keys, []))
+        return int(await self._pipeline.script("viewers", scripts.VIEWERS, keys, []))
 
     async def is_connected(self, connection_id: str) -> bool:
         """Return whether any live process holds ``connection_id``."""
         if any(connection_id in connections for connections in self._local.values()):
             return True
         args = [f"{self.prefix}:c:", connection_id]
-        return bool(await self._script("connected", scripts.CONNECTED, [self._key("procs")], args))
+        return bool(
+            await self._pipeline.script("connected", scripts.CONNECTED, [self._key("procs")], args)
+        )
 
     async def coalesce_presence(
         self, channel: str, joined: int, left: int, *, interval: float
@@ -470,7 +466,7 @@ class RedisStorage:
             self._key("pt", channel),
         ]
         args = [joined, left, max(1, int(interval * 1000))]
-        reply = await self._script("coalesce", scripts.COALESCE, keys, args)
+        reply = await self._pipeline.script("coalesce", scripts.COALESCE, keys, args)
         if not reply:
             return None
         return PresenceTotals(int(reply[0]), int(reply[1]), int(reply[2]))
@@ -505,7 +501,7 @@ class RedisStorage:
         """
         if self._closed is not None:
             return channel in self._closed
-        return bool(await self._command("SISMEMBER", self._key("closed"), channel))
+        return bool(await self._pipeline.command("SISMEMBER", self._key("closed"), channel))
 
 
 def _untyped(value: object) -> Any:

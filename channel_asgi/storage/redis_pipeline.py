@@ -4,7 +4,7 @@ Every Redis call of the storage (script or plain command) is queued and answered
 future. A single task sends the queue as one pipeline; calls made while that pipeline is in
 flight go together in the next one. At light load a call leaves at the end of the loop iteration
 that made it; under load a round trip carries many calls, and consecutive calls marked with the
-same ``merge`` key (appends to one channel) become one script call.
+same script and arguments (appends to one channel) become one script call.
 
 Scripts run by ``EVALSHA``; a ``NOSCRIPT`` reply (Redis restarted, or its scripts were flushed)
 loads them again and retries those calls once. Any failure settles every call of the pipeline
@@ -37,24 +37,27 @@ def unavailable(action: str) -> Iterator[None]:
 class Call:
     """A Redis call waiting for its pipeline."""
 
-    __slots__ = ("args", "future", "item", "merge", "name", "source")
+    __slots__ = ("args", "future", "item", "name", "source")
 
     def __init__(
-        self,
-        name: str,
-        args: tuple[Any, ...],
-        source: str = "",
-        *,
-        merge: tuple[Any, ...] | None = None,
-        item: bytes = b"",
+        self, name: str, args: tuple[Any, ...], source: str = "", *, item: bytes | None = None
     ) -> None:
         self.name = name  #: the command, or the script's name
         self.args = args
         self.source = source  #: a script's Lua source ("" for a plain command)
-        #: Queued calls with the same ``merge`` (not None) run as one script call, each
-        #: adding its ``item`` to the arguments; the reply is a list, one result per call.
-        self.merge = merge
+        #: Consecutive queued calls with an item, the same script and the same arguments run
+        #: as one script call, their items appended to the arguments; it replies with a list,
+        #: one result per call.
         self.item = item
+
+    def joins(self, other: Call) -> bool:
+        """Whether this call can be merged into ``other``, the call queued before it."""
+        return (
+            self.item is not None
+            and other.item is not None
+            and self.source == other.source
+            and self.args == other.args
+        )
         self.future: asyncio.Future[Any]
 
     def settle(self, result: Any) -> None:
@@ -139,7 +142,7 @@ class AutoPipeline:
 
         groups: list[list[Call]] = []
         for call in batch:
-            if call.merge is not None and groups and groups[-1][0].merge == call.merge:
+            if groups and call.joins(groups[-1][0]):
                 groups[-1].append(call)
             else:
                 groups.append([call])
@@ -153,7 +156,7 @@ class AutoPipeline:
                     replies[index] = reply
         results: list[Any] = []
         for group, reply in zip(groups, replies, strict=True):
-            if group[0].merge is None:
+            if group[0].item is None:
                 results.append(reply)
             elif isinstance(reply, list):  # one id per merged call
                 results += reply
@@ -169,7 +172,7 @@ class AutoPipeline:
             for group in groups:
                 first = group[0]
                 args = first.args
-                if first.merge is not None:
+                if first.item is not None:
                     args += tuple(call.item for call in group)
                 if first.source:
                     pipe.execute_command("EVALSHA", self._shas[first.source], *args)
