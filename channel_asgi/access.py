@@ -34,7 +34,7 @@ class Access:
     @property
     def decides(self) -> bool:
         """Whether anything can refuse an action (an ``Auth.allow`` or a channel pattern)."""
-        return self._allows or bool(self.patterns)
+        return self._allows or bool(self.patterns.registered)
 
     async def identify(self, scope: Scope, channel: str) -> tuple[str, bool]:
         """Return ``(user_id, anonymous)`` for a subscribe, once it is allowed to subscribe.
@@ -85,7 +85,7 @@ class Access:
 
     def history_size(self, channel: str, default: int) -> int:
         """Return how many broadcasts ``channel`` retains."""
-        if not self.patterns:
+        if not self.patterns.registered:
             return default
         found = self.patterns.match(channel)
         if found is None or found[0].history is None:

@@ -15,6 +15,7 @@ import inspect
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
 
@@ -66,7 +67,6 @@ __all__ = ["ChannelApp"]
 logger = logging.getLogger("channel_asgi")
 
 _ROUTES: Final = {"subscribe": ("GET", "OPTIONS"), "publish": ("POST", "OPTIONS")}
-_PREFIXES: Final = tuple((route, f"/{route}/") for route in _ROUTES)
 _EXIT_POLL: Final = 0.25
 
 HookT = TypeVar("HookT", bound=Callable[..., Any])
@@ -170,7 +170,7 @@ class ChannelApp:
         )
         self.patterns = PatternSet()
         self.access = Access(auth, IdentityTokens(secret), self.patterns)
-        self.engine.history_for = lambda name: self.access.history_size(name, history_size)
+        self.engine.history_for = partial(self.access.history_size, default=history_size)
         self.bridges: list[Bridge] = []
 
         self._outbound: httpx.AsyncClient | None = None
@@ -254,12 +254,12 @@ class ChannelApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection (``http``, ``websocket`` or ``lifespan``)."""
         kind = scope["type"]
-        if kind == "lifespan":
-            await self._lifespan(receive, send)
-        elif kind == "http":
+        if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
@@ -528,9 +528,9 @@ def _async_hook(hook: Any, name: str) -> Any:
 
 
 def _match(path: str) -> tuple[str, str]:
-    for route, prefix in _PREFIXES:
-        if path.startswith(prefix):
-            return route, path[len(prefix) :]
+    parts = path.split("/", 2)  # "/publish/a/b" -> ["", "publish", "a/b"]
+    if len(parts) == 3 and not parts[0] and parts[1] in _ROUTES:
+        return parts[1], parts[2]
     raise NotFound(
         f"No route for {path!r}; use /subscribe/{{channel}}, /publish/{{channel}} "
         "or a WebSocket to /ws/{channel}"

@@ -98,15 +98,13 @@ class PatternSet:
     """The registered patterns, and the lookup of the one that governs a channel."""
 
     def __init__(self) -> None:
-        self._patterns: list[ChannelPattern] = []
+        #: In registration order; add them with :meth:`add`.
+        self.registered: list[ChannelPattern] = []
         self._cache: dict[str, tuple[ChannelPattern, dict[str, str]] | None] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._patterns)
 
     def add(self, pattern: ChannelPattern) -> None:
         """Register a pattern (later lookups see it)."""
-        self._patterns.append(pattern)
+        self.registered.append(pattern)
         self._cache.clear()
 
     def match(self, channel: str) -> tuple[ChannelPattern, dict[str, str]] | None:
@@ -114,7 +112,7 @@ class PatternSet:
         if channel in self._cache:
             return self._cache[channel]
         best: tuple[ChannelPattern, dict[str, str]] | None = None
-        for pattern in self._patterns:
+        for pattern in self.registered:
             params = pattern_matches(pattern.pattern, channel)
             if params is not None and (
                 best is None or pattern.literal_segments > best[0].literal_segments

@@ -8,7 +8,7 @@ content type, body size, token, rate limit, body, widget key, authorisation, ``o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, cast
 
 import anyio
@@ -86,17 +86,21 @@ class PublishRoute:
         settings = engine.settings
         self.user_limit = RateLimiter(*settings.rate_limit) if settings.rate_limit else None
         self.ip_limit = RateLimiter(*settings.ip_rate_limit) if settings.ip_rate_limit else None
+        # Settings do not change: the checks that cannot refuse anything are skipped outright.
+        self._limited = self.user_limit is not None or self.ip_limit is not None
+        self._widget_keys = settings.widget_keys
+        self._max_body = settings.max_body_bytes
 
     async def handle_http(
         self, scope: Scope, headers: Headers, receive: Receive, channel: str
     ) -> Reply:
         """Run every check of an HTTP publish, in order, and then the publish itself."""
-        settings = self.engine.settings
         await self.engine.ensure_open(channel)
         check_json_content_type(headers)
-        body = await read_body(headers, receive, settings.max_body_bytes)
+        body = await read_body(headers, receive, self._max_body)
         claims = self.engine.signer.verify(request_token(scope, headers), channel)
-        return await self.handle(claims, body, client_address(scope))
+        client = client_address(scope) if self.ip_limit is not None else None
+        return await self.handle(claims, body, client)
 
     async def handle(
         self,
@@ -115,10 +119,12 @@ class PublishRoute:
             local: the publishing connection's own subscriber, when it is in this process (a
                 WebSocket): a ``request`` is then queued on it directly, before the reply.
         """
-        self._check_rate(claims.user_id, client)
+        if self._limited:
+            self._check_rate(claims.user_id, client)
         envelope = decode_publish(body)
         channel = claims.channel
-        self._check_widget_key(envelope)
+        if self._widget_keys is not None:
+            self._check_widget_key(envelope, self._widget_keys)
         if self.access.decides:
             user_id = None if claims.anonymous else claims.user_id
             action = cast(Action, publish_type(envelope))
@@ -144,8 +150,6 @@ class PublishRoute:
 
     def _check_rate(self, user_id: str, client: str | None) -> None:
         """Refuse with 429 when a limit is exceeded; a refused publish spends nothing."""
-        if self.user_limit is None and self.ip_limit is None:
-            return
         checks = [(self.user_limit, user_id), (self.ip_limit, client)]
         active = [(limit, key) for limit, key in checks if limit is not None and key is not None]
         wait = max((limit.wait(key) for limit, key in active), default=0)
@@ -154,10 +158,8 @@ class PublishRoute:
         for limit, key in active:
             limit.take(key)
 
-    def _check_widget_key(self, envelope: PublishBody) -> None:
-        keys = self.engine.settings.widget_keys
-        if keys is None:
-            return
+    @staticmethod
+    def _check_widget_key(envelope: PublishBody, keys: Iterable[str]) -> None:
         if envelope.widget_key is msgspec.UNSET:
             raise Forbidden("Missing widget_key")
         if envelope.widget_key not in keys:
