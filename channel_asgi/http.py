@@ -31,6 +31,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 MAX_CHANNEL_LENGTH: Final = 200
 _CHANNEL_CHARS: Final = re.compile(r"[A-Za-z0-9_\-.:@/]+")
+_JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")
 _JSON_TYPE: Final = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
 
 
@@ -167,10 +168,7 @@ async def send_json(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Send a complete JSON reply (refusals are marked not to be stored by caches)."""
-    reply_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
+    reply_headers = [_JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]
     if status >= 300:
         reply_headers.append((b"cache-control", b"no-store"))
     if headers:

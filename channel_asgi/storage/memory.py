@@ -95,9 +95,8 @@ class MemoryStorage:
             events.append(
                 (StoredEvent(event_id, payload), 0.0 if ttl is None else time.monotonic())
             )
-            if len(events) > keep:
-                while len(events) > keep:
-                    events.popleft()
+            while len(events) > keep:
+                events.popleft()
         if ttl is not None:
             self._expire(state, ttl)
         delivery = Delivery(channel, "event", payload, event_id)
