@@ -308,20 +308,22 @@ def paired(ours: list[float], base: list[float]) -> dict[str, float]:
 def redis_against_memory(
     binary: Path, memory: Target, redis: Target, subs: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Saturated fan-out on RedisStorage and on MemoryStorage, alternating, ``args.redis_rounds``
-    times each (a single pair of runs is at the mercy of the machine's noise)."""
+    """Saturated fan-out on RedisStorage against MemoryStorage, in alternating runs.
+
+    ``args.redis_rounds`` runs each: a single pair of runs is at the mercy of the machine's noise.
+    """
     runs: dict[str, list[dict[str, Any]]] = {"memory": [], "redis": []}
     for index in range(args.redis_rounds):
         pair = [("memory", memory), ("redis", redis)]
         for name, target in pair if index % 2 == 0 else pair[::-1]:
             runs[name].append(saturated(binary, target, subs, args.deliveries, args.window))
-    best = {  # the median run of each, for the table
+    middle = {  # the median run of each, for the table
         name: sorted(reports, key=lambda r: r["deliveries_per_s"])[len(reports) // 2]
         for name, reports in runs.items()
     }
     return {
-        "redis": best["redis"],
-        "memory": best["memory"],
+        "redis": middle["redis"],
+        "memory": middle["memory"],
         "ratio": paired(
             [r["deliveries_per_s"] for r in runs["redis"]],
             [r["deliveries_per_s"] for r in runs["memory"]],

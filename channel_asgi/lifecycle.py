@@ -62,15 +62,12 @@ class Runner:
     @property
     def running(self) -> bool:
         """Whether the background work is up in the current event loop."""
-        # Checked on every request: plain attribute tests, no asyncio call (asking asyncio for
-        # the running loop makes a getpid system call).
         ready = self._ready
-        if ready is None or not ready.is_set():
-            return False
-        loop = self._loop
-        return loop is None or (self._thread == threading.get_ident() and loop.is_running())
+        return ready is not None and ready.is_set() and (self._loop is None or self._same_loop())
 
     def _same_loop(self) -> bool:
+        # The loop running in this thread is the current one. (Cheaper than asking asyncio,
+        # which makes a getpid system call: this runs on every request.)
         loop = self._loop
         return loop is not None and self._thread == threading.get_ident() and loop.is_running()
 
