@@ -265,22 +265,23 @@ def commands(code: str) -> Iterator[list[str]]:
                 command.append(word)
 
 
-def channel_asgi_arguments(command: list[str]) -> list[str] | None:
-    """Return the arguments of a ``channel-asgi`` command, or None for another command."""
-    if Path(command[0]).name == "channel-asgi":
+def program_arguments(command: list[str], program: str, module: str) -> list[str] | None:
+    """Return the arguments of ``program`` (or ``python -m module``), or None for another one."""
+    if Path(command[0]).name == program:
         return command[1:]
-    if Path(command[0]).name.startswith("python") and command[1:3] == ["-m", "channel_asgi"]:
+    if Path(command[0]).name.startswith("python") and command[1:3] == ["-m", module]:
         return command[3:]
     return None
+
+
+def channel_asgi_arguments(command: list[str]) -> list[str] | None:
+    """Return the arguments of a ``channel-asgi`` command, or None for another command."""
+    return program_arguments(command, "channel-asgi", "channel_asgi")
 
 
 def uvicorn_arguments(command: list[str]) -> list[str] | None:
     """Return the arguments of a ``uvicorn`` command, or None for another command."""
-    if Path(command[0]).name == "uvicorn":
-        return command[1:]
-    if Path(command[0]).name.startswith("python") and command[1:3] == ["-m", "uvicorn"]:
-        return command[3:]
-    return None
+    return program_arguments(command, "uvicorn", "uvicorn")
 
 
 def check_shell(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
