@@ -17,7 +17,7 @@ from .auth import Action, Auth, Request
 from .errors import Forbidden, Unauthorized
 from .http import Scope, headers_of, request_token
 from .identity import IdentityTokens
-from .patterns import PatternSet
+from .patterns import ChannelPattern, PatternSet
 
 __all__ = ["Access"]
 
@@ -29,12 +29,13 @@ class Access:
         self.auth = auth
         self.identity = identity
         self.patterns = patterns
-        self._allows = getattr(auth, "allow", None) is not None
+        #: Whether anything can refuse an action (an ``Auth.allow`` or a channel pattern).
+        self.decides = getattr(auth, "allow", None) is not None or bool(patterns.registered)
 
-    @property
-    def decides(self) -> bool:
-        """Whether anything can refuse an action (an ``Auth.allow`` or a channel pattern)."""
-        return self._allows or bool(self.patterns.registered)
+    def add_pattern(self, pattern: ChannelPattern) -> None:
+        """Register the rules of the channels matching ``pattern``."""
+        self.patterns.add(pattern)
+        self.decides = True
 
     async def identify(self, scope: Scope, channel: str) -> tuple[str, bool]:
         """Return ``(user_id, anonymous)`` for a subscribe, once it is allowed to subscribe.

@@ -15,7 +15,7 @@ import inspect
 import logging
 import secrets
 from collections.abc import Callable, Iterable
-from functools import partial
+from functools import lru_cache, partial
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
 
@@ -170,7 +170,6 @@ class ChannelApp:
         )
         self.patterns = PatternSet()
         self.access = Access(auth, IdentityTokens(secret), self.patterns)
-        self.engine.history_for = partial(self.access.history_size, default=history_size)
         self.bridges: list[Bridge] = []
 
         self._outbound: httpx.AsyncClient | None = None
@@ -252,35 +251,32 @@ class ChannelApp:
     # -- ASGI ----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one ASGI connection (``http``, ``websocket`` or ``lifespan``)."""
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
+        """Serve one ASGI connection (``http``, ``websocket`` or ``lifespan``).
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        HTTP, the hot path (every publish is a request), is served here directly.
+        """
+        if scope["type"] != "http":
+            await self._other(scope, receive, send)
+            return
         headers = headers_of(scope)
         origin = header(headers, b"origin")
-        cors = self.cors.headers(origin) if origin is not None else []
+        cors = [] if origin is None else self.cors.headers(origin)
         try:
             route, channel = _match(route_path(scope))
             method = scope["method"]
+            if method not in _ROUTES[route]:
+                raise MethodNotAllowed(_ROUTES[route])
             if method == "OPTIONS":
                 await self._options(headers, send, route, origin)
                 return
-            if method not in _ROUTES[route]:
-                raise MethodNotAllowed(_ROUTES[route])
             validate_channel(channel)
             if not self._runner.running:
                 await self._runner.ensure_started()
-            if route == "subscribe":
-                await self._subscribe(scope, headers, receive, send, channel, cors)
-            else:
+            if route == "publish":
                 reply = await self._publish.handle_http(scope, headers, receive, channel)
                 await send_json(send, reply.code, encode(reply), cors)
+            else:
+                await self._subscribe(scope, headers, receive, send, channel, cors)
         except ChannelError as exc:
             body = encode(Reply(exc.status, exc.message))
             await send_json(send, exc.status, body, cors + _error_headers(exc))
@@ -289,6 +285,13 @@ class ChannelApp:
                 "Unexpected error serving %s %s", scope.get("method"), scope.get("path")
             )
             await send_json(send, 500, encode(Reply(500, "Internal server error")), cors)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
 
     async def _options(self, headers: Headers, send: Send, route: str, origin: str | None) -> None:
         allow = (b"allow", ", ".join(_ROUTES[route]).encode())
@@ -393,7 +396,11 @@ class ChannelApp:
             history=history,
             types=None if types is None else frozenset(types),
         )
-        self.patterns.add(rules)
+        self.access.add_pattern(rules)
+        if history is not None:
+            self.engine.history_for = partial(
+                self.access.history_size, default=self.settings.history_size
+            )
         return rules
 
     def bridge(
@@ -527,6 +534,7 @@ def _async_hook(hook: Any, name: str) -> Any:
     return hook
 
 
+@lru_cache(maxsize=1024)  # the paths a process serves repeat; unknown ones raise (not kept)
 def _match(path: str) -> tuple[str, str]:
     parts = path.split("/", 2)  # "/publish/a/b" -> ["", "publish", "a/b"]
     if len(parts) == 3 and not parts[0] and parts[1] in _ROUTES:

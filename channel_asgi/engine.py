@@ -17,7 +17,7 @@ import anyio
 import msgspec
 
 from .config import Settings
-from .errors import ChannelError, Gone, NotFound
+from .errors import ChannelClosed, ChannelError, Gone
 from .hub import Hub
 from .mailbox import Subscriber, Transport
 from .protocol import (
@@ -118,8 +118,9 @@ class Engine:
         self.hooks = hooks
         self._presence: dict[str, list[int]] = {}  # large channel -> [joined, left] to record
         self._watching: dict[str, float] = {}  # large channel -> until when to keep flushing
-        #: How many broadcasts a channel retains (channel patterns may override the default).
-        self.history_for: Callable[[str], int] = lambda channel: settings.history_size
+        #: How many broadcasts a channel retains, when channel patterns may override
+        #: ``history_size``; None while every channel retains ``history_size``.
+        self.history_for: Callable[[str], int] | None = None
         #: Called with (channel, event id, payload) after each broadcast this process made.
         self.after_broadcast: list[Callable[[str, str, bytes], None]] = []
 
@@ -137,9 +138,9 @@ class Engine:
         payload = encode_event(
             "broadcast", channel, message, author_id=author_id, timestamp=timestamp
         )
-        event_id = await self.storage.append(
-            channel, payload, keep=self.history_for(channel), ttl=self.settings.history_ttl
-        )
+        settings = self.settings
+        keep = settings.history_size if self.history_for is None else self.history_for(channel)
+        event_id = await self.storage.append(channel, payload, keep=keep, ttl=settings.history_ttl)
         for listener in self.after_broadcast:
             listener(channel, event_id, payload)
         return event_id
@@ -200,9 +201,9 @@ class Engine:
         await self.storage.close_channel(channel, encode_event("end", channel, _END_MESSAGE))
 
     async def ensure_open(self, channel: str) -> None:
-        """Raise :class:`NotFound` if ``channel`` is closed."""
+        """Raise :class:`ChannelClosed` (404) if ``channel`` is closed."""
         if await self.storage.is_closed(channel):
-            raise NotFound(f"Channel {channel!r} is closed")
+            raise ChannelClosed(channel)
 
     # -- sessions ------------------------------------------------------------------------------
 

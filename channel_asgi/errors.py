@@ -7,7 +7,8 @@ Every refusal the server gives is one of these; ``app.py`` turns them into the J
     ├── BadRequest            400  malformed JSON, a wrong field, a bad channel name
     ├── Unauthorized          401  missing, forged, tampered or expired token
     ├── Forbidden             403  widget key, another channel's token, not authorised
-    ├── NotFound              404  unknown path, closed channel
+    ├── NotFound              404  unknown path
+    │   └── ChannelClosed     404  closed channel
     ├── MethodNotAllowed      405  carries ``allow`` for the ``Allow`` header
     ├── Gone                  410  a ``request`` whose connection has closed
     ├── PayloadTooLarge       413  body over ``max_body_bytes``
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequest",
+    "ChannelClosed",
     "ChannelError",
     "Forbidden",
     "Gone",
@@ -89,9 +91,16 @@ class Forbidden(_Fixed):
 
 
 class NotFound(_Fixed):
-    """No such route, or the channel is closed."""
+    """No such route, or the channel is closed (:class:`ChannelClosed`)."""
 
     status = 404
+
+
+class ChannelClosed(NotFound):
+    """The channel was closed (``close_channel``) and not opened again."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"Channel {channel!r} is closed")
 
 
 class MethodNotAllowed(_Fixed):

@@ -33,6 +33,7 @@ MAX_CHANNEL_LENGTH: Final = 200
 _CHANNEL_CHARS: Final = re.compile(r"[A-Za-z0-9_\-.:@/]+")
 _JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")
 _JSON_TYPE: Final = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
+_QUERY_TOKEN: Final = re.compile(rb"(?:^|&)token=([^&]+)")  # the first non-empty ``token=``
 
 
 def route_path(scope: Scope) -> str:
@@ -95,17 +96,11 @@ def header(headers: Headers, name: bytes) -> str | None:
 
 def request_token(scope: Scope, headers: Headers) -> str | None:
     """Return the token of a request: ``?token=``, else ``Authorization: Bearer``."""
-    query: bytes = scope.get("query_string", b"")
-    start = query.find(b"token=")
-    while start >= 0:
-        if start == 0 or query[start - 1] == 0x26:  # "&": the name starts a parameter
-            end = query.find(b"&", start)
-            value = query[start + 6 : end if end >= 0 else None]
-            if value:
-                text = value.decode("latin-1")
-                # Tokens are URL-safe; decode only when a client escaped them anyway.
-                return unquote_plus(text) if "%" in text or "+" in text else text
-        start = query.find(b"token=", start + 1)
+    found = _QUERY_TOKEN.search(scope.get("query_string", b""))
+    if found is not None:
+        text = found[1].decode("latin-1")
+        # Tokens are URL-safe; decode only when a client escaped them anyway.
+        return unquote_plus(text) if "%" in text or "+" in text else text
     authorization = header(headers, b"authorization")
     if authorization and authorization[:7].lower() == "bearer ":
         return authorization[7:].strip() or None

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from threading import get_ident
 from types import TracebackType
 from typing import Any
 
@@ -53,6 +53,7 @@ class Runner:
         self._background = background
         self._group: TaskGroup | None = None
         self._ready: anyio.Event | None = None
+        self._is_ready = False  # ``_ready.is_set()``, read on every request without a call
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0  # the thread that runs ``_loop``
@@ -62,22 +63,24 @@ class Runner:
     @property
     def running(self) -> bool:
         """Whether the background work is up in the current event loop."""
-        ready = self._ready
-        return ready is not None and ready.is_set() and (self._loop is None or self._same_loop())
+        return self._is_ready and self._in_its_loop()
 
-    def _same_loop(self) -> bool:
-        # The loop running in this thread is the current one. (Cheaper than asking asyncio,
-        # which makes a getpid system call: this runs on every request.)
+    def _in_its_loop(self) -> bool:
+        # Whether the loop it started in is the one running in this thread (or none was
+        # recorded). Cheaper than asking asyncio, which makes a getpid system call on Python
+        # 3.11: this runs on every request.
         loop = self._loop
-        return loop is not None and self._thread == threading.get_ident() and loop.is_running()
+        return loop is None or (self._thread == get_ident() and loop.is_running())
 
     def _forget_closed_loop(self) -> None:
         """Drop state left by an event loop that has stopped (tests run many loops)."""
-        if self._loop is None or self._same_loop():
+        loop = self._loop
+        if loop is None or self._in_its_loop():
             return
-        if self._loop.is_running():
+        if loop.is_running():
             raise RuntimeError("A ChannelApp serves one event loop at a time")
         self._group = self._ready = self._error = self._task = self._stop = None
+        self._is_ready = False
         self._loop = None
 
     async def __aenter__(self) -> Runner:
@@ -86,7 +89,7 @@ class Runner:
         if self._ready is not None:
             raise RuntimeError("The ChannelApp is already running")
         self._loop = _asyncio_loop()
-        self._thread = threading.get_ident()
+        self._thread = get_ident()
         self._ready = anyio.Event()
         group = anyio.create_task_group()
         await group.__aenter__()
@@ -98,7 +101,7 @@ class Runner:
             self._ready = None
             raise
         self._group = group
-        self._ready.set()
+        self._set_ready(self._ready)
         return self
 
     async def __aexit__(
@@ -109,7 +112,7 @@ class Runner:
     ) -> None:
         """Stop the background work started by :meth:`__aenter__`."""
         group, self._group = self._group, None
-        self._ready = None
+        self._ready, self._is_ready = None, False
         if group is not None:
             group.cancel_scope.cancel()
             await group.__aexit__(exc_type, exc, tb)
@@ -127,7 +130,7 @@ class Runner:
                     "serve it with lifespan or use 'async with channels:'"
                 )
             self._loop = loop
-            self._thread = threading.get_ident()
+            self._thread = get_ident()
             self._ready = anyio.Event()
             self._stop = anyio.Event()
             self._task = loop.create_task(self._own_task(self._ready, self._stop))
@@ -135,23 +138,29 @@ class Runner:
         if self._error is not None:
             error, self._error = self._error, None
             self._ready = self._task = self._stop = None
+            self._is_ready = False
             raise RuntimeError("The ChannelApp could not start") from error
 
     async def _own_task(self, ready: anyio.Event, stop: anyio.Event) -> None:
         try:
             async with anyio.create_task_group() as group:
                 await group.start(self._background)
-                ready.set()
+                self._set_ready(ready)
                 await stop.wait()
                 group.cancel_scope.cancel()
         except Exception as exc:
             self._error = exc
-            ready.set()
+            self._set_ready(ready)
+
+    def _set_ready(self, ready: anyio.Event) -> None:
+        ready.set()
+        self._is_ready = ready is self._ready
 
     async def aclose(self) -> None:
         """Stop background work that :meth:`ensure_started` started."""
         task, stop = self._task, self._stop
         self._task = self._stop = self._ready = None
+        self._is_ready = False
         if stop is not None and task is not None:
             stop.set()
             await task

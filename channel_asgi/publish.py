@@ -18,7 +18,7 @@ import msgspec
 from .access import Access
 from .auth import Action
 from .engine import Connection, Engine, Hooks, PublishHook
-from .errors import ChannelError, Forbidden, Reject, TooManyRequests
+from .errors import ChannelClosed, ChannelError, Forbidden, Reject, TooManyRequests
 from .http import (
     Headers,
     Receive,
@@ -95,10 +95,12 @@ class PublishRoute:
         self, scope: Scope, headers: Headers, receive: Receive, channel: str
     ) -> Reply:
         """Run every check of an HTTP publish, in order, and then the publish itself."""
-        await self.engine.ensure_open(channel)
+        engine = self.engine
+        if await engine.storage.is_closed(channel):
+            raise ChannelClosed(channel)
         check_json_content_type(headers)
         body = await read_body(headers, receive, self._max_body)
-        claims = self.engine.signer.verify(request_token(scope, headers), channel)
+        claims = engine.signer.verify(request_token(scope, headers), channel)
         client = client_address(scope) if self.ip_limit is not None else None
         return await self.handle(claims, body, client)
 

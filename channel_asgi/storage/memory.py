@@ -14,7 +14,7 @@ import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ..errors import NotFound
+from ..errors import ChannelClosed
 from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
 
 __all__ = ["MemoryStorage"]
@@ -86,17 +86,13 @@ class MemoryStorage:
     ) -> str:
         """Retain a broadcast, deliver it, and return its id."""
         if channel in self._closed:
-            raise NotFound(f"Channel {channel!r} is closed")
+            raise ChannelClosed(channel)
         state = self._channels.get(channel) or self._channel(channel)
-        event_id = self._next_id()
-        state.last_id = event_id
-        if keep > 0:
-            events = state.events
-            events.append(
-                (StoredEvent(event_id, payload), 0.0 if ttl is None else time.monotonic())
-            )
-            while len(events) > keep:
-                events.popleft()
+        event_id = state.last_id = self._next_id()
+        events = state.events
+        if events.maxlen != keep:  # the channel's first broadcast, or its history size changed
+            events = state.events = deque(events, maxlen=keep)
+        events.append((StoredEvent(event_id, payload), 0.0 if ttl is None else time.monotonic()))
         if ttl is not None:
             self._expire(state, ttl)
         delivery = Delivery(channel, "event", payload, event_id)

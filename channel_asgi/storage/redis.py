@@ -40,7 +40,7 @@ import msgspec
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ..errors import NotFound, StorageUnavailable
+from ..errors import ChannelClosed, StorageUnavailable
 from . import redis_scripts as scripts
 from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
 from .redis_pipeline import AutoPipeline, Call, unavailable
@@ -398,7 +398,7 @@ class RedisStorage:
         call = Call("append", args, scripts.APPEND, item=payload)
         event_id = await self._pipeline.queue(call)
         if event_id is None:
-            raise NotFound(f"Channel {channel!r} is closed")
+            raise ChannelClosed(channel)
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     async def send(self, delivery: Delivery) -> None:
