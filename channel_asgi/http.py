@@ -133,12 +133,12 @@ async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Body is larger than {limit} bytes")
     message = await receive()
-    if message["type"] == "http.request" and not message.get("more_body", False):
-        body: bytes = message.get("body", b"")  # the usual case: one message
-        if len(body) > limit:
-            raise PayloadTooLarge(f"Body is larger than {limit} bytes")
-        return body
-    return await _read_rest(receive, message, limit)
+    if message.get("more_body") or message["type"] != "http.request":
+        return await _read_rest(receive, message, limit)
+    body: bytes = message.get("body", b"")  # the usual case: one message
+    if len(body) > limit:
+        raise PayloadTooLarge(f"Body is larger than {limit} bytes")
+    return body
 
 
 async def _read_rest(receive: Receive, message: Message, limit: int) -> bytes:

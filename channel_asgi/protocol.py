@@ -93,15 +93,17 @@ def decode_publish(body: bytes) -> PublishBody:
         raise BadRequest(f"Malformed JSON body: {exc}") from None
     except RecursionError:
         raise BadRequest("JSON is nested too deeply") from None
-    if isinstance(decoded, (BroadcastBody, PrivateBody, WebhookBody)):
-        raw = decoded.message
-        if len(raw) == 4 and bytes(raw) == b"null":
-            raise BadRequest("`message` must not be null - at `$.message`")
-        if 10 in body or 13 in body:  # a line break somewhere (an int test is a fast memchr)
-            decoded.message = _without_line_breaks(raw)
-    if isinstance(decoded, PrivateBody) and not decoded.to_user_id:
-        raise BadRequest("`to_user_id` must not be empty - at `$.to_user_id`")
-    if isinstance(decoded, WebhookBody):
+    if isinstance(decoded, RequestBody):
+        return decoded
+    raw = decoded.message
+    if len(raw) == 4 and bytes(raw) == b"null":
+        raise BadRequest("`message` must not be null - at `$.message`")
+    if 10 in body or 13 in body:  # a line break somewhere (an int test is a fast memchr)
+        decoded.message = _without_line_breaks(raw)
+    if isinstance(decoded, PrivateBody):
+        if not decoded.to_user_id:
+            raise BadRequest("`to_user_id` must not be empty - at `$.to_user_id`")
+    elif isinstance(decoded, WebhookBody):
         decoded.url = _webhook_url(decoded.message)
     return decoded
 

@@ -6,6 +6,7 @@ tests model several workers without Redis.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,23 +43,17 @@ class MemoryStorage:
         self._connections: set[str] = set()
         self._consumers: list[Deliver] = []
         self._presence: dict[str, list[float]] = {}  # channel -> [joined, left, announced at]
-        self._last_ms = 0
-        self._seq = 0
+        # Event ids are "<when this storage started, in ms>-<sequence>" (the shape of Redis
+        # stream ids): ordered by publication, and never equal to an id a browser kept from an
+        # earlier process, which then resumes as unknown (``recovered`` false).
+        self._id_prefix = f"{time.time_ns() // 1_000_000}-"
+        self._sequence = itertools.count()
 
     def _channel(self, channel: str) -> _Channel:
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel()
         return state
-
-    def _next_id(self) -> str:
-        # "<milliseconds>-<sequence>", strictly increasing even if the clock steps back.
-        now = time.time_ns() // 1_000_000
-        if now > self._last_ms:
-            self._last_ms, self._seq = now, 0
-        else:
-            self._seq += 1
-        return f"{self._last_ms}-{self._seq}"
 
     def _deliver(self, delivery: Delivery) -> None:
         for deliver in self._consumers:
@@ -88,7 +83,7 @@ class MemoryStorage:
         if channel in self._closed:
             raise ChannelClosed(channel)
         state = self._channels.get(channel) or self._channel(channel)
-        event_id = state.last_id = self._next_id()
+        event_id = state.last_id = f"{self._id_prefix}{next(self._sequence)}"
         events = state.events
         if events.maxlen != keep:  # the channel's first broadcast, or its history size changed
             events = state.events = deque(events, maxlen=keep)
