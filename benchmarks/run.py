@@ -355,6 +355,19 @@ def redis_against_memory(
     }
 
 
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete the keys the Redis runs left under ``prefix`` (history outlives the server)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every scenario, each measured on both servers back to back (machine drift hits both)."""
     binary = build_loadgen()
@@ -402,12 +415,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "servers": entries,
     }
     if not args.no_redis:
+        prefix = f"bench-{secrets.token_hex(4)}"
         redis_target = channel_asgi_target(
-            "channel_asgi (RedisStorage)",
-            "--redis", args.redis, "--redis-prefix", f"bench-{secrets.token_hex(4)}",
-        )  # fmt: skip
+            "channel_asgi (RedisStorage)", "--redis", args.redis, "--redis-prefix", prefix
+        )
         subs = 1000 if 1000 in subs_list else subs_list[0]
-        pair = redis_against_memory(binary, ours, redis_target, subs, args)
+        try:
+            pair = redis_against_memory(binary, ours, redis_target, subs, args)
+        finally:
+            drop_redis_keys(args.redis, prefix)
         results["redis"] = {subs: pair}
         say(
             f"redis {subs}: {pair['redis']['deliveries_per_s']:,.0f}/s "
