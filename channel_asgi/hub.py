@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, Final, cast
 
 from . import sse
@@ -36,6 +37,10 @@ HEARTBEAT_TICKS: Final = 3
 #: Under load, the least and the most time between two batches of writes (seconds); see Hub.
 WAKE_GAP: Final = 0.005
 MAX_WAKE_GAP: Final = 0.05
+#: How long one slice of a batch of writes holds the loop (seconds; see ``Hub._write_slice``),
+#: and how many writes go between two looks at the clock.
+WRITE_SLICE: Final = 0.00025
+SLICE_CHECK: Final = 16
 
 
 @dataclass(slots=True)
@@ -61,6 +66,10 @@ class Hub:
     meanwhile leaves in the same write, even when events come one per loop iteration (as they do
     from Redis), and writing never takes more than about half of the process's time, so
     publishes keep flowing in. At light load (one event per batch) nothing waits.
+
+    A batch is written in slices of about ``WRITE_SLICE``, the loop serving what arrived between
+    two of them, so a publish, or a round trip to the storage, is not held back for a whole
+    batch of thousands of writes.
     """
 
     def __init__(self) -> None:
@@ -68,7 +77,9 @@ class Hub:
         self._to_wake: list[Subscriber] = []
         self._flush_at: float | None = None  # when the scheduled flush runs, if one is
         self._writes_done = -1.0  # when the writers woken by the last flush had run
-        self._flushed_at = 0.0  # when the last flush started
+        self._writing = 0.0  # seconds the slices of the current batch have spent writing
+        self._sliced_at = 0.0  # when its last slice ended (perf_counter)
+        self._woke = False  # whether that slice woke writer tasks (they run after it)
         self._events = 0  # events dispatched since the last flush
         self._gap = WAKE_GAP
 
@@ -94,25 +105,59 @@ class Hub:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is not None:
-            self._flushed_at = loop.time()  # before the writes: direct writes count too
         busy, self._events = self._events > 1, 0
         batch, self._to_wake = self._to_wake, []
-        for subscriber in batch:
+        self._writing = 0.0
+        self._write_slice(batch, 0, loop, busy)
+
+    def _write_slice(
+        self,
+        batch: list[Subscriber],
+        start: int,
+        loop: asyncio.AbstractEventLoop | None,
+        busy: bool,
+    ) -> None:
+        """Write for ``batch[start:]``, handing the loop back every ``WRITE_SLICE`` seconds.
+
+        Between two slices the loop reads what arrived meanwhile: publishes, and the storage's
+        replies and deliveries. A batch of thousands of writes thus never holds a publish (or a
+        round trip to Redis) back for all of them, and what it brings in joins the writes of
+        this batch still to come.
+        """
+        began = perf_counter()
+        if start and self._woke:  # the writers the last slice woke ran meanwhile: count them
+            self._writing += began - self._sliced_at
+        woke = False
+        end = stop = len(batch)
+        for index in range(start, end):
+            subscriber = batch[index]
             if subscriber.direct is not None and subscriber.parked():
                 _write_directly(subscriber, subscriber.direct)
             else:
                 subscriber._wake()
+                woke = True
+            if (
+                loop is not None
+                and index % SLICE_CHECK == SLICE_CHECK - 1
+                and index + 1 < end
+                and perf_counter() - began >= WRITE_SLICE
+            ):
+                stop = index + 1
+                break
+        self._woke = woke
+        self._sliced_at = perf_counter()
+        self._writing += self._sliced_at - began
         if loop is None:
             self._flush_at = None
-            return
-        # The woken writers run next, in this order; this callback runs right after them.
-        loop.call_soon(self._writes_ran, loop, busy)
+        elif stop < end:
+            loop.call_soon(self._write_slice, batch, stop, loop, busy)
+        else:  # the woken writers run next, in this order; this callback runs right after them
+            loop.call_soon(self._writes_ran, loop, busy)
 
     def _writes_ran(self, loop: asyncio.AbstractEventLoop, busy: bool) -> None:
         """The batch's writes are done; ``busy``: it carried more than one event."""
         self._writes_done = loop.time()
-        took = self._writes_done - self._flushed_at
+        took = self._writing + perf_counter() - self._sliced_at
         # One event per batch is light load: the next one may leave soon. More, and events
         # are arriving faster than they are written: wait as long as the writes took.
         self._gap = min(MAX_WAKE_GAP, max(WAKE_GAP, took)) if busy else WAKE_GAP

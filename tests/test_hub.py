@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
 from channel_asgi import sse
-from channel_asgi.hub import HEARTBEAT_TICKS, WAKE_GAP, Hub
+from channel_asgi.hub import HEARTBEAT_TICKS, SLICE_CHECK, WAKE_GAP, WRITE_SLICE, Hub
 from channel_asgi.mailbox import REQUEST, Close, Resume, Subscriber, Transport
 from channel_asgi.storage import Delivery
 
@@ -234,3 +236,48 @@ async def test_busy_batches_wait_as_long_as_their_writes_took_and_single_events_
     assert hub._flush_at == pytest.approx(hub._writes_done + hub._gap)
     await written(3)
     assert parked is sub._waiter  # every write was made without waking the writer
+
+
+async def test_a_long_batch_of_writes_lets_the_loop_in_and_what_arrives_joins_the_rest() -> None:
+    """Writes are made in slices of about WRITE_SLICE: between two slices the loop serves what
+    arrived (here an event), and that event leaves in the same write as the first one for the
+    connections the batch had not reached yet."""
+    hub = Hub()
+    subs = [subscriber(f"c{n}", f"u{n}") for n in range(2 * SLICE_CHECK)]
+    live(hub, *subs)
+    log: list[str] = []
+    writes: dict[str, list[bytes]] = {sub.connection_id: [] for sub in subs}
+
+    def slow_writer(name: str) -> Callable[[bytes], Coroutine[Any, Any, None]]:
+        async def write(body: bytes) -> None:  # SLICE_CHECK of these fill more than a slice
+            time.sleep(2 * WRITE_SLICE / SLICE_CHECK)  # noqa: ASYNC251 - a write blocks the loop
+            writes[name].append(body)
+            log.append(name)
+
+        return write
+
+    parked = []
+    for sub in subs:
+        sub.direct = slow_writer(sub.connection_id)
+        parked.append(sub.until_ready())
+
+    def event(n: int) -> Delivery:
+        return Delivery("ch", "event", b'{"n":%d}' % n, f"{n}-0")
+
+    def second() -> None:
+        log.append("dispatch")
+        hub.dispatch(event(2))
+
+    hub.dispatch(event(1))  # the flush runs at the end of this iteration...
+    asyncio.get_running_loop().call_soon(second)  # ...and this right after its first slice
+    for _ in range(200):
+        if all(writes.values()) and sum(map(len, writes.values())) >= len(subs) + SLICE_CHECK:
+            break
+        await asyncio.sleep(0.005)
+    assert log.index("dispatch") == SLICE_CHECK  # the first slice, then the loop's turn
+    first, rest = subs[:SLICE_CHECK], subs[SLICE_CHECK:]
+    for sub in first:  # written before the second event: it goes in the next batch
+        assert [body.count(b"data:") for body in writes[sub.connection_id]] == [1, 1]
+    for sub in rest:  # not reached yet: both events in one write
+        assert [body.count(b"data:") for body in writes[sub.connection_id]] == [2]
+    assert [sub._waiter for sub in subs] == parked  # all written without waking a writer
