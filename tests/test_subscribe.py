@@ -8,7 +8,7 @@ import pytest
 
 from channel_asgi import ChannelApp
 
-from .helpers import publish, subscribe
+from .helpers import Subscriber, publish, subscribe
 
 
 async def test_subscribe_sends_sse_headers_and_init_first(serve, client: httpx.AsyncClient) -> None:
@@ -50,6 +50,36 @@ async def test_join_and_leave_reach_others_with_viewer_count(
             assert second.init["message"]["viewer_count"] == 2
         leave = (await first.stream.until("system")).json["message"]
         assert leave == {"status": "leave", "user_id": second.user_id, "viewer_count": 1}
+
+
+async def test_above_system_events_max_viewers_joins_and_leaves_are_coalesced_into_counts(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """Past the threshold no join or leave is sent one by one: a "count" event per interval
+    carries how many joined and left since the last one, and the viewer count."""
+    base = await serve(ChannelApp(system_events_max_viewers=2, presence_interval=0.2))
+    url = f"{base}/subscribe/crowd"
+
+    async def counts(sub: Subscriber, joined: int, left: int) -> dict[str, object]:
+        """The count events until they add up to ``joined`` and ``left``; the last one."""
+        seen = {"joined": 0, "left": 0}
+        while seen["joined"] < joined or seen["left"] < left:
+            message = (await sub.stream.until("system")).json["message"]
+            assert message["status"] == "count", message  # no single join or leave
+            seen["joined"] += message["joined"]
+            seen["left"] += message["left"]
+        assert seen == {"joined": joined, "left": left}
+        return message
+
+    async with subscribe(client, url) as first, subscribe(client, url) as second:
+        join = (await first.stream.until("system")).json["message"]  # 2 viewers: one by one
+        assert join == {"status": "join", "user_id": second.user_id, "viewer_count": 2}
+        async with subscribe(client, url):
+            async with subscribe(client, url):
+                last = await counts(first, joined=2, left=0)
+                assert last["viewer_count"] == 4
+            last = await counts(first, joined=0, left=1)
+            assert last["viewer_count"] == 3
 
 
 async def test_broadcast_reaches_every_subscriber_with_an_id(
