@@ -281,3 +281,43 @@ async def test_a_long_batch_of_writes_lets_the_loop_in_and_what_arrives_joins_th
     for sub in rest:  # not reached yet: both events in one write
         assert [body.count(b"data:") for body in writes[sub.connection_id]] == [2]
     assert [sub._waiter for sub in subs] == parked  # all written without waking a writer
+
+
+async def test_a_connection_closed_between_two_slices_is_skipped_and_the_batch_goes_on() -> None:
+    """A connection that closes while a batch is half written gets no write; the others do, and
+    the next batch is written as usual."""
+    hub = Hub()
+    subs = [subscriber(f"c{n}", f"u{n}") for n in range(2 * SLICE_CHECK)]
+    live(hub, *subs)
+    writes: dict[str, int] = {sub.connection_id: 0 for sub in subs}
+
+    def slow_writer(name: str) -> Callable[[bytes], Coroutine[Any, Any, None]]:
+        async def write(body: bytes) -> None:
+            time.sleep(2 * WRITE_SLICE / SLICE_CHECK)  # noqa: ASYNC251 - a write blocks the loop
+            writes[name] += body.count(b"data:")
+
+        return write
+
+    for sub in subs:
+        sub.direct = slow_writer(sub.connection_id)
+        sub.until_ready()
+    gone = subs[-1]
+
+    def close_one() -> None:
+        gone.close(Close.GONE)
+        hub.detach(gone)
+
+    hub.dispatch(Delivery("ch", "event", b"{}", "1-0"))
+    asyncio.get_running_loop().call_soon(close_one)  # runs between the two slices
+    for _ in range(200):
+        if sum(writes.values()) >= len(subs) - 1:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.01)
+    assert writes == {sub.connection_id: int(sub is not gone) for sub in subs}
+    hub.dispatch(Delivery("ch", "event", b"{}", "2-0"))
+    for _ in range(200):
+        if sum(writes.values()) >= 2 * (len(subs) - 1):
+            break
+        await asyncio.sleep(0.005)
+    assert writes == {sub.connection_id: 2 * int(sub is not gone) for sub in subs}
