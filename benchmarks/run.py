@@ -28,7 +28,8 @@ Usage (from the repository root, after ``scripts/setup``)::
     .venv/bin/python benchmarks/run.py --quick    # smaller, for a smoke test
 
 It writes ``benchmarks/results/latest.json``, the table between the markers in
-``docs/benchmarks.md`` and the chart ``docs/benchmarks.png``.
+``docs/benchmarks.md`` and the chart ``docs/benchmarks.png`` (a ``--quick`` run writes only
+``benchmarks/results/quick.json``; ``--no-write`` only prints).
 """
 
 from __future__ import annotations
@@ -460,6 +461,16 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def faults(results: dict[str, Any], name: str) -> int:
+    """Deliveries lost or repeated over every fan-out run of server ``name`` (must be 0)."""
+    entry = results["servers"][name]
+    reports = [*entry["saturated"].values(), entry["latency"]]
+    if name == "channel_asgi":  # its RedisStorage runs, and the memory runs paired with them
+        for pair in results.get("redis", {}).values():
+            reports += [*pair["runs"]["redis"], *pair["runs"]["memory"]]
+    return sum(int(report["lost"]) + int(report["duplicates"]) for report in reports)
+
+
 def table(results: dict[str, Any], r: dict[str, Any]) -> str:
     ours = results["servers"]["channel_asgi"]
     base = results["servers"]["sse-starlette + broadcaster"]
@@ -470,15 +481,19 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
             f"{entry['saturated'][s]['deliveries_per_s'] / 1000:.0f}k" for s in subs_list
         )
         middle = subs_list[len(subs_list) // 2]
-        cpu = entry["saturated"][middle]["server_cpu_per_100k"]
+        busiest = entry["saturated"][middle]
+        cpu = busiest["server_cpu_per_100k"]
+        client_cpu = busiest["client_cpu_s"] / max(busiest["deliveries"], 1) * 1e5
         lat = entry["latency"]
         biggest = max(entry["idle"], key=int)
         kib = entry["idle"][biggest]["kib_per_connection"]
         pub = entry["publish_only"]
         return (
-            f"| {name} | {sat} | {cpu:.2f} | {lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | "
+            f"| {name} | {sat} | {cpu:.2f} / {client_cpu:.2f} | "
+            f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} | "
             f"{lat['server_cpu_per_100k']:.2f} | {kib:.1f} | "
-            f"{pub['publishes_per_s'] / 1000:.1f}k / {pub['publishes_per_cpu_s'] / 1000:.1f}k |"
+            f"{pub['publishes_per_s'] / 1000:.1f}k / {pub['publishes_per_cpu_s'] / 1000:.1f}k | "
+            f"{faults(results, name)} |"
         )
 
     subs_text = " / ".join(str(s) for s in subs_list)
@@ -487,15 +502,16 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
     header = [
         "server",
         f"deliveries/s at {subs_text} subscribers",
-        f"CPU s per 100k deliveries ({middle} subs, saturated)",
+        f"CPU s per 100k deliveries, server / load client ({middle} subs, saturated)",
         f"p50 / p99 ms at {params['rate']:g} publishes/s, {params['latency_subs']} subs",
         "CPU s per 100k deliveries at that light load",
         f"KiB per idle connection ({max(ours['idle'], key=int)} subs)",
         "publishes/s, no subscribers: alone / per server CPU second, loaded together",
+        "deliveries lost or repeated, every run",
     ]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|---|---|---|---|---|---|---|",
+        "|---" * len(header) + "|",
         row("channel_asgi", ours),
         row("sse-starlette + broadcaster", base),
     ]
@@ -539,6 +555,11 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
     lines.append(
         f"| KiB per idle subscriber | {r['kib_per_idle']:.1f} KiB | <= 16 KiB | "
         f"{'yes' if r['kib_per_idle'] <= 16 else 'no'} |"
+    )
+    lost = faults(results, "channel_asgi")
+    lines.append(
+        f"| deliveries lost or repeated, every channel_asgi run | {lost} | 0 | "
+        f"{'yes' if lost == 0 else 'no'} |"
     )
     connects = ", ".join(f"{s}: {ms:.2f} ms" for s, ms in r["connect_per_sub_ms"].items())
     lines += ["", f"Connect time per subscriber (channel_asgi, by channel size): {connects}."]
@@ -640,7 +661,8 @@ def main() -> None:
     if args.no_write:
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    name = "quick.json" if args.quick else "latest.json"  # the published results stay whole
+    (RESULTS / name).write_text(json.dumps(results, indent=2, default=str) + "\n")
     if not args.quick:
         write_doc(markdown)
         chart(results)

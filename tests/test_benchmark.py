@@ -71,3 +71,23 @@ def test_a_fixed_rate_measures_latency(loadgen: Any) -> None:
 def test_publish_only_answers_every_publish(loadgen: Any) -> None:
     report = loadgen("--mode", "publish-only", "--duration", "0.5", "--pub-conns", "4")
     assert report["answered"] > 0 and report["publish_errors"] == 0
+
+
+def test_the_published_table_is_the_one_the_published_results_make() -> None:
+    """docs/benchmarks.md shows what benchmarks/results/latest.json holds, goals included."""
+    bench = bench_module()
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    markdown = bench.table(results, results["ratios"])
+    doc = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert f"<!-- results:start -->\n{markdown}\n<!-- results:end -->" in doc
+    assert "| deliveries lost or repeated, every channel_asgi run | 0 | 0 | yes |" in markdown
+
+
+def test_a_lost_delivery_in_any_run_fails_its_goal() -> None:
+    """A delivery lost in one of the Redis rounds shows in the table, and the goal is not met."""
+    bench = bench_module()
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    next(iter(results["redis"].values()))["runs"]["redis"][0]["lost"] = 1
+    markdown = bench.table(results, results["ratios"])
+    assert "| deliveries lost or repeated, every channel_asgi run | 1 | 0 | no |" in markdown
+    assert bench.faults(results, "sse-starlette + broadcaster") == 0
