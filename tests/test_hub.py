@@ -35,6 +35,28 @@ def queued(sub: Subscriber) -> list[object]:
     return list(sub._items)
 
 
+def slow_parked_crowd(
+    hub: Hub, on_write: Callable[[str, bytes], None]
+) -> tuple[list[Subscriber], list[object]]:
+    """Two slices' worth of live, parked subscribers whose direct writes block the loop (each
+    takes 2 * WRITE_SLICE / SLICE_CHECK) and then call ``on_write(connection id, body)``."""
+    subs = [subscriber(f"c{n}", f"u{n}") for n in range(2 * SLICE_CHECK)]
+    live(hub, *subs)
+
+    def slow_writer(name: str) -> Callable[[bytes], Coroutine[Any, Any, None]]:
+        async def write(body: bytes) -> None:  # SLICE_CHECK of these fill more than a slice
+            time.sleep(2 * WRITE_SLICE / SLICE_CHECK)  # noqa: ASYNC251 - a write blocks the loop
+            on_write(name, body)
+
+        return write
+
+    parked: list[object] = []
+    for sub in subs:
+        sub.direct = slow_writer(sub.connection_id)
+        parked.append(sub.until_ready())
+    return subs, parked
+
+
 def test_a_broadcast_is_framed_once_and_shared_by_every_sse_subscriber() -> None:
     """Every SSE mailbox holds the very same bytes object."""
     hub = Hub()
@@ -243,23 +265,16 @@ async def test_a_long_batch_of_writes_lets_the_loop_in_and_what_arrives_joins_th
     arrived (here an event), and that event leaves in the same write as the first one for the
     connections the batch had not reached yet."""
     hub = Hub()
-    subs = [subscriber(f"c{n}", f"u{n}") for n in range(2 * SLICE_CHECK)]
-    live(hub, *subs)
     log: list[str] = []
-    writes: dict[str, list[bytes]] = {sub.connection_id: [] for sub in subs}
+    writes: dict[str, list[bytes]] = {}
 
-    def slow_writer(name: str) -> Callable[[bytes], Coroutine[Any, Any, None]]:
-        async def write(body: bytes) -> None:  # SLICE_CHECK of these fill more than a slice
-            time.sleep(2 * WRITE_SLICE / SLICE_CHECK)  # noqa: ASYNC251 - a write blocks the loop
-            writes[name].append(body)
-            log.append(name)
+    def wrote(name: str, body: bytes) -> None:
+        writes[name].append(body)
+        log.append(name)
 
-        return write
-
-    parked = []
+    subs, parked = slow_parked_crowd(hub, wrote)
     for sub in subs:
-        sub.direct = slow_writer(sub.connection_id)
-        parked.append(sub.until_ready())
+        writes[sub.connection_id] = []
 
     def event(n: int) -> Delivery:
         return Delivery("ch", "event", b'{"n":%d}' % n, f"{n}-0")
@@ -287,20 +302,13 @@ async def test_a_connection_closed_between_two_slices_is_skipped_and_the_batch_g
     """A connection that closes while a batch is half written gets no write; the others do, and
     the next batch is written as usual."""
     hub = Hub()
-    subs = [subscriber(f"c{n}", f"u{n}") for n in range(2 * SLICE_CHECK)]
-    live(hub, *subs)
-    writes: dict[str, int] = {sub.connection_id: 0 for sub in subs}
+    writes: dict[str, int] = {}
 
-    def slow_writer(name: str) -> Callable[[bytes], Coroutine[Any, Any, None]]:
-        async def write(body: bytes) -> None:
-            time.sleep(2 * WRITE_SLICE / SLICE_CHECK)  # noqa: ASYNC251 - a write blocks the loop
-            writes[name] += body.count(b"data:")
+    def wrote(name: str, body: bytes) -> None:
+        writes[name] += body.count(b"data:")
 
-        return write
-
-    for sub in subs:
-        sub.direct = slow_writer(sub.connection_id)
-        sub.until_ready()
+    subs, _ = slow_parked_crowd(hub, wrote)
+    writes.update((sub.connection_id, 0) for sub in subs)
     gone = subs[-1]
 
     def close_one() -> None:
