@@ -13,6 +13,7 @@ Every refusal the server gives is one of these; ``app.py`` turns them into the J
     ├── Gone                  410  a ``request`` whose connection has closed
     ├── PayloadTooLarge       413  body over ``max_body_bytes``
     ├── UnsupportedMediaType  415  body is not JSON
+    ├── UnprocessableEntity   422  a number out of range (also a ``ValueError``)
     ├── TooManyRequests       429  carries ``retry_after`` seconds
     ├── StorageUnavailable    503  the storage backend cannot be reached
     └── Reject                any  raised by an ``on_publish`` hook to refuse a message
@@ -36,6 +37,7 @@ __all__ = [
     "StorageUnavailable",
     "TooManyRequests",
     "Unauthorized",
+    "UnprocessableEntity",
     "UnsupportedMediaType",
 ]
 
@@ -129,6 +131,16 @@ class UnsupportedMediaType(_Fixed):
     """The body is not declared as JSON."""
 
     status = 415
+
+
+class UnprocessableEntity(_Fixed, ValueError):
+    """A number in the body is outside what every reader reads alike (SPEC 6.1).
+
+    Also a ``ValueError``: ``channels.publish()`` raises it for such a message, as it does for
+    other bad arguments.
+    """
+
+    status = 422
 
 
 class TooManyRequests(_Fixed):
