@@ -19,7 +19,10 @@ Scenarios, for each server:
   server CPU, each with its own load client); the ratio is the median of the rounds' ratios, and
   their range is shown. Each server's publishes/s alone are shown too;
 * **RedisStorage**: channel_asgi's saturated fan-out at 1000 subscribers on Redis, against the
-  memory storage, alternating ``--redis-rounds`` times (the median of the paired ratios).
+  memory storage, alternating ``--redis-rounds`` times (the median of the paired ratios);
+* **the number check** (SPEC 6.1): channel_asgi against itself with the check switched off
+  (``benchmarks/unchecked.py``), in the publish-only rounds (loaded together) and in saturated
+  fan-out at 1000 subscribers, alternating ``--check-rounds`` times.
 
 Usage (from the repository root, after ``scripts/setup``)::
 
@@ -155,14 +158,20 @@ class Target:
                 process.wait()
 
 
-def channel_asgi_target(name: str = "channel_asgi", *extra: str) -> Target:
+def channel_asgi_target(
+    name: str = "channel_asgi", *extra: str, module: str = "channel_asgi"
+) -> Target:
     return Target(
         name,
         [
-            "-m", "channel_asgi", "serve", "--port", "{port}", "--secret", SECRET,
+            "-m", module, "serve", "--port", "{port}", "--secret", SECRET,
             "--log-level", "warning", "--no-access-log", *extra,
         ],
     )  # fmt: skip
+
+
+#: channel_asgi with the number rule (SPEC 6.1) switched off: what the check costs.
+UNCHECKED = channel_asgi_target("channel_asgi, number check off", module="benchmarks.unchecked")
 
 
 BASELINE = Target(
@@ -329,28 +338,34 @@ def paired(ours: list[float], base: list[float]) -> dict[str, float]:
     return {"median": statistics.median(ratios), "low": ratios[0], "high": ratios[-1]}
 
 
-def redis_against_memory(
-    binary: Path, memory: Target, redis: Target, subs: int, args: argparse.Namespace
+def side_by_side(
+    binary: Path,
+    targets: dict[str, Target],
+    subs: int,
+    rounds: int,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Saturated fan-out on RedisStorage against MemoryStorage, in alternating runs.
+    """Saturated fan-out of two targets in alternating runs, ``rounds`` runs each.
 
-    ``args.redis_rounds`` runs each: a single pair of runs is at the mercy of the machine's noise.
+    A single pair of runs is at the mercy of the machine's noise. ``targets`` maps a short name
+    to each target, the one compared first: ``ratio`` is the first's deliveries/s over the
+    second's, as the median of the pairs.
     """
-    runs: dict[str, list[dict[str, Any]]] = {"memory": [], "redis": []}
-    for index in range(args.redis_rounds):
-        pair = [("memory", memory), ("redis", redis)]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    pair = list(targets.items())
+    for index in range(rounds):
         for name, target in pair if index % 2 == 0 else pair[::-1]:
             runs[name].append(saturated(binary, target, subs, args.deliveries, args.window))
     middle = {  # the median run of each, for the table
         name: sorted(reports, key=lambda r: r["deliveries_per_s"])[len(reports) // 2]
         for name, reports in runs.items()
     }
+    (first, _), (second, _) = pair
     return {
-        "redis": middle["redis"],
-        "memory": middle["memory"],
+        **middle,
         "ratio": paired(
-            [r["deliveries_per_s"] for r in runs["redis"]],
-            [r["deliveries_per_s"] for r in runs["memory"]],
+            [r["deliveries_per_s"] for r in runs[first]],
+            [r["deliveries_per_s"] for r in runs[second]],
         ),
         "runs": runs,
     }
@@ -398,7 +413,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"idle {subs:>5} {target.name}: {report['kib_per_connection']:.1f} KiB, "
                 f"connected in {report['connect_s']:.1f} s"
             )
-    rounds = publish_only(binary, targets, args.publish_seconds, args.publish_rounds)
+    rounds = publish_only(binary, [*targets, UNCHECKED], args.publish_seconds, args.publish_rounds)
+    unchecked_publish = rounds.pop(UNCHECKED.name)
     for name, report in rounds.items():
         entries[name]["publish_only"] = report
         say(
@@ -415,14 +431,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "servers": entries,
     }
+    subs = 1000 if 1000 in subs_list else subs_list[0]
+    check = {"on": ours, "off": UNCHECKED}
+    results["number_check"] = {
+        "subs": subs,
+        "fan_out": side_by_side(binary, check, subs, args.check_rounds, args),
+        "publish_only": {
+            "off": unchecked_publish,
+            "ratio": paired(
+                entries[ours.name]["publish_only"]["runs_per_cpu_s"],
+                unchecked_publish["runs_per_cpu_s"],
+            ),
+        },
+    }
+    fan_out = results["number_check"]["fan_out"]
+    say(
+        f"number check {subs}: {fan_out['on']['deliveries_per_s']:,.0f}/s on, "
+        f"{fan_out['off']['deliveries_per_s']:,.0f}/s off; publish only "
+        f"{results['number_check']['publish_only']['ratio']['median']:.3f}x"
+    )
     if not args.no_redis:
         prefix = f"bench-{secrets.token_hex(4)}"
         redis_target = channel_asgi_target(
             "channel_asgi (RedisStorage)", "--redis", args.redis, "--redis-prefix", prefix
         )
-        subs = 1000 if 1000 in subs_list else subs_list[0]
+        storages = {"redis": redis_target, "memory": ours}
         try:
-            pair = redis_against_memory(binary, ours, redis_target, subs, args)
+            pair = side_by_side(binary, storages, subs, args.redis_rounds, args)
         finally:
             drop_redis_keys(args.redis, prefix)
         results["redis"] = {subs: pair}
@@ -468,6 +503,9 @@ def faults(results: dict[str, Any], name: str) -> int:
     if name == "channel_asgi":  # its RedisStorage runs, and the memory runs paired with them
         for pair in results.get("redis", {}).values():
             reports += [*pair["runs"]["redis"], *pair["runs"]["memory"]]
+        if "number_check" in results:  # and the runs with the number check on and off
+            for side in results["number_check"]["fan_out"]["runs"].values():
+                reports += side
     return sum(int(report["lost"]) + int(report["duplicates"]) for report in reports)
 
 
@@ -531,6 +569,22 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
             lambda v: v >= 1.2,
         ),
     ]
+    if "number_check" in results:
+        check = results["number_check"]
+        goals += [
+            (
+                f"number check on / off, deliveries/s at {check['subs']} subscribers",
+                check["fan_out"]["ratio"],
+                ">= 0.95x",
+                lambda v: v >= 0.95,
+            ),
+            (
+                "number check on / off, publishes per server CPU second",
+                check["publish_only"]["ratio"],
+                ">= 0.95x",
+                lambda v: v >= 0.95,
+            ),
+        ]
     if "redis" in r:
         goals.append(
             (
@@ -626,6 +680,9 @@ def main() -> None:
     parser.add_argument("--publish-seconds", type=float, default=2.0, help="per publish-only round")
     parser.add_argument("--publish-rounds", type=int, default=8, help="publish-only rounds")
     parser.add_argument("--redis-rounds", type=int, default=3, help="Redis and memory runs each")
+    parser.add_argument(
+        "--check-rounds", type=int, default=3, help="runs each with the number check on and off"
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only; keep docs as they are")
@@ -644,7 +701,7 @@ def main() -> None:
     if args.quick:
         args.subs, args.deliveries, args.baseline_deliveries = "100,1000", 300_000, 100_000
         args.latency_count, args.publish_rounds, args.idle_subs = 60, 3, [500, 1000]
-        args.redis_rounds = 1
+        args.redis_rounds = args.check_rounds = 1
     results = run(args)
     results["params"] = {
         "rate": args.rate,

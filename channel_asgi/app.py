@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import secrets
 from collections.abc import Callable, Iterable
 from functools import lru_cache, partial
@@ -35,6 +36,7 @@ from .errors import (
     NotFound,
     StorageUnavailable,
     TooManyRequests,
+    UnprocessableEntity,
 )
 from .http import (
     Headers,
@@ -51,6 +53,7 @@ from .hub import HEARTBEAT_TICKS, Hub
 from .identity import IdentityTokens
 from .lifecycle import Runner, run_every, server_is_exiting
 from .mailbox import Close, Transport
+from .numbers import encode_checked
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute
@@ -453,13 +456,17 @@ class ChannelApp:
 
         Raises:
             ValueError: a bad channel name, type, message or addressee.
+            UnprocessableEntity: a number in ``message`` (or ``timestamp``) breaks the number
+                rule (SPEC 6.1); it is a ``ValueError`` too, and names the path.
             NotFound: the channel is closed.
             StorageUnavailable: the storage cannot be reached.
         """
         channel = _checked_channel(channel)
         if message is None:
             raise ValueError("message must not be None")
-        raw = msgspec.Raw(msgspec.json.encode(message))
+        if not math.isfinite(timestamp):
+            raise UnprocessableEntity(f"timestamp must be finite, got {timestamp!r}")
+        raw = msgspec.Raw(encode_checked(message, root="$.message"))
         await self._runner.ensure_started()
         await self.engine.ensure_open(channel)
         # Always yield to the event loop once: with the memory storage nothing else would, and a

@@ -35,8 +35,9 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import sse
 from .errors import ChannelError
-from .protocol import Envelope, decode_envelope
+from .protocol import Envelope, Outline, decode_envelope, decode_outline
 
 __all__ = ["ChannelError", "Client", "Envelope", "Subscription"]
 
@@ -51,6 +52,9 @@ _BACKOFF_FIRST: Final = 0.5
 _BACKOFF_MAX: Final = 10.0
 #: Refusals that will not change by retrying: the subscription ends with them.
 _FINAL: Final = frozenset({400, 401, 403, 404, 405})
+
+
+_decode_items: Final = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
 def _refusal(status: int, body: bytes) -> ChannelError:
@@ -313,6 +317,51 @@ class Subscription:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def _decode(self, data: str) -> Envelope | None:
+        """Decode one event; log and skip one that cannot be (SPEC 6.1), keeping its id.
+
+        Its id still counts as seen, so a reconnect resumes after it and it is not replayed. The
+        good parts of a ``request`` reply holding a bad item are kept.
+        """
+        try:
+            return decode_envelope(data)
+        except msgspec.DecodeError as exc:  # ValidationError included
+            outline = decode_outline(data)
+            if outline is not None and outline.type == "request":
+                return self._request_parts_of(outline)
+            event_id = None if outline is None else outline.id
+            logger.warning(
+                "Skipped event %s on %r: it cannot be decoded (%s)",
+                event_id or "(no id)",
+                self.channel,
+                exc,
+            )
+            if event_id is not None:
+                self.last_event_id = event_id
+            return None
+
+    def _request_parts_of(self, outline: Outline) -> Envelope:
+        """A ``request`` reply with its undecodable items dropped (each one logged)."""
+        try:
+            items = _decode_items(outline.message)
+        except msgspec.DecodeError:
+            items = []
+        kept: list[Any] = []
+        for raw in items:
+            item = bytes(raw)
+            try:
+                kept.append(msgspec.to_builtins(decode_envelope(item)))
+            except msgspec.DecodeError as exc:
+                item_outline = decode_outline(item)
+                item_id = None if item_outline is None else item_outline.id
+                logger.warning(
+                    "Skipped event %s of a request reply on %r: it cannot be decoded (%s)",
+                    item_id or "(no id)",
+                    self.channel,
+                    exc,
+                )
+        return Envelope(type="request", stream_id=self.channel, message=kept)
+
     def _on_event(self, event: Envelope) -> Envelope | None:
         """Take in one event; return it if it is for the iteration."""
         if event.type == "init":
@@ -394,7 +443,7 @@ class Subscription:
             if response.status_code != 200:
                 raise _refusal(response.status_code, await response.aread())
             data: list[str] = []
-            async for line in response.aiter_lines():
+            async for line in sse.lines(response.aiter_bytes()):
                 if line:
                     if line.startswith("data:"):
                         data.append(line[6:] if line.startswith("data: ") else line[5:])
@@ -403,8 +452,10 @@ class Subscription:
                     continue
                 if not data:
                     continue
-                event = decode_envelope("\n".join(data))
+                event = self._decode("\n".join(data))
                 data = []
+                if event is None:
+                    continue
                 wanted = self._on_event(event)
                 if event.type == "init" and started is not None:
                     started.started()
@@ -438,9 +489,11 @@ class Subscription:
             async for frame in connection:
                 raw = frame if isinstance(frame, str) else frame.decode()
                 if raw.startswith(('{"type":"ack"', '{"type":"error"')):
-                    self._on_reply(json.loads(raw))
+                    self._on_reply(raw)
                     continue
-                event = decode_envelope(raw)
+                event = self._decode(raw)
+                if event is None:
+                    continue
                 wanted = self._on_event(event)
                 if event.type == "init":
                     self._ws = connection
@@ -461,7 +514,12 @@ class Subscription:
                 await connection.close()
         return False
 
-    def _on_reply(self, reply: dict[str, Any]) -> None:
+    def _on_reply(self, raw: str) -> None:
+        try:
+            reply = json.loads(raw)
+        except ValueError as exc:  # an integer past Python's digit limit, say
+            logger.warning("Skipped a reply on %r that cannot be decoded: %s", self.channel, exc)
+            return
         ref = reply.get("ref")
         if isinstance(ref, int) and ref in self._replies:
             self._reply_values[ref] = reply

@@ -16,10 +16,13 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from .errors import BadRequest
+from .numbers import check_json, fits
 
 __all__ = [
     "Envelope",
+    "Outline",
     "decode_envelope",
+    "decode_outline",
     "decode_publish",
     "encode",
     "encode_event",
@@ -80,6 +83,8 @@ def decode_publish(body: bytes) -> PublishBody:
     Raises:
         BadRequest: the body is not UTF-8 JSON, a field is missing or of the wrong type, the
             ``type`` is unknown, or ``message`` is null. The message names the field.
+        UnprocessableEntity: the body is JSON, but a number anywhere in it breaks the number
+            rule (SPEC 6.1); this comes before any schema error. The message names the path.
     """
     try:
         if not body.isascii():  # msgspec skips Raw values without checking their UTF-8
@@ -88,11 +93,14 @@ def decode_publish(body: bytes) -> PublishBody:
     except UnicodeDecodeError:
         raise BadRequest("Body is not valid UTF-8") from None
     except msgspec.ValidationError as exc:
+        check_json(body)  # "Number out of range" is a 422 (a bad number anywhere comes first)
         raise BadRequest(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"Malformed JSON body: {exc}") from None
     except RecursionError:
         raise BadRequest("JSON is nested too deeply") from None
+    if not fits(body):  # message is relayed raw: its numbers must read the same everywhere
+        check_json(body)
     if isinstance(decoded, RequestBody):
         return decoded
     raw = decoded.message
@@ -186,6 +194,29 @@ _encoder: Final = msgspec.json.Encoder()
 encode: Final = _encoder.encode
 _envelope_decoder: Final = msgspec.json.Decoder(Envelope)
 decode_envelope: Final = _envelope_decoder.decode
+
+
+class Outline(msgspec.Struct):
+    """What can still be read of an event that does not decode as an :class:`Envelope`.
+
+    ``message`` stays raw JSON, so a number no reader can hold (one the server refuses today,
+    but an older server or another implementation may have relayed) does not stop the rest.
+    """
+
+    type: str = ""
+    id: str | None = None
+    message: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_outline_decoder: Final = msgspec.json.Decoder(Outline)
+
+
+def decode_outline(data: bytes | str) -> Outline | None:
+    """Return the outline of an encoded event, or None when it is not even a JSON object."""
+    try:
+        return _outline_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 def encode_event(

@@ -18,7 +18,14 @@ import msgspec
 from .access import Access
 from .auth import Action
 from .engine import Connection, Engine, Hooks, PublishHook
-from .errors import ChannelClosed, ChannelError, Forbidden, Reject, TooManyRequests
+from .errors import (
+    ChannelClosed,
+    ChannelError,
+    Forbidden,
+    Reject,
+    TooManyRequests,
+    UnprocessableEntity,
+)
 from .http import (
     Headers,
     Receive,
@@ -28,6 +35,7 @@ from .http import (
     request_token,
 )
 from .mailbox import REQUEST, Subscriber
+from .numbers import encode_checked
 from .protocol import (
     BroadcastBody,
     Envelope,
@@ -189,7 +197,10 @@ class PublishRoute:
             return None
         if envelope.message is None:
             raise ChannelError(500, "on_publish hook set the message to null")
-        return msgspec.Raw(msgspec.json.encode(envelope.message))
+        try:
+            return msgspec.Raw(encode_checked(envelope.message, root="$.message"))
+        except UnprocessableEntity as exc:  # the hook's number, not the publisher's: a 500
+            raise ChannelError(500, f"on_publish hook: {exc.message}") from None
 
     async def _run_publish_hook(
         self, hook: PublishHook, envelope: Envelope, connection: Connection

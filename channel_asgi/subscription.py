@@ -8,18 +8,22 @@ and replays the broadcasts it missed from history, as a reconnecting browser wou
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import cast
 
 import anyio
+import msgspec
 
 from .engine import Engine
 from .mailbox import Close, Subscriber
-from .protocol import Envelope, decode_envelope, with_id
+from .protocol import Envelope, decode_envelope, decode_outline, with_id
 
 __all__ = ["Subscription"]
+
+logger = logging.getLogger("channel_asgi.subscription")
 
 
 class Subscription:
@@ -82,6 +86,22 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Envelope:
+        while True:
+            await self._fill()
+            data = self._pending.popleft()
+            try:
+                envelope = decode_envelope(data)
+            except msgspec.DecodeError as exc:  # stored by an older release, before the number rule
+                self._skip(data, exc)
+                continue
+            if envelope.id is not None:
+                self._after = envelope.id
+            if envelope.type == "end":
+                self._ended = True
+            return envelope
+
+    async def _fill(self) -> None:
+        """Wait until an event is pending; raise StopAsyncIteration when the channel ended."""
         while not self._pending:
             subscriber = self._subscriber
             if self._ended or subscriber is None:
@@ -95,9 +115,16 @@ class Subscription:
                 await self._attach(replay=True)
             else:
                 raise StopAsyncIteration
-        envelope = decode_envelope(self._pending.popleft())
-        if envelope.id is not None:
-            self._after = envelope.id
-        if envelope.type == "end":
-            self._ended = True
-        return envelope
+
+    def _skip(self, data: bytes, exc: Exception) -> None:
+        """Log an event that cannot be decoded and count its id as seen (it is not replayed)."""
+        outline = decode_outline(data)
+        event_id = None if outline is None else outline.id
+        logger.warning(
+            "Skipped event %s on %r: it cannot be decoded (%s)",
+            event_id or "(no id)",
+            self.channel,
+            exc,
+        )
+        if event_id is not None:
+            self._after = event_id

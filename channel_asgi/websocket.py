@@ -32,6 +32,7 @@ from .engine import Engine, Session
 from .errors import ChannelError, Forbidden
 from .http import Headers, Receive, Scope, Send, header
 from .mailbox import REQUEST, Close, Subscriber, Transport
+from .numbers import fits
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute, client_address
 from .tokens import PublishClaims
@@ -217,6 +218,8 @@ class WebSocketRoute:
             ref = _decode_frame(body).ref
         except (msgspec.DecodeError, RecursionError):
             return Error(400, "A frame must be a JSON object (a publish body)")
+        if ref is not msgspec.UNSET and not fits(bytes(ref)):  # never echo a number no one reads
+            ref = msgspec.UNSET
         try:
             await self.engine.ensure_open(claims.channel)
             reply = await self.publish.handle(claims, body, client, local=subscriber)

@@ -13,6 +13,8 @@ import anyio
 import httpx
 import uvicorn
 
+from channel_asgi import sse
+
 WAIT = 10.0  # seconds any single wait in a test may take
 
 
@@ -147,7 +149,7 @@ async def subscribe(
     """Open ``GET url`` as SSE, read ``init``, and yield the subscriber."""
     async with client.stream("GET", url, headers=headers, timeout=WAIT) as response:
         assert response.status_code == 200, (response.status_code, await response.aread())
-        stream = EventStream(response, response.aiter_lines())
+        stream = EventStream(response, sse.lines(response.aiter_bytes()))
         init = await stream.next()
         assert init.type == "init", init
         yield Subscriber(stream, init.json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 
@@ -202,3 +203,154 @@ async def test_unreachable_server_is_a_channel_error(transport: str) -> None:
             async with client.subscribe("room"):
                 pass  # pragma: no cover
         assert refused.value.code == 503
+
+
+class ForeignServer:
+    """A server that is not channel_asgi: it speaks the wire protocol and relays events no reader
+    can hold (a 5000-digit integer, ``1e999``), and strings with raw U+2028, U+2029 and U+0085.
+
+    SSE at ``/subscribe/room``, WebSocket at ``/ws/room``; a ``request`` is answered with one good
+    and one bad item. ``connections`` counts subscribes, so a reconnect would show.
+    """
+
+    SEPARATORS = "a\u2028b\u2029c\u0085d"
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._requests: list[anyio.Event] = []
+
+    def events(self) -> list[str]:
+        def event(event_id: str, message: str) -> str:
+            return (
+                f'{{"id":"{event_id}","type":"broadcast","stream_id":"room","author_id":"x",'
+                f'"message":{message},"timestamp":0}}'
+            )
+
+        return [
+            '{"type":"init","stream_id":"room","message":{"user_id":"u1","token":"t1"}}',
+            event("1-0", "9" * 5000),
+            event("2-0", json.dumps(self.SEPARATORS, ensure_ascii=False)),
+            event("3-0", '{"n":1e999}'),
+            event("4-0", '"after"'),
+        ]
+
+    def request_reply(self) -> str:
+        good = '{"id":"4-0","type":"broadcast","stream_id":"room","message":"after"}'
+        bad = '{"id":"1-0","type":"broadcast","stream_id":"room","message":' + "9" * 5000 + "}"
+        return '{"type":"request","stream_id":"room","message":[' + bad + "," + good + "]}"
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "websocket":
+            await self._websocket(receive, send)
+        elif scope["method"] == "GET":
+            await self._sse(receive, send)
+        else:
+            await self._publish(receive, send)
+
+    async def _sse(self, receive, send) -> None:  # type: ignore[no-untyped-def]
+        self.connections += 1
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for data in self.events():
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": f"data: {data}\r\n\r\n".encode(),
+                    "more_body": True,
+                }
+            )
+        async with anyio.create_task_group() as tasks:
+
+            async def replies() -> None:
+                while True:
+                    requested = anyio.Event()
+                    self._requests.append(requested)
+                    await requested.wait()
+                    body = f"data: {self.request_reply()}\n\n: request-end\n\n".encode()
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+            tasks.start_soon(replies)
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tasks.cancel_scope.cancel()
+
+    async def _publish(self, receive, send) -> None:  # type: ignore[no-untyped-def]
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if json.loads(body)["type"] == "request":
+            for requested in self._requests:
+                requested.set()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"code":200,"message":"OK"}'})
+
+    async def _websocket(self, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await receive()  # websocket.connect
+        self.connections += 1
+        await send({"type": "websocket.accept"})
+        for data in self.events():
+            await send({"type": "websocket.send", "text": data})
+        while (message := await receive())["type"] == "websocket.receive":
+            frame = json.loads(message["text"])
+            if frame.get("type") == "request":
+                await send({"type": "websocket.send", "text": self.request_reply()})
+            ack = {"type": "ack", "code": 200, "message": "OK", "ref": frame.get("ref")}
+            await send({"type": "websocket.send", "text": json.dumps(ack, separators=(",", ":"))})
+
+
+async def test_undecodable_events_from_any_server_are_logged_and_skipped(
+    serve, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SPEC 6.1: a warning names the event id; no reconnect, no replay; line separators kept."""
+    caplog.set_level(logging.WARNING, logger="channel_asgi.client")
+    server = ForeignServer()
+    base = await serve(server)
+    async with Client(base, transport=transport) as client, client.subscribe("room") as sub:
+        first = await next_event(sub)
+        assert (first.id, first.message) == ("2-0", ForeignServer.SEPARATORS)
+        second = await next_event(sub)
+        assert (second.id, second.message) == ("4-0", "after")
+        assert sub.last_event_id == "4-0"
+        history = await sub.request()
+        assert [(event.id, event.message) for event in history] == [("4-0", "after")]
+        assert server.connections == 1  # no reconnect
+    skipped = [r.getMessage() for r in caplog.records if "cannot be decoded" in r.getMessage()]
+    assert len(skipped) == 3, skipped
+    assert "Skipped event 1-0" in skipped[0] and "Skipped event 3-0" in skipped[1]
+    assert "1-0" in skipped[2] and "request reply" in skipped[2]
+
+
+async def test_raw_unicode_line_separators_reach_the_client_whole(serve, transport: str) -> None:
+    """U+2028, U+2029 and U+0085 are not SSE line ends: the event arrives in one piece."""
+    base = await serve(ChannelApp(secret=SECRET))
+    text = "x\u2028y\u2029z\u0085!"
+    async with (
+        Client(base, transport=transport) as client,
+        client.subscribe("room") as sub,
+        httpx.AsyncClient(trust_env=False, timeout=WAIT) as http,
+    ):
+        body = '{"type":"broadcast","message":{"text":"' + text + '"}}'
+        reply = await http.post(
+            f"{base}/publish/room",
+            params={"token": sub.token},
+            content=body.encode(),  # raw UTF-8, as JSON.stringify leaves them
+            headers={"content-type": "application/json"},
+        )
+        assert reply.status_code == 200
+        event = await next_event(sub, "broadcast")
+        assert event.message == {"text": text}
+        await sub.publish("after")
+        assert (await next_event(sub, "broadcast")).message == "after"

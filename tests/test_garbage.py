@@ -241,8 +241,8 @@ VALID_JSON: Final = st.recursive(
     st.one_of(
         st.none(),
         st.booleans(),
-        st.integers(),
-        st.sampled_from([10**400, -(10**30)]),
+        st.integers(-(2**63), 2**64 - 1),  # the number rule (SPEC 6.1): ODD_SCALARS go past it
+        st.sampled_from([2**64 - 1, -(2**63)]),
         st.floats(allow_nan=False, allow_infinity=False),
         st.text(max_size=20),
     ),
@@ -298,7 +298,7 @@ WRONG_VALUES: Final = {
     ),
     "timestamp": st.one_of(
         st.floats(max_value=-1e-9, allow_infinity=False).map(json.dumps),
-        st.sampled_from(["true", "false", "null", '"12.5"', '""', "[]", "{}", "1e400", "-1e400"]),
+        st.sampled_from(["true", "false", "null", '"12.5"', '""', "[]", "{}"]),
     ),
 }
 

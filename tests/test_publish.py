@@ -211,7 +211,6 @@ BAD_BODIES = [
     (b'{"type": "broadcast", "message": 1, "timestamp": "1"}', "$.timestamp"),
     (b'{"type": "broadcast", "message": 1, "timestamp": true}', "$.timestamp"),
     (b'{"type": "broadcast", "message": 1, "timestamp": -1}', "$.timestamp"),
-    (b'{"type": "broadcast", "message": 1, "timestamp": 1e400}', "$.timestamp"),
     (b'{"type": "broadcast", "message": 1, "timestamp": NaN}', "Malformed"),
     (b'{"type": "broadcast", "message": 1, "timestamp": Infinity}', "Malformed"),
     (b'{"type": "broadcast", "message": "\xff"}', "UTF-8"),
