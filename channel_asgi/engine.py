@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -38,8 +38,16 @@ logger = logging.getLogger("channel_asgi")
 
 #: A ``request`` reply is split into events whose ``message`` array stays under this size.
 REQUEST_CHUNK_BYTES: Final = 256 * 1024
+#: A ``request`` reply reads the history in pages of about this many bytes.
+REQUEST_PAGE_BYTES: Final = 256 * 1024
+_FIRST_PAGE: Final = 16  # events, before their size is known
+_MAX_PAGE: Final = 1024
 
 _END_MESSAGE: Final = encode({"status": "closed"})
+
+
+def _request_event(channel: str, user_id: str, items: list[bytes]) -> bytes:
+    return encode_event("request", channel, b"[" + b",".join(items) + b"]", to_user_id=user_id)
 
 
 class Connection(msgspec.Struct, frozen=True, gc=False):
@@ -178,23 +186,46 @@ class Engine:
             raise Gone("The connection this token was issued on has closed; subscribe again")
         await self.storage.send(Delivery(channel, "request", to_connection=connection_id))
 
-    async def history_events(self, channel: str, user_id: str) -> list[bytes]:
-        """Return the ``request`` reply for ``channel``: encoded events, each array <= 256 KiB."""
-        history = await self.storage.history(channel, ttl=self.settings.history_ttl)
-        chunks: list[list[bytes]] = [[]]
+    async def request_reply(self, channel: str, user_id: str) -> AsyncGenerator[bytes, None]:
+        """Yield the ``request`` reply for ``channel``: encoded events, each array <= 256 KiB.
+
+        The history is read page by page (:data:`REQUEST_PAGE_BYTES` at a time) and each event
+        is yielded as soon as it is built, so a reply holds about one page in memory however long
+        the history is, and a writer that awaits its client between events (flow control) never
+        buffers more. At most the channel's ``history_size`` broadcasts are sent, so a busy
+        channel cannot keep a slow reader's reply going for ever. An empty history is one event
+        with an empty array.
+        """
+        settings = self.settings
+        budget = settings.history_size if self.history_for is None else self.history_for(channel)
+        after: str | None = None
+        page = _FIRST_PAGE
+        chunk: list[bytes] = []
         size = 2
-        for event in history.events:
-            item = with_id(event.payload, event.id)
-            grow = len(item) + (1 if chunks[-1] else 0)
-            if chunks[-1] and size + grow > REQUEST_CHUNK_BYTES:
-                chunks.append([])
-                size, grow = 2, len(item)
-            chunks[-1].append(item)
-            size += grow
-        return [
-            encode_event("request", channel, b"[" + b",".join(chunk) + b"]", to_user_id=user_id)
-            for chunk in chunks
-        ]
+        sent = 0
+        while sent < budget:
+            want = min(page, budget - sent)
+            history = await self.storage.history(
+                channel, after=after, ttl=settings.history_ttl, limit=want
+            )
+            # A page's last id evicted meanwhile (the ring only drops its oldest): everything
+            # retained is newer, so the next page starts at the oldest retained, without repeats.
+            events = history.events
+            for event in events:
+                item = with_id(event.payload, event.id)
+                grow = len(item) + (1 if chunk else 0)
+                if chunk and size + grow > REQUEST_CHUNK_BYTES:
+                    yield _request_event(channel, user_id, chunk)
+                    chunk, size, grow = [], 2, len(item)
+                chunk.append(item)
+                size += grow
+            sent += len(events)
+            if len(events) < want:
+                break
+            after = events[-1].id
+            average = max(1, sum(len(event.payload) for event in events) // len(events))
+            page = max(1, min(_MAX_PAGE, REQUEST_PAGE_BYTES // average))
+        yield _request_event(channel, user_id, chunk)
 
     async def close_channel(self, channel: str) -> None:
         """End the channel: subscribers get ``end`` and are disconnected; it answers 404 after."""

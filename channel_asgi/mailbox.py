@@ -129,8 +129,12 @@ class Subscriber:
             self._wake()
 
     def put_control(self, item: object) -> None:
-        """Queue an instruction for the writer; it does not count against the limit."""
-        if self.closed is None:
+        """Queue an instruction for the writer; it does not count against the limit.
+
+        ``REQUEST`` is the only instruction, and one already queued is not queued again: the
+        reply it gives is read when it is written, so it answers every request made before.
+        """
+        if self.closed is None and not self.controls:
             self._items.append(item)
             self.controls += 1
             self._wake()

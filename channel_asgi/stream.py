@@ -12,8 +12,9 @@ through the bounded mailbox.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from typing import Any, Final, cast
 
 from . import sse
@@ -100,9 +101,8 @@ async def _pump(engine: Engine, session: Session, send: Send) -> None:
         for item in items:
             if item is REQUEST:
                 connection = session.connection
-                reply = await engine.history_events(connection.channel, connection.user_id)
-                frames = [*(sse.event(event) for event in reply), sse.REQUEST_END]
-                await _write_all(send, pending, frames)
+                reply = engine.request_reply(connection.channel, connection.user_id)
+                await _write_reply(send, pending, reply)
                 pending = []
             else:
                 pending.append(cast(bytes, item))
@@ -124,6 +124,28 @@ def _direct_writer(send: Send) -> Callable[[bytes], Coroutine[Any, Any, None]] |
 
         return start
     return None
+
+
+async def _write_reply(send: Send, head: list[bytes], reply: AsyncGenerator[bytes, None]) -> None:
+    """Send ``head``, then a ``request`` reply as it is read, and the marker that ends it.
+
+    Sends are batched to about 64 KiB, and each waits for the client (flow control), so a
+    requester that does not read holds one batch and one page of the history, never the whole.
+    """
+    batch = list(head)
+    size = sum(map(len, batch))
+    async with contextlib.aclosing(reply):
+        async for event in reply:
+            frame = sse.event(event)
+            if batch and size + len(frame) > _REPLAY_CHUNK:
+                await send(
+                    {"type": "http.response.body", "body": b"".join(batch), "more_body": True}
+                )
+                batch, size = [], 0
+            batch.append(frame)
+            size += len(frame)
+    batch.append(sse.REQUEST_END)
+    await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
 
 
 async def _write_all(send: Send, head: list[bytes], frames: Iterable[bytes]) -> None:

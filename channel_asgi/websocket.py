@@ -177,11 +177,12 @@ class WebSocketRoute:
                 await subscriber.until_ready()
                 continue
             for item in subscriber.drain():
-                if item is REQUEST:
+                if item is REQUEST:  # read page by page, each frame sent before the next is read
                     connection = session.connection
-                    reply = await self.engine.history_events(connection.channel, connection.user_id)
-                    for event in reply:
-                        await send({"type": "websocket.send", "text": event.decode()})
+                    reply = self.engine.request_reply(connection.channel, connection.user_id)
+                    async with contextlib.aclosing(reply):
+                        async for event in reply:
+                            await send({"type": "websocket.send", "text": event.decode()})
                 else:
                     await send({"type": "websocket.send", "text": item})
 

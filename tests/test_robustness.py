@@ -150,3 +150,65 @@ def test_stopping_the_server_ends_open_streams_and_exits_quickly(
     assert "Finished server process" in server.output()
     assert elapsed < 4, f"took {elapsed:.1f} s to exit"
     assert "Exception" not in server.output()
+
+
+def _stalled_requester(base: str, channel: str) -> tuple[socket.socket, str]:
+    """A subscriber that reads its ``init`` (for the token) and then never reads again."""
+    sock = raw_subscribe(base, channel)
+    sock.settimeout(WAIT)
+    received = b""
+    while b'"type":"init"' not in received or b"\n\n" not in received.split(b'"type":"init"')[1]:
+        chunk = sock.recv(4096)
+        assert chunk, received
+        received += chunk
+    init = next(line for line in received.split(b"\n") if b'"type":"init"' in line)
+    return sock, json.loads(init.removeprefix(b"data: "))["message"]["token"]
+
+
+@pytest.mark.slow
+async def test_request_replies_to_readers_that_stall_are_streamed_not_buffered(
+    server_process, client: httpx.AsyncClient
+) -> None:
+    """18 MB of history, requested again and again by sockets that never read: RSS stays flat.
+
+    Each reply is read from the history a page at a time and written as the client takes it,
+    and a request already queued is not queued again; before, every requester held the whole
+    reply, twice over.
+    """
+    server = server_process(
+        UVICORN_FACTORY, options(history_size=300, max_body_bytes=1 << 17, max_buffer_bytes=1 << 20)
+    )
+    base = server.base
+    url = f"{base}/publish/archive"
+    async with subscribe(client, f"{base}/subscribe/archive") as reader:
+        pad = "y" * 60_000
+        for n in range(300):
+            body = {"type": "broadcast", "message": {"n": n, "pad": pad}}
+            assert (await publish(client, url, reader.token, body)).status_code == 200
+            await reader.stream.until("broadcast")  # the reader keeps up
+        stalled = [_stalled_requester(base, "archive") for _ in range(6)]
+        try:
+            baseline = rss_kib(server.pid)
+            for _sock, token in stalled:
+                for _ in range(5):
+                    reply = await publish(client, url, token, {"type": "request"})
+                    assert reply.status_code == 200, reply.text
+            # A reader asks last and reads its whole reply: by then every stalled writer has
+            # run as far as its client lets it.
+            assert (
+                await publish(client, url, reader.token, {"type": "request"})
+            ).status_code == 200
+            items = 0
+            while True:
+                event = await reader.stream.next(comments=True)
+                if event.comment == "request-end":
+                    break
+                if event.data and event.type == "request":
+                    items += len(event.json["message"])
+            assert items == 300
+            grown = rss_kib(server.pid) - baseline
+            # Whole replies held 6 x 2 x 18 MB (250 MB measured); streamed, about 9 MB in all.
+            assert grown < 30 * 1024, f"server RSS grew by {grown} KiB"
+        finally:
+            for sock, _token in stalled:
+                sock.close()

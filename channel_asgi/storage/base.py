@@ -134,7 +134,12 @@ class Storage(Protocol):
         ...
 
     async def history(
-        self, channel: str, *, after: str | None = None, ttl: float | None = None
+        self,
+        channel: str,
+        *,
+        after: str | None = None,
+        ttl: float | None = None,
+        limit: int | None = None,
     ) -> History:
         """Return the retained broadcasts of ``channel``, oldest first (see :class:`History`).
 
@@ -142,6 +147,9 @@ class Storage(Protocol):
             channel: the channel.
             after: return only those after this event id (the resume point), when given.
             ttl: ignore broadcasts older than this many seconds, when given.
+            limit: return at most this many (the oldest of those that qualify), when given. A
+                reader pages through a long history by passing the last id of one page as the
+                next page's ``after``; ``recovered`` is as it would be without ``limit``.
         """
         ...
 

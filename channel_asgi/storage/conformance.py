@@ -174,6 +174,26 @@ async def test_history_after_an_unknown_id_is_not_recovered(storage: Running, af
     assert [e.id for e in history.events] == ids[2:]
 
 
+async def test_history_pages_with_limit_and_after(storage: Running) -> None:
+    """limit returns the oldest that qualify; paging with after covers all, once, in order."""
+    ids = [await storage.storage.append("c", payload(n), keep=100) for n in range(10)]
+    first = await storage.storage.history("c", limit=4)
+    assert ([e.id for e in first.events], first.recovered) == (ids[:4], None)
+    seen: list[str] = []
+    after: str | None = None
+    for _ in range(10):  # bounded: 10 events in pages of 3 take 4 pages
+        page = await storage.storage.history("c", after=after, limit=3)
+        assert after is None or page.recovered is True
+        seen += [e.id for e in page.events]
+        if len(page.events) < 3:
+            break
+        after = page.events[-1].id
+    assert seen == ids
+    assert (await storage.storage.history("c", limit=0)).events == []
+    evicted = await storage.storage.history("c", after="0-1", limit=2)
+    assert ([e.id for e in evicted.events], evicted.recovered) == (ids[:2], False)
+
+
 async def test_history_of_an_unknown_channel_is_empty(storage: Running) -> None:
     """No history is an empty list; resuming on it is not recovered."""
     assert (await storage.storage.history("never")).events == []

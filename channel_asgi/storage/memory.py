@@ -108,22 +108,29 @@ class MemoryStorage:
             state.events.popleft()
 
     async def history(
-        self, channel: str, *, after: str | None = None, ttl: float | None = None
+        self,
+        channel: str,
+        *,
+        after: str | None = None,
+        ttl: float | None = None,
+        limit: int | None = None,
     ) -> History:
-        """Return retained broadcasts, after ``after`` when given."""
+        """Return retained broadcasts, after ``after`` when given, at most ``limit`` of them."""
         state = self._channels.get(channel)
         if state is None:
             return History([], None if after is None else False)
         self._expire(state, ttl)
         events = [event for event, _ in state.events]
+        end = None if limit is None else max(limit, 0)
         if after is None:
-            return History(events)
+            return History(events[:end])
         if after == state.last_id:
             return History([], True)
         for index, event in enumerate(events):
             if event.id == after:
-                return History(events[index + 1 :], True)
-        return History(events, False)
+                start = index + 1
+                return History(events[start : None if end is None else start + end], True)
+        return History(events[:end], False)
 
     async def join(self, channel: str, connection_id: str) -> int:
         """Count a live connection."""

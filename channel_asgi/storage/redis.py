@@ -407,11 +407,20 @@ class RedisStorage:
         await self._pipeline.command("PUBLISH", self._topic(delivery.channel), data)
 
     async def history(
-        self, channel: str, *, after: str | None = None, ttl: float | None = None
+        self,
+        channel: str,
+        *,
+        after: str | None = None,
+        ttl: float | None = None,
+        limit: int | None = None,
     ) -> History:
         """Return retained broadcasts (see the Storage protocol)."""
         keys = [self._key("h", channel), self._key("last", channel)]
-        args = [after or "", "" if ttl is None else int(ttl * 1000)]
+        args = [
+            after or "",
+            "" if ttl is None else int(ttl * 1000),
+            "" if limit is None else max(limit, 0),
+        ]
         reply = await self._pipeline.script("history", scripts.HISTORY, keys, args)
         flag = reply[0]
         events = [

@@ -58,7 +58,7 @@ redis.call('PUBLISH', KEYS[3], 'B' .. table.concat(parts, '\\n'))
 return ids
 """
 
-# KEYS: stream, last. ARGV: after ('' for none), ttl_ms ('' for none).
+# KEYS: stream, last. ARGV: after ('' for none), ttl_ms ('' for none), limit ('' for none).
 # Returns {recovered ('' none, '1', '0'), id1, payload1, id2, payload2, ...}.
 HISTORY: Final = """
 local low = '-'
@@ -69,7 +69,15 @@ if ARGV[2] ~= '' then
 end
 local function range(start)
   local out = {}
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], start, '+')) do
+  local entries
+  if ARGV[3] == '' then
+    entries = redis.call('XRANGE', KEYS[1], start, '+')
+  elseif tonumber(ARGV[3]) == 0 then
+    entries = {}
+  else
+    entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', tonumber(ARGV[3]))
+  end
+  for _, entry in ipairs(entries) do
     table.insert(out, entry[1])
     table.insert(out, entry[2][2])
   end
