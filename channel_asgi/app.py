@@ -454,7 +454,9 @@ class ChannelApp:
         Raises:
             ValueError: a bad channel name, type, message or addressee.
             NotFound: the channel is closed.
-            StorageUnavailable: the storage cannot be reached.
+            StorageUnavailable: the storage cannot be reached; nothing was published.
+            StorageTimeout: the storage got the publish but did not answer; it may have been
+                published (check the history before publishing it again).
         """
         channel = _checked_channel(channel)
         if message is None:
