@@ -14,7 +14,7 @@ from __future__ import annotations
 from .app import ChannelApp
 from .auth import Action, Auth, Request
 from .engine import Connection
-from .errors import ChannelError, Reject, StorageUnavailable
+from .errors import ChannelError, Reject, StorageTimeout, StorageUnavailable
 from .middleware import ChannelMiddleware
 from .protocol import Envelope
 from .storage.base import Storage
@@ -30,6 +30,7 @@ __all__ = [
     "Reject",
     "Request",
     "Storage",
+    "StorageTimeout",
     "StorageUnavailable",
 ]
 

@@ -459,7 +459,9 @@ class ChannelApp:
             UnprocessableEntity: a number in ``message`` (or ``timestamp``) breaks the number
                 rule (SPEC 6.1); it is a ``ValueError`` too, and names the path.
             NotFound: the channel is closed.
-            StorageUnavailable: the storage cannot be reached.
+            StorageUnavailable: the storage cannot be reached; nothing was published.
+            StorageTimeout: the storage got the publish but did not answer; it may have been
+                published (check the history before publishing it again).
         """
         channel = _checked_channel(channel)
         if message is None:

@@ -25,6 +25,7 @@ def create_app() -> Any:
     options: dict[str, Any] = json.loads(os.environ.get(_ENV, "{}"))
     demo = options.pop("demo", False)
     redis_url = options.pop("redis", None)
+    max_history_bytes = options.pop("max_history_bytes", None)
     redis_options = {
         "prefix": options.pop("redis_prefix", "channel_asgi"),
         "presence_ttl": options.pop("presence_ttl", 30.0),
@@ -33,6 +34,10 @@ def create_app() -> Any:
         from .storage.redis import RedisStorage
 
         options["storage"] = RedisStorage(redis_url, **redis_options)
+    elif max_history_bytes is not None:
+        from .storage.memory import MemoryStorage
+
+        options["storage"] = MemoryStorage(max_history_bytes=max_history_bytes)
     if options.get("widget_keys") == []:
         options["widget_keys"] = None
     channels = ChannelApp(**options)
@@ -83,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--secret", help="HMAC secret for tokens (required with --redis)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (needs --redis)")
     serve.add_argument("--history-size", type=int, default=1000, help="broadcasts kept per channel")
+    serve.add_argument(
+        "--max-history-bytes",
+        type=int,
+        help="memory storage: bytes of history all channels may keep (268435456, 256 MiB)",
+    )
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between pings")
     serve.add_argument(
         "--system-events-max-viewers",
@@ -126,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "widget_keys": args.widget_keys,
             "cors_origins": args.cors_origins,
             "history_size": args.history_size,
+            "max_history_bytes": args.max_history_bytes,
             "heartbeat": args.heartbeat,
             "system_events_max_viewers": args.system_events_max_viewers,
             "presence_interval": args.presence_interval,
@@ -136,6 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if workers > 1 and not args.redis:
             print("--workers above 1 needs --redis: memory storage is one process", file=sys.stderr)
+            return 2
+        if args.redis and args.max_history_bytes is not None:
+            print(
+                "--max-history-bytes is for the memory storage; bound Redis with its maxmemory",
+                file=sys.stderr,
+            )
+            return 2
+        if args.max_history_bytes is not None and args.max_history_bytes < 1:
+            print("--max-history-bytes must be at least 1", file=sys.stderr)
             return 2
         if args.redis and not args.secret:
             print(

@@ -15,7 +15,9 @@ Every refusal the server gives is one of these; ``app.py`` turns them into the J
     ├── UnsupportedMediaType  415  body is not JSON
     ├── UnprocessableEntity   422  a number out of range (also a ``ValueError``)
     ├── TooManyRequests       429  carries ``retry_after`` seconds
-    ├── StorageUnavailable    503  the storage backend cannot be reached
+    ├── StorageUnavailable    503  the storage backend cannot be reached: nothing was applied
+    ├── StorageTimeout        504  the storage got the change but never answered: it may
+    │                              have been applied
     └── Reject                any  raised by an ``on_publish`` hook to refuse a message
 
 ``ChannelError`` itself carries the statuses of hooks and webhooks: 500 (a hook failed), 502 (the
@@ -34,6 +36,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "Reject",
+    "StorageTimeout",
     "StorageUnavailable",
     "TooManyRequests",
     "Unauthorized",
@@ -154,9 +157,25 @@ class TooManyRequests(_Fixed):
 
 
 class StorageUnavailable(_Fixed):
-    """The storage backend cannot be reached; nothing was stored or delivered."""
+    """The storage backend cannot be reached; nothing was stored or delivered.
+
+    Retrying is safe: the call never reached the backend (or only read from it).
+    """
 
     status = 503
+
+
+class StorageTimeout(_Fixed):
+    """The storage received a change but no reply came: it may have been applied.
+
+    Raised when the command left for the backend and then the connection timed out or broke
+    before the answer (Redis paused, a network partition). A broadcast may have been stored and
+    delivered, so a blind retry may deliver it twice; check the channel's history (a ``request``,
+    or a resume) before publishing it again. Not a :class:`StorageUnavailable`, whose promise
+    that nothing happened does not hold here.
+    """
+
+    status = 504
 
 
 class Reject(ChannelError):

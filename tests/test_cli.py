@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -275,6 +276,15 @@ def test_serve_help_lists_every_option() -> None:
         pytest.param(
             ["--redis", "redis://127.0.0.1:6379/15"], "--secret", id="redis-without-secret"
         ),
+        pytest.param(
+            [
+                *("--redis", "redis://127.0.0.1:6379/15", "--secret", SECRET),
+                *("--max-history-bytes", "1000000"),
+            ],
+            "maxmemory",
+            id="max-history-bytes-with-redis",
+        ),
+        pytest.param(["--max-history-bytes", "0"], "at least 1", id="max-history-bytes-zero"),
     ],
 )
 def test_serve_refuses_inconsistent_options_with_status_2(args: list[str], mentions: str) -> None:
@@ -283,3 +293,23 @@ def test_serve_refuses_inconsistent_options_with_status_2(args: list[str], menti
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert mentions in result.stderr
     assert "Uvicorn running" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        pytest.param({}, 256 * 2**20, id="default"),
+        pytest.param({"max_history_bytes": 1_000_000}, 1_000_000, id="given"),
+    ],
+)
+def test_serve_max_history_bytes_bounds_the_memory_storage(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, int], expected: int
+) -> None:
+    """``--max-history-bytes`` reaches ``MemoryStorage(max_history_bytes=...)``."""
+    from channel_asgi import ChannelApp, cli
+    from channel_asgi.storage import MemoryStorage
+
+    monkeypatch.setenv("CHANNEL_ASGI_CLI_OPTIONS", json.dumps(options))
+    app = cli.create_app()
+    assert isinstance(app, ChannelApp) and isinstance(app.storage, MemoryStorage)
+    assert app.storage.max_history_bytes == expected

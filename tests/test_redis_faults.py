@@ -11,9 +11,10 @@ from pathlib import Path
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
-from channel_asgi import ChannelApp
+from channel_asgi import ChannelApp, StorageTimeout, StorageUnavailable
 from channel_asgi.storage import RedisStorage
 from channel_asgi.storage.conformance import running
 
@@ -42,6 +43,16 @@ class OwnRedis:
                 raise TimeoutError("redis-server did not start")
             time.sleep(0.05)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it keeps its connections and answers nothing."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
@@ -54,6 +65,8 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server = OwnRedis(tmp_path)
     server.start()
     yield server
+    if server.process is not None and server.process.poll() is None:
+        server.resume()  # a test that failed while it was paused
     server.kill()
 
 
@@ -92,7 +105,14 @@ async def test_publish_is_503_while_redis_is_down_and_flows_again_after(
         attempts = 0
         with anyio.fail_after(1.0):
             down = await publish(client, url, one.token, chat("lost"))
-        assert (down.status_code, down.json()["code"]) == (503, 503)
+        # The pooled connection may have taken the command before it saw Redis gone: then
+        # Redis cannot have confirmed it, which is a 504 (see the next test); after that,
+        # every connection is refused and nothing is sent: 503.
+        assert (down.status_code, down.json()["code"]) in ((503, 503), (504, 504)), down.text
+        with anyio.fail_after(1.0):
+            down = await publish(client, url, one.token, chat("lost"))
+        assert (down.status_code, down.json()["code"]) == (503, 503), down.text
+        assert "connecting" in down.json()["message"]
         refused = await client.get(f"{base}/subscribe/f")
         assert refused.status_code == 503
         for _ in range(200):  # failing publishes leave nothing behind
@@ -208,3 +228,62 @@ async def test_a_burst_of_calls_beyond_the_connection_pool_waits_instead_of_fail
                 group.start_soon(storage.leave, "live", connection_id)
                 group.start_soon(storage.viewer_count, "live")
         assert await storage.viewer_count("live") == 0
+
+
+async def test_a_publish_redis_took_but_never_answered_is_504_and_may_have_been_applied(
+    serve, client: httpx.AsyncClient, own_redis: OwnRedis
+) -> None:
+    """Issue 14: a paused Redis answers nothing: 504 "may have been applied", never a 503.
+
+    A 503 promises that nothing happened, and a publisher that trusts it and retries
+    duplicates the message, which Redis runs once it wakes. Errors before the command is
+    written (connection refused) stay 503.
+    """
+    import redis.asyncio
+
+    redis_client = redis.asyncio.Redis.from_url(
+        own_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    storage = RedisStorage(prefix="paused", client=redis_client)
+    channels = ChannelApp(storage=storage, secret="s" * 32)
+    base = await serve(channels)
+    url = f"{base}/publish/p"
+    try:
+        async with subscribe(client, f"{base}/subscribe/p") as sub:
+            before = await publish(client, url, sub.token, chat("before"))
+            assert before.status_code == 200  # and the pooled connection is warm
+            assert (await sub.stream.until("broadcast")).id == before.json()["id"]
+
+            own_redis.pause()
+            try:
+                with anyio.fail_after(WAIT):
+                    paused = await publish(client, url, sub.token, chat("paused"))
+                    with pytest.raises(StorageUnavailable) as read:  # a read changed nothing
+                        await storage.history("p")
+            finally:
+                own_redis.resume()
+            assert (paused.status_code, paused.json()["code"]) == (504, 504), paused.text
+            assert "may have been applied" in paused.json()["message"]
+            assert not isinstance(read.value, StorageTimeout)
+
+            # Redis ran what it had received once it woke: the 504 was right not to say 503.
+            after = await publish(client, url, sub.token, chat("after"))
+            assert after.status_code == 200, after.text
+            texts = []
+            while not texts or texts[-1] != "after":
+                texts.append((await sub.stream.until("broadcast")).json["message"]["text"])
+            assert texts == ["paused", "after"]  # once: the publisher did not retry it
+            history = await storage.history("p")
+            kept = [msgspec.json.decode(e.payload)["message"]["text"] for e in history.events]
+            assert kept == ["before", "paused", "after"]
+
+        own_redis.kill()
+        refused = RedisStorage(own_redis.url, prefix="paused")
+        try:  # nothing pooled: the append needs a connection, which is refused: nothing sent
+            with pytest.raises(StorageUnavailable, match="connecting") as down:
+                await refused.append("p", b'{"n":1}', keep=10)
+            assert not isinstance(down.value, StorageTimeout)
+        finally:
+            await refused.aclose()
+    finally:
+        await redis_client.aclose()

@@ -2,16 +2,36 @@
 
 Several apps in one process may share one instance; each gets every delivery, which is how the
 tests model several workers without Redis.
+
+Memory is bounded as a whole, not only per channel (``docs/storage.md``, "Memory bounds"):
+
+- A channel that nobody watches (no viewer, no listener) and that holds no history is dropped at
+  once. One whose history has expired (``ttl``) is dropped by the sweep, which ``run`` calls every
+  ``sweep_interval`` seconds; the sweep visits only channels that have something to expire (a
+  heap ordered by when), at most ``_SWEEP_BATCH`` of them per call.
+- Retained history counts against ``max_history_bytes``: each broadcast its payload and id plus
+  ``_EVENT_BYTES``, each channel holding history ``_CHANNEL_BYTES`` (what Python spends on them,
+  measured by ``benchmarks/storage_memory.py``). Counting is O(1) per append. Past the budget the
+  least recently used idle channels are dropped whole; only when no idle channel is left do
+  watched channels lose their oldest broadcasts, least recently used channel first. Their
+  viewers already have those broadcasts; a resume from one of them reports ``recovered`` false.
+- Ids come from one counter for the whole storage, so a channel dropped and used again never
+  reuses an id; a resume from an id the storage forgot reports ``recovered`` false, never a
+  silent gap. Closed channels are remembered apart from the history, and never dropped.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import math
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Final
 
 import anyio
+import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
@@ -20,12 +40,46 @@ from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
 
 __all__ = ["MemoryStorage"]
 
+#: Counted for a channel while it holds history: its state, its deque and its table entries.
+_CHANNEL_BYTES: Final = 1100
+#: Counted for each retained broadcast besides its payload and id.
+_EVENT_BYTES: Final = 200
+#: Channels the sweep visits per call, so that one call never holds the loop for long.
+_SWEEP_BATCH: Final = 1000
+DEFAULT_MAX_HISTORY_BYTES: Final = 256 * 2**20
 
-@dataclass(slots=True)
+
+def _cost(event: StoredEvent) -> int:
+    return len(event.payload) + len(event.id) + _EVENT_BYTES
+
+
 class _Channel:
-    events: deque[tuple[StoredEvent, float]] = field(default_factory=deque)
-    last_id: str | None = None
-    viewers: set[str] = field(default_factory=set)
+    __slots__ = (
+        "counted",
+        "events",
+        "events_bytes",
+        "expires_at",
+        "last_at",
+        "last_id",
+        "listeners",
+        "ttl",
+        "viewers",
+    )
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[StoredEvent, float]] | None = None  # (event, appended at)
+        self.events_bytes = 0  # the cost of ``events``
+        self.counted = 0  # what the channel adds to the storage's total now
+        self.last_id: str | None = None  # the newest id ever appended (until it expires)
+        self.last_at = 0.0  # when it was appended
+        self.viewers: set[str] | None = None
+        self.listeners = 0
+        self.ttl: float | None = None  # of the newest append
+        self.expires_at: float | None = None  # the deadline of its entry in the expiry heap
+
+    @property
+    def live(self) -> bool:
+        return self.listeners > 0 or bool(self.viewers)
 
 
 class MemoryStorage:
@@ -33,48 +87,210 @@ class MemoryStorage:
 
     Nothing survives a restart and nothing crosses process boundaries: run one worker, or use
     :class:`~channel_asgi.storage.RedisStorage`.
+
+    Args:
+        max_history_bytes: the history all channels together may retain, in bytes (None: no
+            limit). Past it, the least recently used channels nobody watches are dropped first.
+        sweep_interval: seconds between two sweeps of expired history while ``run`` runs.
+        clock: the monotonic clock, in seconds, that judges ``ttl`` and presence intervals.
     """
 
     shared = False
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_history_bytes: int | None = DEFAULT_MAX_HISTORY_BYTES,
+        sweep_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_history_bytes is not None and (
+            isinstance(max_history_bytes, bool) or not isinstance(max_history_bytes, int)
+        ):
+            raise TypeError(f"max_history_bytes must be an int or None, got {max_history_bytes!r}")
+        if max_history_bytes is not None and max_history_bytes < 1:
+            raise ValueError(f"max_history_bytes must be >= 1, got {max_history_bytes!r}")
+        if (
+            isinstance(sweep_interval, bool)
+            or not isinstance(sweep_interval, (int, float))
+            or not (math.isfinite(sweep_interval) and sweep_interval > 0)
+        ):
+            raise ValueError(f"sweep_interval must be a finite number > 0, got {sweep_interval!r}")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        self.max_history_bytes = max_history_bytes
+        self._sweep_interval = float(sweep_interval)
+        self._clock = clock
         self._channels: dict[str, _Channel] = {}
+        # Channels that count against the budget, least recently used first: those nobody
+        # watches (evicted first) and watched ones with history (evicted last).
+        self._idle: OrderedDict[str, None] = OrderedDict()
+        self._live: OrderedDict[str, None] = OrderedDict()
+        self._bytes = 0
+        self._expiries: list[tuple[float, str]] = []  # heap of (deadline, channel)
+        self._scheduled = 0  # entries of the heap that are current (the others are skipped)
         self._closed: set[str] = set()
         self._connections: set[str] = set()
         self._consumers: list[Deliver] = []
-        self._presence: dict[str, list[float]] = {}  # channel -> [joined, left, announced at]
+        #: channel -> [joined, left, announced at, interval], for large channels
+        self._presence: dict[str, list[float]] = {}
         # Event ids are "<when this storage started, in ms>-<sequence>" (the shape of Redis
         # stream ids): ordered by publication, and never equal to an id a browser kept from an
         # earlier process, which then resumes as unknown (``recovered`` false).
         self._id_prefix = f"{time.time_ns() // 1_000_000}-"
         self._sequence = itertools.count()
 
-    def _channel(self, channel: str) -> _Channel:
+    @property
+    def history_bytes(self) -> int:
+        """The history retained now, in bytes, as counted against ``max_history_bytes``."""
+        return self._bytes
+
+    @property
+    def channel_count(self) -> int:
+        """The channels this storage holds anything for (history, viewers or listeners)."""
+        return len(self._channels)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _state(self, channel: str) -> _Channel:
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel()
         return state
 
+    def _settle(self, channel: str, state: _Channel, *, touch: bool = True) -> None:
+        """Recount a channel after a change, and drop it when it holds nothing worth keeping."""
+        live = state.live
+        if not live and state.last_id is None:
+            self._drop(channel, state)
+            return
+        counted = state.events_bytes + _CHANNEL_BYTES if state.events or not live else 0
+        self._bytes += counted - state.counted
+        state.counted = counted
+        ring, other = (self._live, self._idle) if live else (self._idle, self._live)
+        other.pop(channel, None)
+        if not counted:
+            ring.pop(channel, None)
+        elif channel not in ring:
+            ring[channel] = None
+        elif touch:
+            ring.move_to_end(channel)
+
+    def _drop(self, channel: str, state: _Channel) -> None:
+        del self._channels[channel]
+        self._idle.pop(channel, None)
+        self._live.pop(channel, None)
+        presence = self._presence.get(channel)
+        if presence is not None and not presence[0] and not presence[1]:
+            if self._clock() - presence[2] >= presence[3]:  # its interval is over: forget it
+                del self._presence[channel]
+        self._bytes -= state.counted
+        if state.expires_at is not None:
+            self._scheduled -= 1
+
+    def _trim(self, state: _Channel, horizon: float) -> None:
+        """Forget what was appended before ``horizon``."""
+        events = state.events
+        while events and events[0][1] < horizon:
+            state.events_bytes -= _cost(events.popleft()[0])
+        if state.last_id is not None and state.last_at < horizon:
+            state.last_id = None  # everything expired, the newest id too (as on Redis)
+
+    def _schedule(self, channel: str, state: _Channel) -> None:
+        """Put the channel in the expiry heap, due when its oldest broadcast expires."""
+        if state.ttl is None or state.expires_at is not None:
+            return
+        if state.events:
+            oldest = state.events[0][1]
+        elif state.last_id is not None:
+            oldest = state.last_at
+        else:
+            return
+        state.expires_at = deadline = oldest + state.ttl
+        self._scheduled += 1
+        heap = self._expiries
+        if len(heap) > 2 * self._scheduled + 64:  # mostly dropped channels: rebuild, amortised
+            heap[:] = [
+                (due, name)
+                for due, name in heap
+                if (other := self._channels.get(name)) is not None and other.expires_at == due
+            ]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, channel))
+
+    def _enforce_budget(self) -> None:
+        limit = self.max_history_bytes
+        if limit is None:
+            return
+        while self._bytes > limit and (self._idle or self._live):
+            if self._idle:
+                channel = next(iter(self._idle))
+                self._drop(channel, self._channels[channel])
+                continue
+            channel = next(iter(self._live))
+            state = self._channels[channel]
+            if state.events:  # a watched channel counts only while it has broadcasts
+                state.events_bytes -= _cost(state.events.popleft()[0])
+            self._settle(channel, state, touch=False)
+
+    def sweep(self) -> bool:
+        """Free expired history and drop the channels left empty, up to a batch at a time.
+
+        ``run`` calls it every ``sweep_interval`` seconds; call it yourself when the storage
+        is used without ``run``.
+
+        Returns:
+            True when more is due now than one call handles (call again).
+        """
+        now = self._clock()
+        heap = self._expiries
+        for _ in range(_SWEEP_BATCH):
+            if not heap or heap[0][0] >= now:
+                return False
+            deadline, channel = heapq.heappop(heap)
+            state = self._channels.get(channel)
+            if state is None or state.expires_at != deadline:
+                continue  # dropped, or dropped and used again since
+            state.expires_at = None
+            self._scheduled -= 1
+            if state.ttl is not None:
+                self._trim(state, now - state.ttl)
+                self._schedule(channel, state)
+            self._settle(channel, state, touch=False)
+        return bool(heap) and heap[0][0] < now
+
     def _deliver(self, delivery: Delivery) -> None:
         for deliver in self._consumers:
             deliver(delivery)
 
+    # -- the Storage protocol ------------------------------------------------------------------
+
     async def run(
         self, deliver: Deliver, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
-        """Call ``deliver`` for every delivery until cancelled."""
+        """Call ``deliver`` for every delivery, and sweep expired history, until cancelled."""
         self._consumers.append(deliver)
         try:
             task_status.started()
-            await anyio.sleep_forever()
+            while True:
+                await anyio.sleep(self._sweep_interval)
+                while self.sweep():
+                    await anyio.lowlevel.checkpoint()
         finally:
             self._consumers.remove(deliver)
 
     async def listen(self, channel: str) -> None:
-        """Nothing to do: every delivery reaches every consumer of this process."""
+        """Count a listener: a watched channel is evicted last (deliveries need nothing)."""
+        state = self._state(channel)
+        state.listeners += 1
+        self._settle(channel, state)
 
     async def unlisten(self, channel: str) -> None:
-        """Nothing to do (see :meth:`listen`)."""
+        """Drop one listener (see :meth:`listen`)."""
+        state = self._channels.get(channel)
+        if state is not None and state.listeners:
+            state.listeners -= 1
+            self._settle(channel, state)
 
     async def append(
         self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
@@ -82,14 +298,28 @@ class MemoryStorage:
         """Retain a broadcast, deliver it, and return its id."""
         if channel in self._closed:
             raise ChannelClosed(channel)
-        state = self._channels.get(channel) or self._channel(channel)
+        now = self._clock()
+        state = self._channels.get(channel) or self._state(channel)
         event_id = state.last_id = f"{self._id_prefix}{next(self._sequence)}"
-        events = state.events
-        if events.maxlen != keep:  # the channel's first broadcast, or its history size changed
-            events = state.events = deque(events, maxlen=keep)
-        events.append((StoredEvent(event_id, payload), 0.0 if ttl is None else time.monotonic()))
+        state.last_at = now
+        state.ttl = ttl
         if ttl is not None:
-            self._expire(state, ttl)
+            self._trim(state, now - ttl)
+        events = state.events
+        if not keep:
+            state.events, state.events_bytes = None, 0
+        else:
+            if events is None or events.maxlen != keep:  # the first, or the size changed
+                events = state.events = deque(events or (), maxlen=keep)
+                state.events_bytes = sum(_cost(event) for event, _ in events)
+            if len(events) == keep:  # the deque drops the oldest
+                state.events_bytes -= _cost(events[0][0])
+            event = StoredEvent(event_id, payload)
+            events.append((event, now))
+            state.events_bytes += _cost(event)
+        self._schedule(channel, state)
+        self._settle(channel, state)
+        self._enforce_budget()
         delivery = Delivery(channel, "event", payload, event_id)
         for deliver in self._consumers:
             deliver(delivery)
@@ -98,14 +328,6 @@ class MemoryStorage:
     async def send(self, delivery: Delivery) -> None:
         """Deliver an event that is not retained."""
         self._deliver(delivery)
-
-    @staticmethod
-    def _expire(state: _Channel, ttl: float | None) -> None:
-        if ttl is None:
-            return
-        horizon = time.monotonic() - ttl
-        while state.events and state.events[0][1] < horizon:
-            state.events.popleft()
 
     async def history(
         self,
@@ -119,12 +341,15 @@ class MemoryStorage:
         state = self._channels.get(channel)
         if state is None:
             return History([], None if after is None else False)
-        self._expire(state, ttl)
-        events = [event for event, _ in state.events]
+        if ttl is not None:
+            self._trim(state, self._clock() - ttl)
+        last_id = state.last_id
+        events = [event for event, _ in state.events or ()]
+        self._settle(channel, state)  # a read is a use; a channel expired by it may go
         end = None if limit is None else max(limit, 0)
         if after is None:
             return History(events[:end])
-        if after == state.last_id:
+        if after == last_id:
             return History([], True)
         for index, event in enumerate(events):
             if event.id == after:
@@ -134,27 +359,31 @@ class MemoryStorage:
 
     async def join(self, channel: str, connection_id: str) -> int:
         """Count a live connection."""
-        viewers = self._channel(channel).viewers
-        viewers.add(connection_id)
+        state = self._state(channel)
+        if state.viewers is None:
+            state.viewers = set()
+        state.viewers.add(connection_id)
         self._connections.add(connection_id)
-        return len(viewers)
+        self._settle(channel, state)
+        return len(state.viewers)
 
     async def leave(self, channel: str, connection_id: str) -> int:
         """Stop counting a connection."""
         self._connections.discard(connection_id)
         state = self._channels.get(channel)
-        if state is None:
+        if state is None or state.viewers is None:
             return 0
         state.viewers.discard(connection_id)
         count = len(state.viewers)
-        if not count and not state.events and state.last_id is None:
-            del self._channels[channel]
+        if not count:
+            state.viewers = None
+        self._settle(channel, state)
         return count
 
     async def viewer_count(self, channel: str) -> int:
         """Return the number of live connections."""
         state = self._channels.get(channel)
-        return 0 if state is None else len(state.viewers)
+        return 0 if state is None or state.viewers is None else len(state.viewers)
 
     async def is_connected(self, connection_id: str) -> bool:
         """Return whether the connection is live."""
@@ -164,10 +393,11 @@ class MemoryStorage:
         self, channel: str, joined: int, left: int, *, interval: float
     ) -> PresenceTotals | None:
         """Accumulate joins and leaves; release them at most once per ``interval``."""
-        state = self._presence.setdefault(channel, [0, 0, -interval])
+        state = self._presence.setdefault(channel, [0, 0, -interval, interval])
+        state[3] = interval
         state[0] += joined
         state[1] += left
-        now = time.monotonic()
+        now = self._clock()
         if now - state[2] < interval or not (state[0] or state[1]):
             return None
         totals = PresenceTotals(await self.viewer_count(channel), int(state[0]), int(state[1]))

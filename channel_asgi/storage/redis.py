@@ -21,9 +21,12 @@ for all the channels it serves. A process renews its lease every ``presence_ttl 
 that dies stops counting in ``viewer_count`` when its lease expires, and is pruned then.
 
 When the pub/sub connection drops, the reader reconnects with backoff, subscribes again and first
-delivers, from the streams, the broadcasts published while it was away. Every Redis failure at a
-call surfaces as :class:`~channel_asgi.errors.StorageUnavailable` (HTTP 503). Redis Cluster is not
-supported (the scripts touch keys of several channels).
+delivers, from the streams, the broadcasts published while it was away. A Redis failure at a
+call surfaces as :class:`~channel_asgi.errors.StorageUnavailable` (HTTP 503: nothing happened),
+or, when a change was sent and its reply never came, as
+:class:`~channel_asgi.errors.StorageTimeout` (HTTP 504: it may have happened; see
+``redis_pipeline``). Redis Cluster is not supported (the scripts touch keys of several
+channels).
 """
 
 from __future__ import annotations
@@ -362,7 +365,7 @@ class RedisStorage:
                 raise StorageUnavailable("Redis did not confirm the subscription in time")
             if count == 0 and channel not in self._last_seen:
                 # Where to catch up from if the pub/sub connection drops before a broadcast.
-                last = await self._pipeline.command("GET", self._key("last", channel))
+                last = await self._pipeline.command("GET", self._key("last", channel), writes=False)
                 self._last_seen.setdefault(channel, last.decode() if last else "0-0")
         except BaseException:
             await self.unlisten(channel)
@@ -421,7 +424,7 @@ class RedisStorage:
             "" if ttl is None else int(ttl * 1000),
             "" if limit is None else max(limit, 0),
         ]
-        reply = await self._pipeline.script("history", scripts.HISTORY, keys, args)
+        reply = await self._pipeline.script("history", scripts.HISTORY, keys, args, writes=False)
         flag = reply[0]
         events = [
             StoredEvent(reply[i].decode(), bytes(reply[i + 1])) for i in range(1, len(reply), 2)
@@ -453,16 +456,20 @@ class RedisStorage:
     async def viewer_count(self, channel: str) -> int:
         """Return the channel's live connections in every process whose lease is current."""
         keys = [self._key("v", channel), self._key("procs")]
-        return int(await self._pipeline.script("viewers", scripts.VIEWERS, keys, []))
+        # Only reads (its pruning of dead processes is the same whenever it runs).
+        reply = await self._pipeline.script("viewers", scripts.VIEWERS, keys, [], writes=False)
+        return int(reply)
 
     async def is_connected(self, connection_id: str) -> bool:
         """Return whether any live process holds ``connection_id``."""
         if any(connection_id in connections for connections in self._local.values()):
             return True
         args = [f"{self.prefix}:c:", connection_id]
-        return bool(
-            await self._pipeline.script("connected", scripts.CONNECTED, [self._key("procs")], args)
+        keys = [self._key("procs")]
+        reply = await self._pipeline.script(
+            "connected", scripts.CONNECTED, keys, args, writes=False
         )
+        return bool(reply)
 
     async def coalesce_presence(
         self, channel: str, joined: int, left: int, *, interval: float
@@ -510,7 +517,8 @@ class RedisStorage:
         """
         if self._closed is not None:
             return channel in self._closed
-        return bool(await self._pipeline.command("SISMEMBER", self._key("closed"), channel))
+        closed = self._key("closed")
+        return bool(await self._pipeline.command("SISMEMBER", closed, channel, writes=False))
 
 
 def _untyped(value: object) -> Any:

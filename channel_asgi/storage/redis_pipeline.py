@@ -7,8 +7,21 @@ that made it; under load a round trip carries many calls, and consecutive calls 
 same script and arguments (appends to one channel) become one script call.
 
 Scripts run by ``EVALSHA``; a ``NOSCRIPT`` reply (Redis restarted, or its scripts were flushed)
-loads them again and retries those calls once. Any failure settles every call of the pipeline
-with :class:`~channel_asgi.errors.StorageUnavailable`.
+loads them again and retries those calls once (Redis refused them: nothing ran).
+
+A failure settles every call of the pipeline, with one of two errors, by where it happened:
+
+- before the commands were written (no connection, connection refused, the connect handshake or
+  the health-check ``PING`` timed out, loading a script failed): nothing reached Redis, and
+  every call fails with :class:`~channel_asgi.errors.StorageUnavailable` (503, safe to retry);
+- once the commands were being written (a write error, then no reply: a read timeout, a reset):
+  Redis may have run them. Calls that change something fail with
+  :class:`~channel_asgi.errors.StorageTimeout` (504, "may have been applied"); reads fail with
+  ``StorageUnavailable``, since running a read again changes nothing.
+
+This is why the pipeline talks to a pooled connection itself rather than through redis-py's
+``Pipeline``: it must know whether the bytes left, and it must never send them twice (a client
+configured with retries would run an append again after a read timeout).
 """
 
 from __future__ import annotations
@@ -18,9 +31,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import StorageUnavailable
+from ..errors import StorageTimeout, StorageUnavailable
 
 __all__ = ["AutoPipeline", "Call", "unavailable"]
+
+
+class _NoReply(Exception):
+    """The commands were (being) written to Redis and no reply came: they may have run."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @contextmanager
@@ -37,10 +58,16 @@ def unavailable(action: str) -> Iterator[None]:
 class Call:
     """A Redis call waiting for its pipeline."""
 
-    __slots__ = ("args", "future", "item", "name", "source")
+    __slots__ = ("args", "future", "item", "name", "source", "writes")
 
     def __init__(
-        self, name: str, args: tuple[Any, ...], source: str = "", *, item: bytes | None = None
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        source: str = "",
+        *,
+        item: bytes | None = None,
+        writes: bool = True,
     ) -> None:
         self.name = name  #: the command, or the script's name
         self.args = args
@@ -49,6 +76,9 @@ class Call:
         #: as one script call, their items appended to the arguments; it replies with a list,
         #: one result per call.
         self.item = item
+        #: Whether it changes something in Redis (then a lost reply "may have been applied").
+        self.writes = writes
+        self.future: asyncio.Future[Any]
 
     def joins(self, other: Call) -> bool:
         """Whether this call can be merged into ``other``, the call queued before it."""
@@ -58,14 +88,20 @@ class Call:
             and self.source == other.source
             and self.args == other.args
         )
-        self.future: asyncio.Future[Any]
 
     def settle(self, result: Any) -> None:
-        """Give the caller its result (an exception means Redis is unavailable)."""
+        """Give the caller its result (an exception: Redis failed, see the module docstring)."""
         if self.future.done():
             return
+        if isinstance(result, _NoReply) and self.writes:
+            result = StorageTimeout(
+                f"Redis did not answer ({self.name}): {result}; "
+                "it may have been applied, check before retrying"
+            )
+        elif isinstance(result, _NoReply):
+            result = StorageUnavailable(f"Redis did not answer ({self.name}): {result}")
         if isinstance(result, Exception):
-            if not isinstance(result, StorageUnavailable):
+            if not isinstance(result, (StorageUnavailable, StorageTimeout)):
                 result = StorageUnavailable(f"Redis is unavailable ({self.name}): {result}")
             self.future.set_exception(result)
         else:
@@ -89,13 +125,18 @@ class AutoPipeline:
         """Load the scripts again before their next use (the client was replaced)."""
         self._shas.clear()
 
-    def script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        """Run a Lua script in the next pipeline; return its reply (awaitable)."""
-        return self.queue(Call(name, (len(keys), *keys, *args), source))
+    def script(
+        self, name: str, source: str, keys: list[str], args: list[Any], *, writes: bool = True
+    ) -> Awaitable[Any]:
+        """Run a Lua script in the next pipeline; return its reply (awaitable).
 
-    def command(self, name: str, *args: Any) -> Awaitable[Any]:
+        ``writes=False`` marks a script that only reads (a lost reply is then a 503).
+        """
+        return self.queue(Call(name, (len(keys), *keys, *args), source, writes=writes))
+
+    def command(self, name: str, *args: Any, writes: bool = True) -> Awaitable[Any]:
         """Run a plain command in the next pipeline; return its reply (awaitable)."""
-        return self.queue(Call(name, args))
+        return self.queue(Call(name, args, writes=writes))
 
     def queue(self, call: Call) -> asyncio.Future[Any]:
         """Queue a call for the next pipeline (automatic pipelining).
@@ -122,7 +163,7 @@ class AutoPipeline:
                 batch, self._calls = self._calls, []
                 try:
                     results = await self._execute(batch)
-                except StorageUnavailable as exc:
+                except (StorageUnavailable, _NoReply) as exc:
                     results = [exc] * len(batch)
                 for call, result in zip(batch, results, strict=True):
                     call.settle(result)
@@ -146,14 +187,18 @@ class AutoPipeline:
                 groups[-1].append(call)
             else:
                 groups.append([call])
-        with unavailable(batch[0].name):
+        with unavailable(batch[0].name):  # a _NoReply passes through: it is no RedisError
             replies = await self._pipeline(groups)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:  # Redis restarted or flushed its scripts: load them again, once
-                self._shas.clear()
-                again = await self._pipeline([groups[i] for i in missing])
-                for index, reply in zip(missing, again, strict=True):
-                    replies[index] = reply
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # Redis restarted or flushed its scripts: load them again, once
+            self._shas.clear()
+            try:
+                with unavailable(groups[missing[0]][0].name):
+                    again = await self._pipeline([groups[i] for i in missing])
+            except (StorageUnavailable, _NoReply) as exc:  # the others' replies stand
+                again = [exc] * len(missing)
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
         results: list[Any] = []
         for group, reply in zip(groups, replies, strict=True):
             if group[0].item is None:
@@ -165,17 +210,53 @@ class AutoPipeline:
         return results
 
     async def _pipeline(self, groups: list[list[Call]]) -> list[Any]:
+        """Send one pipeline; return one reply (or error reply) per group.
+
+        Raises:
+            RedisError, OSError: nothing was written to Redis.
+            _NoReply: the commands were being written, and then something failed.
+        """
         client: Any = self._client()
         for source in {group[0].source for group in groups} - self._shas.keys() - {""}:
             self._shas[source] = await client.script_load(source)
-        async with client.pipeline(transaction=False) as pipe:
-            for group in groups:
-                first = group[0]
-                args = first.args
-                if first.item is not None:
-                    args += tuple(call.item for call in group)
-                if first.source:
-                    pipe.execute_command("EVALSHA", self._shas[first.source], *args)
-                else:
-                    pipe.execute_command(first.name, *args)
-            return list(await pipe.execute(raise_on_error=False))
+        commands: list[tuple[Any, ...]] = []
+        for group in groups:
+            first = group[0]
+            args = first.args
+            if first.item is not None:
+                args += tuple(call.item for call in group)
+            if first.source:
+                commands.append(("EVALSHA", self._shas[first.source], *args))
+            else:
+                commands.append((first.name, *args))
+        from redis.exceptions import RedisError
+
+        pool = client.connection_pool
+        try:  # connected, or it raised: nothing sent
+            connection = await pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants a command name (later ones warn)
+            connection = await pool.get_connection("PIPELINE")
+        try:
+            await connection.check_health()  # a PING when idle: its failure sent nothing either
+            packed = connection.pack_commands(commands)
+            try:
+                await connection.send_packed_command(packed, check_health=False)
+                return [await _read_reply(connection) for _ in commands]
+            except BaseException as exc:
+                # A reply may still be on its way: this connection must never be read again.
+                await connection.disconnect(nowait=True)
+                if isinstance(exc, (RedisError, OSError)):
+                    raise _NoReply(exc) from exc
+                raise
+        finally:
+            await pool.release(connection)
+
+
+async def _read_reply(connection: Any) -> Any:
+    """Read one reply; an error reply (Redis refused that command only) is returned, not raised."""
+    from redis.exceptions import ResponseError
+
+    try:
+        return await connection.read_response()
+    except ResponseError as error:
+        return error

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import anyio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from channel_asgi.storage import MemoryStorage
+import anyio
+import httpx
+import pytest
+
+from channel_asgi import ChannelApp
+from channel_asgi.errors import ChannelClosed
+from channel_asgi.storage import History, MemoryStorage
+from channel_asgi.storage.conformance import WAIT, running
+from channel_asgi.storage.memory import _CHANNEL_BYTES, _EVENT_BYTES
+
+from ..helpers import subscribe
 
 
 async def test_a_later_process_does_not_recognise_an_earlier_ones_ids() -> None:
@@ -19,3 +30,252 @@ async def test_a_later_process_does_not_recognise_an_earlier_ones_ids() -> None:
     history = await after.history("c", after=kept[1])
     assert history.recovered is False
     assert [event.id for event in history.events] == fresh
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (the storage never sleeps on it)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def body(n: int, size: int = 100) -> bytes:
+    return b'{"n":%d,"pad":"%s"}' % (n, b"x" * size)
+
+
+def recount(storage: MemoryStorage) -> int:
+    """What the storage's counted bytes should be, summed from scratch."""
+    total = 0
+    for state in storage._channels.values():
+        events = list(state.events or ())
+        if events or (state.last_id is not None and not state.live):
+            total += _CHANNEL_BYTES
+        total += sum(len(e.payload) + len(e.id) + _EVENT_BYTES for e, _ in events)
+    return total
+
+
+async def fill(storage: MemoryStorage, channel: str, count: int, **options: Any) -> list[str]:
+    return [await storage.append(channel, body(n), keep=100, **options) for n in range(count)]
+
+
+async def test_a_channel_left_with_no_history_keeps_only_its_newest_id_until_it_expires() -> None:
+    """Issue 14: a channel nobody watches that retains nothing costs one counted id, then goes."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock)
+    newest = {}
+    for n in range(500):
+        await storage.listen(f"room-{n}")
+        await storage.join(f"room-{n}", f"c{n}")
+        newest[n] = await storage.append(f"room-{n}", body(n), keep=0, ttl=5.0)
+        await storage.leave(f"room-{n}", f"c{n}")
+        await storage.unlisten(f"room-{n}")
+    assert storage.history_bytes == 500 * _CHANNEL_BYTES  # counted against the budget
+    assert await storage.history("room-7", after=newest[7]) == History([], True)
+    clock.now += 6
+    assert storage.sweep() is False
+    assert (storage.channel_count, storage.history_bytes) == (0, 0)
+    await storage.listen("watched")
+    await storage.join("watched", "c")
+    await storage.leave("watched", "c")
+    await storage.unlisten("watched")
+    assert storage.channel_count == 0
+
+
+async def test_expired_history_is_freed_without_touching_the_channel() -> None:
+    """Issue 14: once history_ttl has passed, the sweep frees the history and drops the channel."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock)
+    for n in range(200):
+        await storage.join(f"room-{n}", f"c{n}")
+        await storage.append(f"room-{n}", body(n), keep=100, ttl=10.0)
+        await storage.leave(f"room-{n}", f"c{n}")
+    clock.now += 8
+    await storage.append("mixed", body(1), keep=100, ttl=10.0)
+    clock.now += 1
+    await storage.append("mixed", body(2), keep=100, ttl=10.0)
+    one_event = storage.history_bytes
+    assert storage.channel_count == 201
+    clock.now += 1.5  # the 200 rooms expired; "mixed" keeps both
+    assert storage.sweep() is False
+    assert storage.channel_count == 1
+    clock.now += 8  # the first of "mixed" expired, not the second
+    storage.sweep()
+    assert 0 < storage.history_bytes < one_event / 200
+    assert storage.history_bytes == recount(storage)
+    clock.now += 1
+    storage.sweep()
+    assert (storage.channel_count, storage.history_bytes) == (0, 0)
+
+
+async def test_the_sweep_visits_a_bounded_batch_per_call() -> None:
+    """One sweep frees at most a batch of channels and says when more is due."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock)
+    for n in range(2500):
+        await storage.append(f"room-{n}", body(n), keep=10, ttl=1.0)
+    clock.now += 2
+    assert storage.sweep() is True
+    assert storage.channel_count == 1500
+    assert storage.sweep() is True
+    assert storage.sweep() is False
+    assert storage.channel_count == 0
+
+
+async def test_a_watched_channel_whose_history_expired_keeps_its_viewers() -> None:
+    """Expiry frees a watched channel's history; its viewers and live delivery go on."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock)
+    async with running(storage) as live:
+        await storage.join("live", "c1")
+        await fill(storage, "live", 3, ttl=5.0)
+        clock.now += 6
+        storage.sweep()
+        assert storage.history_bytes == 0
+        assert await storage.viewer_count("live") == 1
+        fresh = await storage.append("live", body(9), keep=100, ttl=5.0)
+        assert [d.id for d in await live.inbox.wait_for(4, "live")][-1] == fresh
+        assert [e.id for e in (await storage.history("live")).events] == [fresh]
+
+
+async def test_over_the_budget_the_least_recently_used_idle_channels_go_first() -> None:
+    """Issue 14: past max_history_bytes, the idle channel used longest ago is dropped whole."""
+    probe = MemoryStorage()
+    await fill(probe, "p", 5)
+    per_channel = probe.history_bytes
+    budget = 3 * per_channel + per_channel // 4  # room for ids a digit longer
+    storage = MemoryStorage(max_history_bytes=budget)
+    ids = {name: await fill(storage, name, 5) for name in ("a", "b", "c")}
+    await storage.history("a")  # a read is a use: "b" is now the least recently used
+    ids["d"] = await fill(storage, "d", 5)
+    assert storage.history_bytes <= budget
+    assert (await storage.history("b")).events == []
+    for name in ("a", "c", "d"):
+        assert [e.id for e in (await storage.history(name)).events] == ids[name]
+    assert storage.history_bytes == recount(storage)
+
+
+async def test_watched_channels_are_evicted_last_and_keep_working() -> None:
+    """Channels with viewers or listeners lose history only when no idle one is left."""
+    probe = MemoryStorage()
+    await fill(probe, "p", 10)
+    budget = 2 * probe.history_bytes + probe.history_bytes // 4  # ids a digit longer
+    storage = MemoryStorage(max_history_bytes=budget)
+    async with running(storage) as live:
+        await storage.join("viewed", "c1")
+        await storage.listen("listened")
+        viewed = await fill(storage, "viewed", 10)
+        await fill(storage, "idle", 5)
+        listened = await fill(storage, "listened", 10)  # over: "idle" goes, not the others
+        assert "idle" not in storage._channels
+        assert [e.id for e in (await storage.history("viewed")).events] == viewed
+        more = await fill(storage, "listened", 5)  # only watched ones left: oldest go first
+        assert storage.history_bytes <= budget
+        kept = [e.id for e in (await storage.history("viewed")).events]
+        assert kept == viewed[len(viewed) - len(kept) :] and len(kept) < 10
+        assert [e.id for e in (await storage.history("listened")).events] == listened + more
+        assert await storage.viewer_count("viewed") == 1
+        got = await live.inbox.wait_for(10, "viewed")
+        assert [d.id for d in got] == viewed
+        assert storage.history_bytes == recount(storage)
+
+
+async def test_a_resume_from_an_evicted_channel_is_not_recovered() -> None:
+    """Issue 14: after eviction a resume says recovered false and replays what is retained."""
+    probe = MemoryStorage()
+    await fill(probe, "p", 5)
+    storage = MemoryStorage(max_history_bytes=2 * probe.history_bytes)
+    old = await fill(storage, "gone", 5)
+    await fill(storage, "other", 5)
+    await fill(storage, "third", 5)  # "gone" is evicted whole
+    for after in (old[2], old[-1]):
+        assert await storage.history("gone", after=after) == History([], False)
+    new = await fill(storage, "gone", 2)  # used again: ids go on from the one counter
+    assert min(new, key=_order) == new[0] and _order(new[0]) > _order(old[-1])
+    history = await storage.history("gone", after=old[-1])
+    assert (history.recovered, [e.id for e in history.events]) == (False, new)
+
+
+async def test_a_subscriber_resuming_on_an_evicted_channel_is_told_recovered_false(
+    serve: Callable[..., Awaitable[str]], client: httpx.AsyncClient
+) -> None:
+    """Issue 14: over the budget, a resume gets ``recovered: false``, never a silent gap."""
+    storage = MemoryStorage(max_history_bytes=2 * _CHANNEL_BYTES + 4 * 400)
+    channels = ChannelApp(storage=storage)
+    base = await serve(channels)
+    gone = await channels.publish("gone", {"n": 1})
+    kept = [await channels.publish("kept", {"n": n}) for n in range(2)]
+    await channels.publish("other", {"n": 3})  # past the budget: "gone" was used longest ago
+    assert gone is not None and "gone" not in storage._channels
+    for channel, last, recovered in (("gone", gone, False), ("kept", kept[0], True)):
+        headers = {"Last-Event-ID": str(last)}
+        async with subscribe(client, f"{base}/subscribe/{channel}", headers=headers) as sub:
+            assert sub.init["message"]["recovered"] is recovered
+            if recovered:
+                assert (await sub.stream.until("broadcast")).id == kept[1]
+
+
+def _order(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq)
+
+
+async def test_a_closed_channel_stays_closed_when_its_history_is_dropped() -> None:
+    """The closed mark is kept apart from the history that the sweep and the budget drop."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock, max_history_bytes=10_000)
+    await fill(storage, "shut", 3, ttl=1.0)
+    await storage.close_channel("shut", b'{"type":"end"}')
+    clock.now += 2
+    storage.sweep()
+    await fill(storage, "flood", 50)
+    assert await storage.is_closed("shut")
+    with pytest.raises(ChannelClosed):
+        await storage.append("shut", body(0), keep=10)
+
+
+async def test_run_sweeps_every_sweep_interval() -> None:
+    """While ``run`` runs, expired channels go without any call into the storage."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock, sweep_interval=0.01)
+    async with running(storage):
+        await fill(storage, "c", 3, ttl=1.0)
+        clock.now += 2
+        with anyio.fail_after(WAIT):
+            while storage.channel_count:
+                await anyio.sleep(0.01)
+    assert storage.history_bytes == 0
+
+
+async def test_accounting_matches_a_recount_through_size_changes_and_eviction() -> None:
+    """Counting per append stays exact when history sizes change, expire and are evicted."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock, max_history_bytes=40_000)
+    await storage.join("seen", "c")
+    for n in range(400):
+        channel = f"room-{n % 13}" if n % 3 else "seen"
+        keep = (n % 7) or 1
+        await storage.append(channel, body(n, size=n % 300), keep=keep, ttl=30.0 if n % 2 else None)
+        clock.now += 0.5
+        if n % 50 == 0:
+            storage.sweep()
+        assert storage.history_bytes == recount(storage) <= 40_000
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        pytest.param({"max_history_bytes": 0}, ValueError, id="budget-zero"),
+        pytest.param({"max_history_bytes": 1.5}, TypeError, id="budget-float"),
+        pytest.param({"max_history_bytes": True}, TypeError, id="budget-bool"),
+        pytest.param({"sweep_interval": 0}, ValueError, id="interval-zero"),
+        pytest.param({"sweep_interval": float("inf")}, ValueError, id="interval-inf"),
+        pytest.param({"clock": 1.0}, TypeError, id="clock-not-callable"),
+    ],
+)
+def test_bad_options_are_refused(options: dict[str, Any], error: type[Exception]) -> None:
+    """Each option is checked at construction, naming the bad value."""
+    with pytest.raises(error, match="must be"):
+        MemoryStorage(**options)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import anyio
@@ -14,30 +14,21 @@ from channel_asgi.storage import RedisStorage
 from channel_asgi.storage.conformance import Running, running
 
 
-class CountingRedis(redis.asyncio.Redis):  # type: ignore[type-arg]
-    """Counts the commands queued in pipelines."""
-
-    sent: list[str]
-
-    def pipeline(self, transaction: bool = True, shard_hint: object = None) -> Any:
-        pipe = super().pipeline(transaction, shard_hint)
-        queue = pipe.execute_command
-
-        def counting(*args: object, **options: object) -> object:
-            self.sent.append(str(args[0]))
-            return queue(*args, **options)
-
-        pipe.execute_command = counting  # type: ignore[method-assign]
-        return pipe
-
-
 @pytest.fixture
 async def counted(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[Running, list[str]]]:
-    client = CountingRedis.from_url(redis_url)
-    client.sent = []
+    """A running RedisStorage, and the name of every command it sent in a pipeline."""
+    sent: list[str] = []
+
+    class CountingConnection(redis.asyncio.Connection):
+        def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
+            commands = [tuple(command) for command in commands]
+            sent.extend(str(command[0]) for command in commands)
+            return super().pack_commands(commands)
+
+    client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
     try:
         async with running(RedisStorage(prefix=redis_prefix, client=client)) as live:
-            yield live, client.sent
+            yield live, sent
     finally:
         await client.aclose()
 
