@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from channel_asgi import ChannelApp
+from channel_asgi import ChannelApp, Request
 
 from .helpers import WAIT, publish, subscribe
 
@@ -251,3 +251,54 @@ async def test_handshakes_from_other_origins_are_refused(
         async with websockets.connect(url, origin=None, additional_headers=headers):
             pass  # pragma: no cover
     assert refused.value.response.status_code == 403
+
+
+class _CookieAuth:
+    """Users are named by a 'user' cookie (the host's session, in a real app)."""
+
+    async def identify(self, request: Request) -> str | None:
+        return request.cookies.get("user")
+
+
+@pytest.mark.parametrize(
+    ("origin", "credentials", "user"),
+    [
+        ("https://evil.example", {"Cookie": "user=victim"}, None),
+        ("null", {"Cookie": "user=victim"}, None),
+        ("https://evil.example", {"Authorization": "Basic dmljdGltOnB3"}, None),
+        ("https://evil.example", {}, "anonymous"),  # no credentials: `*` admits it
+        ("null", {}, "anonymous"),
+        ("https://page.example", {"Cookie": "user=victim"}, "victim"),  # listed by name
+        ("http://{host}", {"Cookie": "user=victim"}, "victim"),  # the server's own origin
+        (None, {"Cookie": "user=victim"}, "victim"),  # not a browser
+    ],
+)
+async def test_issue14_wildcard_origins_never_admit_a_credentialed_cross_site_handshake(
+    serve, origin: str | None, credentials: dict[str, str], user: str | None
+) -> None:
+    """With cors_origins=["*"], a foreign page's handshake carrying cookies is a 403 (issue 14)."""
+    channels = ChannelApp(
+        secret=SECRET, auth=_CookieAuth(), cors_origins=["*", "https://page.example"]
+    )
+    base = await serve(channels)
+    host = base.removeprefix("http://")
+    headers = dict(credentials)
+    if origin is not None:
+        headers["Origin"] = origin.format(host=host)
+    url = ws_url(base, "/ws/room")
+    if user is None:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(url, origin=None, additional_headers=headers):
+                pass  # pragma: no cover
+        response = refused.value.response
+        assert response.status_code == 403
+        assert "credentials" in json.loads(bytes(response.body or b""))["message"]
+        assert await channels.viewer_count("room") == 0
+        return
+    async with websockets.connect(url, origin=None, additional_headers=headers) as ws:
+        init = json.loads(await recv(ws))
+        assert init["type"] == "init"
+        if user == "anonymous":
+            assert init["message"]["user_id"] != "victim"
+        else:
+            assert init["message"]["user_id"] == user
