@@ -322,12 +322,15 @@ class ChannelApp:
     ) -> None:
         await self.engine.ensure_open(channel)
         user_id, anonymous = await self.access.identify(scope, channel)
+        last_event_id = _last_event_id(scope, headers)
         session = await self.engine.open_session(
             channel,
             user_id,
             anonymous=anonymous,
             transport=Transport.SSE,
-            last_event_id=_last_event_id(scope, headers),
+            last_event_id=last_event_id,
+            may_replay=last_event_id is None
+            or await self.access.may_read_history(None if anonymous else user_id, channel),
         )
         try:
             await serve_stream(self.engine, session, receive, send, cors)
@@ -381,11 +384,13 @@ class ChannelApp:
         Args:
             pattern: segments separated by ``/``; ``{name}`` matches any one segment.
             authorize: ``authorize(user_id, action, params) -> bool`` (sync or async), asked for
-                every subscribe and publish; ``user_id`` is None for an anonymous user.
+                every subscribe and publish, and as ``request`` for every resume; ``user_id``
+                is None for an anonymous user.
             anonymous_subscribe: False makes an anonymous subscribe a 401.
             anonymous_publish: False makes a publish with an anonymous user's token a 403.
             history: broadcasts retained (instead of ``history_size``).
-            types: the publish types allowed; others are 403.
+            types: the publish types allowed; others are 403. Without ``request``, a resume
+                replays nothing (``recovered: false``).
 
         Returns:
             The registered pattern. The most specific matching pattern (most literal segments;

@@ -119,6 +119,8 @@ class WebSocketRoute:
             anonymous=anonymous,
             transport=Transport.TEXT,
             last_event_id=last_event_id,
+            may_replay=last_event_id is None
+            or await self.access.may_read_history(None if anonymous else user_id, channel),
         )
 
     def _check_origin(self, headers: Headers) -> None:
