@@ -51,7 +51,7 @@ from .protocol import (
 )
 from .ratelimit import RateLimiter
 from .tokens import PublishClaims
-from .webhooks import call_webhook, cloud_event, url_allowed
+from .webhooks import call_webhook, check_webhook_url, cloud_event, url_allowed
 
 __all__ = ["PublishRoute"]
 
@@ -132,6 +132,8 @@ class PublishRoute:
         if self._limited:
             self._check_rate(claims.user_id, client)
         envelope = decode_publish(body)
+        if isinstance(envelope, WebhookBody):
+            check_webhook_url(envelope.url)  # part of the body's check: a 400 before any 403
         channel = claims.channel
         if self._widget_keys is not None:
             self._check_widget_key(envelope, self._widget_keys)
