@@ -334,6 +334,10 @@ class ChannelApp:
         )
         try:
             await serve_stream(self.engine, session, receive, send, cors)
+        except OSError as exc:  # ASGI's word for "the client has gone" (from send)
+            logger.debug(
+                "Stream %s: the client left mid-send (%r)", session.subscriber.connection_id, exc
+            )
         except Exception:  # the response has started: log it, never answer again
             logger.exception("Stream %s failed", session.subscriber.connection_id)
 
@@ -354,6 +358,9 @@ class ChannelApp:
             return
         try:
             await self._ws.serve(scope, receive, send, session)
+        except OSError as exc:  # ASGI's word for "the client has gone" (from send)
+            connection_id = session.subscriber.connection_id
+            logger.debug("WebSocket %s: the client left mid-send (%r)", connection_id, exc)
         except Exception:  # accepted already: log it, never answer again
             logger.exception("WebSocket %s failed", session.subscriber.connection_id)
 
