@@ -34,6 +34,7 @@ from .errors import (
     ChannelError,
     MethodNotAllowed,
     NotFound,
+    RequestTimeout,
     StorageUnavailable,
     TooManyRequests,
     UnprocessableEntity,
@@ -56,7 +57,8 @@ from .mailbox import Close, Transport
 from .numbers import encode_checked
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
-from .publish import PublishRoute
+from .publish import PublishRoute, client_address
+from .ratelimit import ConnectionLimit
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .stream import serve_stream
@@ -102,6 +104,9 @@ class ChannelApp:
         presence_interval: seconds between coalesced ``count`` events.
         reconnect_delay: the ``retry:`` the browser waits before reconnecting, in seconds.
         hook_timeout: seconds a hook may run before it is abandoned.
+        max_connections_per_ip: the most subscriber connections (SSE and WebSocket) one client
+            address may hold open in this process (429 past it), or None for no limit.
+        body_timeout: seconds a publish body may take to arrive (408 after).
     """
 
     def __init__(
@@ -126,6 +131,8 @@ class ChannelApp:
         presence_interval: float = 1.0,
         reconnect_delay: float = 3.0,
         hook_timeout: float = 5.0,
+        max_connections_per_ip: int | None = 256,
+        body_timeout: float = 10.0,
     ) -> None:
         self.settings = Settings(
             widget_keys=widget_keys,
@@ -143,6 +150,8 @@ class ChannelApp:
             presence_interval=presence_interval,
             reconnect_delay=reconnect_delay,
             hook_timeout=hook_timeout,
+            max_connections_per_ip=max_connections_per_ip,
+            body_timeout=body_timeout,
         )
         for url in self.settings.webhook_urls:
             validate_url_prefix(url)
@@ -174,6 +183,10 @@ class ChannelApp:
         self.patterns = PatternSet()
         self.access = Access(auth, IdentityTokens(secret), self.patterns)
         self.bridges: list[Bridge] = []
+        self.connections = ConnectionLimit(
+            self.settings.max_connections_per_ip,
+            retry_after=math.ceil(self.settings.reconnect_delay),
+        )
 
         self._outbound: httpx.AsyncClient | None = None
         self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
@@ -320,6 +333,18 @@ class ChannelApp:
         channel: str,
         cors: list[tuple[bytes, bytes]],
     ) -> None:
+        with self.connections.hold(client_address(scope)):  # first: a flood costs nothing more
+            await self._stream(scope, headers, receive, send, channel, cors)
+
+    async def _stream(
+        self,
+        scope: Scope,
+        headers: Headers,
+        receive: Receive,
+        send: Send,
+        channel: str,
+        cors: list[tuple[bytes, bytes]],
+    ) -> None:
         await self.engine.ensure_open(channel)
         user_id, anonymous = await self.access.identify(scope, channel)
         last_event_id = _last_event_id(scope, headers)
@@ -352,10 +377,16 @@ class ChannelApp:
                 raise NotFound(f"No WebSocket route for {path!r}; use /ws/{{channel}}")
             channel = validate_channel(path[len("/ws/") :])
             await self._runner.ensure_started()
-            session = await self._ws.open(scope, headers, channel)
-        except ChannelError as exc:
+            with self.connections.hold(client_address(scope)):
+                await self._websocket_session(scope, receive, send, headers, channel)
+        except ChannelError as exc:  # refused before the upgrade
             await self._ws.refuse(scope, send, exc)
-            return
+
+    async def _websocket_session(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers, channel: str
+    ) -> None:
+        """Open the session (its refusals are the caller's) and serve it; never raise after."""
+        session = await self._ws.open(scope, headers, channel)
         try:
             await self._ws.serve(scope, receive, send, session)
         except OSError as exc:  # ASGI's word for "the client has gone" (from send)
@@ -585,6 +616,8 @@ def _error_headers(exc: ChannelError) -> list[tuple[bytes, bytes]]:
         return [(b"allow", ", ".join(exc.allow).encode())]
     if isinstance(exc, TooManyRequests):
         return [(b"retry-after", str(exc.retry_after).encode())]
+    if isinstance(exc, RequestTimeout):  # the rest of the body may still come: do not read it
+        return [(b"connection", b"close")]
     if isinstance(exc, StorageUnavailable):
         return [(b"retry-after", b"1")]
     return []

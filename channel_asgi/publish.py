@@ -1,8 +1,9 @@
 """``POST /publish/{channel}?token=…``: check a publish in the documented order, then act on it.
 
 The order of checks is part of the protocol (SPEC, "Order of checks on publish"): closed channel,
-content type, body size, token, rate limit, body, widget key, authorisation, ``on_publish``, and the
-``request`` connection. Nothing is delivered or stored before every check has passed.
+content type, body size (and its arrival within ``body_timeout``), token, rate limit, body, widget
+key, authorisation, ``on_publish``, and the ``request`` connection. Nothing is delivered or stored
+before every check has passed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import (
     ChannelError,
     Forbidden,
     Reject,
+    RequestTimeout,
     TooManyRequests,
     UnprocessableEntity,
 )
@@ -98,6 +100,7 @@ class PublishRoute:
         self._limited = self.user_limit is not None or self.ip_limit is not None
         self._widget_keys = settings.widget_keys
         self._max_body = settings.max_body_bytes
+        self._body_timeout = settings.body_timeout
 
     async def handle_http(
         self, scope: Scope, headers: Headers, receive: Receive, channel: str
@@ -107,7 +110,13 @@ class PublishRoute:
         if await engine.storage.is_closed(channel):
             raise ChannelClosed(channel)
         check_json_content_type(headers)
-        body = await read_body(headers, receive, self._max_body)
+        try:
+            with anyio.fail_after(self._body_timeout):
+                body = await read_body(headers, receive, self._max_body)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The body did not arrive within {self._body_timeout} s (body_timeout)"
+            ) from None
         claims = engine.signer.verify(request_token(scope, headers), channel)
         client = client_address(scope) if self.ip_limit is not None else None
         return await self.handle(claims, body, client)

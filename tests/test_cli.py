@@ -275,6 +275,11 @@ def test_serve_help_lists_every_option() -> None:
         pytest.param(
             ["--redis", "redis://127.0.0.1:6379/15"], "--secret", id="redis-without-secret"
         ),
+        pytest.param(
+            ["--max-connections-per-ip", "-1"],
+            "--max-connections-per-ip",
+            id="negative-connection-limit",
+        ),
     ],
 )
 def test_serve_refuses_inconsistent_options_with_status_2(args: list[str], mentions: str) -> None:
