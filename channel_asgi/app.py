@@ -228,6 +228,8 @@ class ChannelApp:
                     interval = self.settings.presence_interval
                     await group.start(run_every, interval, self.engine.flush_presence)
                     await group.start(run_every, _EXIT_POLL, self._end_streams_if_exiting)
+                    deadlines = self._publish.deadlines
+                    await group.start(run_every, deadlines.interval, deadlines.sweep)
                     for bridge in self.bridges:
                         await group.start(bridge.run, outbound)
                     task_status.started()

@@ -24,16 +24,15 @@ from .errors import (
     ChannelError,
     Forbidden,
     Reject,
-    RequestTimeout,
     TooManyRequests,
     UnprocessableEntity,
 )
 from .http import (
+    BodyDeadlines,
     Headers,
     Receive,
     Scope,
     check_json_content_type,
-    read_body,
     request_token,
 )
 from .mailbox import REQUEST, Subscriber
@@ -100,7 +99,8 @@ class PublishRoute:
         self._limited = self.user_limit is not None or self.ip_limit is not None
         self._widget_keys = settings.widget_keys
         self._max_body = settings.max_body_bytes
-        self._body_timeout = settings.body_timeout
+        #: Bounds the time bodies take to arrive; the app sweeps it every ``interval``.
+        self.deadlines = BodyDeadlines(settings.body_timeout)
 
     async def handle_http(
         self, scope: Scope, headers: Headers, receive: Receive, channel: str
@@ -110,13 +110,7 @@ class PublishRoute:
         if await engine.storage.is_closed(channel):
             raise ChannelClosed(channel)
         check_json_content_type(headers)
-        try:
-            with anyio.fail_after(self._body_timeout):
-                body = await read_body(headers, receive, self._max_body)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"The body did not arrive within {self._body_timeout} s (body_timeout)"
-            ) from None
+        body = await self.deadlines.read(headers, receive, self._max_body)
         claims = engine.signer.verify(request_token(scope, headers), channel)
         client = client_address(scope) if self.ip_limit is not None else None
         return await self.handle(claims, body, client)
