@@ -165,7 +165,9 @@ def channel_asgi_target(
         name,
         [
             "-m", module, "serve", "--port", "{port}", "--secret", SECRET,
-            "--log-level", "warning", "--no-access-log", *extra,
+            "--log-level", "warning", "--no-access-log",
+            "--max-connections-per-ip", "0",  # every load client connects from 127.0.0.1
+            *extra,
         ],
     )  # fmt: skip
 

@@ -5,13 +5,18 @@ For a subscribe, the user is, in this order: the ``sub`` of a valid identity tok
 returns, else an anonymous user with a fresh id. For a publish, the user is the one the publish
 token was issued to. Then ``auth.allow`` (when the ``Auth`` has it) and the governing channel
 pattern decide.
+
+Reading a channel's retained broadcasts is one permission whatever the route (a ``request``
+publish, a resume with ``Last-Event-ID``, and the archive routes to come): the action
+:data:`HISTORY_ACTION`, asked through :meth:`Access.authorize_history`. A resume without it is
+not refused: the stream opens, replays nothing and says ``recovered: false``.
 """
 
 from __future__ import annotations
 
 import inspect
 import uuid
-from typing import Any
+from typing import Any, Final
 
 from .auth import Action, Auth, Request
 from .errors import Forbidden, Unauthorized
@@ -19,7 +24,10 @@ from .http import Scope, headers_of, request_token
 from .identity import IdentityTokens
 from .patterns import ChannelPattern, PatternSet
 
-__all__ = ["Access"]
+__all__ = ["HISTORY_ACTION", "Access"]
+
+#: The action that authorises reading a channel's history, on every route that reads it.
+HISTORY_ACTION: Final[Action] = "request"
 
 
 class Access:
@@ -83,6 +91,26 @@ class Access:
             raise Forbidden(f"Publish type {action!r} is not allowed on this channel")
         if not await pattern.allows(user_id, action, params):
             raise Forbidden(f"Not allowed to {action} on this channel")
+
+    async def authorize_history(self, user_id: str | None, channel: str) -> None:
+        """Raise unless ``user_id`` (None: anonymous) may read the history of ``channel``.
+
+        Raises:
+            Unauthorized: an anonymous user that ``auth.allow`` refuses.
+            Forbidden: the user may not read it (``auth.allow``, or the pattern's ``types``,
+                ``anonymous_publish`` or ``authorize``).
+        """
+        await self.authorize(user_id, channel, HISTORY_ACTION)
+
+    async def may_read_history(self, user_id: str | None, channel: str) -> bool:
+        """Return whether ``user_id`` (None: anonymous) may read the history of ``channel``."""
+        if not self.decides:
+            return True
+        try:
+            await self.authorize_history(user_id, channel)
+        except (Unauthorized, Forbidden):
+            return False
+        return True
 
     def history_size(self, channel: str, default: int) -> int:
         """Return how many broadcasts ``channel`` retains."""

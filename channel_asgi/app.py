@@ -34,6 +34,7 @@ from .errors import (
     ChannelError,
     MethodNotAllowed,
     NotFound,
+    RequestTimeout,
     StorageUnavailable,
     TooManyRequests,
     UnprocessableEntity,
@@ -56,7 +57,8 @@ from .mailbox import Close, Transport
 from .numbers import encode_checked
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
-from .publish import PublishRoute
+from .publish import PublishRoute, client_address
+from .ratelimit import ConnectionLimit
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .stream import serve_stream
@@ -102,6 +104,9 @@ class ChannelApp:
         presence_interval: seconds between coalesced ``count`` events.
         reconnect_delay: the ``retry:`` the browser waits before reconnecting, in seconds.
         hook_timeout: seconds a hook may run before it is abandoned.
+        max_connections_per_ip: the most subscriber connections (SSE and WebSocket) one client
+            address may hold open in this process (429 past it), or None for no limit.
+        body_timeout: seconds a publish body may take to arrive (408 after).
     """
 
     def __init__(
@@ -126,6 +131,8 @@ class ChannelApp:
         presence_interval: float = 1.0,
         reconnect_delay: float = 3.0,
         hook_timeout: float = 5.0,
+        max_connections_per_ip: int | None = 256,
+        body_timeout: float = 10.0,
     ) -> None:
         self.settings = Settings(
             widget_keys=widget_keys,
@@ -143,6 +150,8 @@ class ChannelApp:
             presence_interval=presence_interval,
             reconnect_delay=reconnect_delay,
             hook_timeout=hook_timeout,
+            max_connections_per_ip=max_connections_per_ip,
+            body_timeout=body_timeout,
         )
         for url in self.settings.webhook_urls:
             validate_url_prefix(url)
@@ -174,6 +183,10 @@ class ChannelApp:
         self.patterns = PatternSet()
         self.access = Access(auth, IdentityTokens(secret), self.patterns)
         self.bridges: list[Bridge] = []
+        self.connections = ConnectionLimit(
+            self.settings.max_connections_per_ip,
+            retry_after=math.ceil(self.settings.reconnect_delay),
+        )
 
         self._outbound: httpx.AsyncClient | None = None
         self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
@@ -215,6 +228,8 @@ class ChannelApp:
                     interval = self.settings.presence_interval
                     await group.start(run_every, interval, self.engine.flush_presence)
                     await group.start(run_every, _EXIT_POLL, self._end_streams_if_exiting)
+                    deadlines = self._publish.deadlines
+                    await group.start(run_every, deadlines.interval, deadlines.sweep)
                     for bridge in self.bridges:
                         await group.start(bridge.run, outbound)
                     task_status.started()
@@ -320,17 +335,36 @@ class ChannelApp:
         channel: str,
         cors: list[tuple[bytes, bytes]],
     ) -> None:
+        with self.connections.hold(client_address(scope)):  # first: a flood costs nothing more
+            await self._stream(scope, headers, receive, send, channel, cors)
+
+    async def _stream(
+        self,
+        scope: Scope,
+        headers: Headers,
+        receive: Receive,
+        send: Send,
+        channel: str,
+        cors: list[tuple[bytes, bytes]],
+    ) -> None:
         await self.engine.ensure_open(channel)
         user_id, anonymous = await self.access.identify(scope, channel)
+        last_event_id = _last_event_id(scope, headers)
         session = await self.engine.open_session(
             channel,
             user_id,
             anonymous=anonymous,
             transport=Transport.SSE,
-            last_event_id=_last_event_id(scope, headers),
+            last_event_id=last_event_id,
+            may_replay=last_event_id is None
+            or await self.access.may_read_history(None if anonymous else user_id, channel),
         )
         try:
             await serve_stream(self.engine, session, receive, send, cors)
+        except OSError as exc:  # ASGI's word for "the client has gone" (from send)
+            logger.debug(
+                "Stream %s: the client left mid-send (%r)", session.subscriber.connection_id, exc
+            )
         except Exception:  # the response has started: log it, never answer again
             logger.exception("Stream %s failed", session.subscriber.connection_id)
 
@@ -345,12 +379,21 @@ class ChannelApp:
                 raise NotFound(f"No WebSocket route for {path!r}; use /ws/{{channel}}")
             channel = validate_channel(path[len("/ws/") :])
             await self._runner.ensure_started()
-            session = await self._ws.open(scope, headers, channel)
-        except ChannelError as exc:
+            with self.connections.hold(client_address(scope)):
+                await self._websocket_session(scope, receive, send, headers, channel)
+        except ChannelError as exc:  # refused before the upgrade
             await self._ws.refuse(scope, send, exc)
-            return
+
+    async def _websocket_session(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers, channel: str
+    ) -> None:
+        """Open the session (its refusals are the caller's) and serve it; never raise after."""
+        session = await self._ws.open(scope, headers, channel)
         try:
             await self._ws.serve(scope, receive, send, session)
+        except OSError as exc:  # ASGI's word for "the client has gone" (from send)
+            connection_id = session.subscriber.connection_id
+            logger.debug("WebSocket %s: the client left mid-send (%r)", connection_id, exc)
         except Exception:  # accepted already: log it, never answer again
             logger.exception("WebSocket %s failed", session.subscriber.connection_id)
 
@@ -381,11 +424,13 @@ class ChannelApp:
         Args:
             pattern: segments separated by ``/``; ``{name}`` matches any one segment.
             authorize: ``authorize(user_id, action, params) -> bool`` (sync or async), asked for
-                every subscribe and publish; ``user_id`` is None for an anonymous user.
+                every subscribe and publish, and as ``request`` for every resume; ``user_id``
+                is None for an anonymous user.
             anonymous_subscribe: False makes an anonymous subscribe a 401.
             anonymous_publish: False makes a publish with an anonymous user's token a 403.
             history: broadcasts retained (instead of ``history_size``).
-            types: the publish types allowed; others are 403.
+            types: the publish types allowed; others are 403. Without ``request``, a resume
+                replays nothing (``recovered: false``).
 
         Returns:
             The registered pattern. The most specific matching pattern (most literal segments;
@@ -575,6 +620,8 @@ def _error_headers(exc: ChannelError) -> list[tuple[bytes, bytes]]:
         return [(b"allow", ", ".join(exc.allow).encode())]
     if isinstance(exc, TooManyRequests):
         return [(b"retry-after", str(exc.retry_after).encode())]
+    if isinstance(exc, RequestTimeout):  # the rest of the body may still come: do not read it
+        return [(b"connection", b"close")]
     if isinstance(exc, StorageUnavailable):
         return [(b"retry-after", b"1")]
     return []

@@ -107,6 +107,19 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between count events on large channels (1.0)",
     )
     serve.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=256,
+        help="open subscriber connections one client address may hold, per worker; 0: no limit "
+        "(256)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a publish body may take to arrive (10.0)",
+    )
+    serve.add_argument(
         "--no-access-log", action="store_true", help="do not log every request (faster)"
     )
     return parser
@@ -140,8 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "heartbeat": args.heartbeat,
             "system_events_max_viewers": args.system_events_max_viewers,
             "presence_interval": args.presence_interval,
+            "max_connections_per_ip": args.max_connections_per_ip or None,
+            "body_timeout": args.body_timeout,
         }
         workers = args.workers
+        if args.max_connections_per_ip < 0:
+            print("--max-connections-per-ip must be at least 0 (0: no limit)", file=sys.stderr)
+            return 2
         if workers < 1:
             print("--workers must be at least 1", file=sys.stderr)
             return 2

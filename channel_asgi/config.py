@@ -68,6 +68,8 @@ class Settings:
     presence_interval: float = 1.0
     reconnect_delay: float = 3.0
     hook_timeout: float = 5.0
+    max_connections_per_ip: int | None = 256
+    body_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once
@@ -88,3 +90,6 @@ class Settings:
         set_(self, "presence_interval", _positive("presence_interval", self.presence_interval))
         set_(self, "reconnect_delay", _positive("reconnect_delay", self.reconnect_delay))
         set_(self, "hook_timeout", _positive("hook_timeout", self.hook_timeout))
+        if self.max_connections_per_ip is not None:
+            _count("max_connections_per_ip", self.max_connections_per_ip, minimum=1)
+        set_(self, "body_timeout", _positive("body_timeout", self.body_timeout))

@@ -41,13 +41,22 @@ class CorsPolicy:
                 )
             cleaned.append(origin.rstrip("/"))
         self.allow_all = "*" in cleaned
-        self.origins = frozenset(cleaned)
+        self.origins = frozenset(cleaned) - {"*"}  # the origins listed by name
 
-    def is_allowed_origin(self, origin: str | None) -> bool:
-        """Return whether a browser page at ``origin`` may read the replies."""
+    def is_allowed_origin(self, origin: str | None, *, credentials: bool = False) -> bool:
+        """Return whether a browser page at ``origin`` may read the replies.
+
+        Args:
+            origin: the request's ``Origin``.
+            credentials: whether the request carries the user's cookies or HTTP credentials.
+                A browser never lets ``*`` read a credentialed reply, so then only an origin
+                listed by name is allowed.
+        """
         if origin is None:
             return False
-        return self.allow_all or origin in self.origins
+        if origin in self.origins:
+            return True
+        return self.allow_all and not credentials
 
     def headers(self, origin: str | None) -> Headers:
         """CORS headers for an actual (non-preflight) reply to ``origin``; empty if not allowed."""

@@ -246,11 +246,14 @@ class Engine:
         anonymous: bool,
         transport: Transport,
         last_event_id: str | None = None,
+        may_replay: bool = True,
     ) -> Session:
         """Join a connection to ``channel``; return its ``init`` event and replay.
 
         The subscriber starts collecting live events before the history is read, so the replay
         and the live stream meet without a gap; call :meth:`go_live` once the replay is written.
+        A resume (``last_event_id``) by a user who may not read the history (``may_replay``
+        False) replays nothing and says ``recovered: false``.
         """
         connection_id = new_connection_id()
         subscriber = Subscriber(
@@ -265,7 +268,9 @@ class Engine:
             joined = True
             recovered = None
             replay: list[StoredEvent] = []
-            if last_event_id is not None:
+            if last_event_id is not None and not may_replay:
+                recovered = False
+            elif last_event_id is not None:
                 history = await self.storage.history(
                     channel, after=last_event_id, ttl=self.settings.history_ttl
                 )

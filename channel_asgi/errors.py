@@ -10,11 +10,13 @@ Every refusal the server gives is one of these; ``app.py`` turns them into the J
     ├── NotFound              404  unknown path
     │   └── ChannelClosed     404  closed channel
     ├── MethodNotAllowed      405  carries ``allow`` for the ``Allow`` header
+    ├── RequestTimeout        408  the body did not arrive within ``body_timeout``
     ├── Gone                  410  a ``request`` whose connection has closed
     ├── PayloadTooLarge       413  body over ``max_body_bytes``
     ├── UnsupportedMediaType  415  body is not JSON
     ├── UnprocessableEntity   422  a number out of range (also a ``ValueError``)
     ├── TooManyRequests       429  carries ``retry_after`` seconds
+    │   └── TooManyConnections  429  over ``max_connections_per_ip`` open connections
     ├── StorageUnavailable    503  the storage backend cannot be reached: nothing was applied
     ├── StorageTimeout        504  the storage got the change but never answered: it may
     │                              have been applied
@@ -36,8 +38,10 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "Reject",
+    "RequestTimeout",
     "StorageTimeout",
     "StorageUnavailable",
+    "TooManyConnections",
     "TooManyRequests",
     "Unauthorized",
     "UnprocessableEntity",
@@ -118,6 +122,12 @@ class MethodNotAllowed(_Fixed):
         self.allow = allow
 
 
+class RequestTimeout(_Fixed):
+    """The request body did not arrive within ``body_timeout``; the connection is closed."""
+
+    status = 408
+
+
 class Gone(_Fixed):
     """The connection a ``request`` was meant for has closed."""
 
@@ -154,6 +164,23 @@ class TooManyRequests(_Fixed):
     def __init__(self, retry_after: int, message: str = "") -> None:
         super().__init__(message or f"Rate limit exceeded; retry after {retry_after} s")
         self.retry_after = retry_after
+
+
+class TooManyConnections(TooManyRequests):
+    """The client's address already holds ``max_connections_per_ip`` open connections.
+
+    Args:
+        limit: the limit, for the message.
+        retry_after: the seconds after which trying again makes sense.
+    """
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(
+            retry_after,
+            f"Too many open connections from this address (max_connections_per_ip={limit}, "
+            "per server process); close one before opening another",
+        )
+        self.limit = limit
 
 
 class StorageUnavailable(_Fixed):

@@ -1,8 +1,9 @@
 """``POST /publish/{channel}?token=…``: check a publish in the documented order, then act on it.
 
 The order of checks is part of the protocol (SPEC, "Order of checks on publish"): closed channel,
-content type, body size, token, rate limit, body, widget key, authorisation, ``on_publish``, and the
-``request`` connection. Nothing is delivered or stored before every check has passed.
+content type, body size (and its arrival within ``body_timeout``), token, rate limit, body, widget
+key, authorisation, ``on_publish``, and the ``request`` connection. Nothing is delivered or stored
+before every check has passed.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from .errors import (
     UnprocessableEntity,
 )
 from .http import (
+    BodyDeadlines,
     Headers,
     Receive,
     Scope,
     check_json_content_type,
-    read_body,
     request_token,
 )
 from .mailbox import REQUEST, Subscriber
@@ -51,7 +52,7 @@ from .protocol import (
 )
 from .ratelimit import RateLimiter
 from .tokens import PublishClaims
-from .webhooks import call_webhook, cloud_event, url_allowed
+from .webhooks import call_webhook, check_webhook_url, cloud_event, url_allowed
 
 __all__ = ["PublishRoute"]
 
@@ -98,6 +99,8 @@ class PublishRoute:
         self._limited = self.user_limit is not None or self.ip_limit is not None
         self._widget_keys = settings.widget_keys
         self._max_body = settings.max_body_bytes
+        #: Bounds the time bodies take to arrive; the app sweeps it every ``interval``.
+        self.deadlines = BodyDeadlines(settings.body_timeout)
 
     async def handle_http(
         self, scope: Scope, headers: Headers, receive: Receive, channel: str
@@ -107,7 +110,7 @@ class PublishRoute:
         if await engine.storage.is_closed(channel):
             raise ChannelClosed(channel)
         check_json_content_type(headers)
-        body = await read_body(headers, receive, self._max_body)
+        body = await self.deadlines.read(headers, receive, self._max_body)
         claims = engine.signer.verify(request_token(scope, headers), channel)
         client = client_address(scope) if self.ip_limit is not None else None
         return await self.handle(claims, body, client)
@@ -132,13 +135,18 @@ class PublishRoute:
         if self._limited:
             self._check_rate(claims.user_id, client)
         envelope = decode_publish(body)
+        if isinstance(envelope, WebhookBody):
+            check_webhook_url(envelope.url)  # part of the body's check: a 400 before any 403
         channel = claims.channel
         if self._widget_keys is not None:
             self._check_widget_key(envelope, self._widget_keys)
         if self.access.decides:
             user_id = None if claims.anonymous else claims.user_id
-            action = cast(Action, publish_type(envelope))
-            await self.access.authorize(user_id, channel, action)
+            if isinstance(envelope, RequestBody):  # the one history permission
+                await self.access.authorize_history(user_id, channel)
+            else:
+                action = cast(Action, publish_type(envelope))
+                await self.access.authorize(user_id, channel, action)
         if isinstance(envelope, WebhookBody) and not url_allowed(
             envelope.url, self.engine.settings.webhook_urls
         ):

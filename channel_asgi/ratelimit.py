@@ -1,8 +1,9 @@
-"""Token-bucket rate limits on publishes, per user and per client address.
+"""Limits per client: token-bucket rate limits on publishes, and open connections per address.
 
 Buckets live in this process: with several workers, each enforces the limit on the publishes it
 serves. The number of buckets is bounded; the least recently used are forgotten first (a forgotten
-bucket starts full again).
+bucket starts full again). Open connections are counted in this process too; an address is
+forgotten as soon as its last connection ends, so the count is bounded by the connections open.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
-__all__ = ["RateLimiter"]
+from .errors import TooManyConnections
+
+__all__ = ["ConnectionLimit", "RateLimiter"]
 
 _MAX_BUCKETS: Final = 100_000
 
@@ -52,3 +57,44 @@ class RateLimiter:
         self._buckets.move_to_end(key)
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
+
+
+class ConnectionLimit:
+    """At most ``limit`` open subscriber connections (SSE and WebSocket) per client address.
+
+    Args:
+        limit: the most connections one address may hold open, or None for no limit.
+        retry_after: the ``Retry-After`` of a refusal, in seconds.
+    """
+
+    def __init__(self, limit: int | None, *, retry_after: int = 1) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        self._open: dict[str, int] = {}
+
+    def open_from(self, address: str) -> int:
+        """Return how many connections ``address`` holds open."""
+        return self._open.get(address, 0)
+
+    @contextmanager
+    def hold(self, address: str | None) -> Iterator[None]:
+        """Count a connection from ``address`` (None: unknown, never limited) while it lasts.
+
+        Raises:
+            TooManyConnections: ``address`` already holds ``limit`` connections.
+        """
+        if self.limit is None or address is None:
+            yield
+            return
+        count = self._open.get(address, 0)
+        if count >= self.limit:
+            raise TooManyConnections(self.limit, self.retry_after)
+        self._open[address] = count + 1
+        try:
+            yield
+        finally:
+            left = self._open[address] - 1
+            if left:
+                self._open[address] = left
+            else:
+                del self._open[address]

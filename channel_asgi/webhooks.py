@@ -3,7 +3,10 @@
 A client can only make the server call URLs under the host's allow-list (``webhook_urls``): same
 scheme, host and port, and a path under the entry's path at a segment boundary, so
 ``https://a.com/hooks`` allows ``https://a.com/hooks/x`` but never ``https://a.com.evil.net/`` or
-``https://a.com/hooksx``. Redirects are not followed (they could lead anywhere).
+``https://a.com/hooksx``. Redirects are not followed (they could lead anywhere). A URL holding an
+ASCII control character is no URL at all: ``urlsplit`` silently drops tabs, CRs and LFs (so the
+allow-list would judge another URL than the one written) and httpx refuses them, so a publish
+naming one is a 400 and an allow-list entry or bridge naming one a ``ValueError``.
 
 Bridges (scriptr's) POST every broadcast of matching channels to a URL the host configured, from a
 bounded queue with bounded retries; a full queue drops the event (and logs it) rather than slow the
@@ -13,6 +16,7 @@ fan-out.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,13 +30,14 @@ import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .errors import ChannelError
+from .errors import BadRequest, ChannelError
 from .patterns import pattern_matches
 
 __all__ = [
     "Bridge",
     "CloudEvent",
     "call_webhook",
+    "check_webhook_url",
     "cloud_event",
     "url_allowed",
     "validate_url_prefix",
@@ -42,9 +47,12 @@ logger = logging.getLogger("channel_asgi")
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _HEADERS: Final = {"content-type": "application/cloudevents+json", "user-agent": "channel_asgi"}
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _parts(url: str) -> tuple[str, str, int, str] | None:
+    if _CONTROL.search(url):
+        return None
     try:
         split = urlsplit(url)
         port = split.port
@@ -74,8 +82,22 @@ def url_allowed(url: str, allowed: Iterable[str]) -> bool:
     return False
 
 
+def check_webhook_url(url: str) -> None:
+    """Refuse the ``message.url`` of a webhook publish that no request could be sent to.
+
+    Raises:
+        BadRequest: the URL holds an ASCII control character (a tab, CR, LF, NUL...).
+    """
+    if _CONTROL.search(url):
+        raise BadRequest(
+            "`message.url` must not hold control characters (tab, CR, LF) - at `$.message.url`"
+        )
+
+
 def validate_url_prefix(entry: str) -> str:
     """Return ``entry`` if it can serve as an allow-list entry or bridge target, else raise."""
+    if isinstance(entry, str) and _CONTROL.search(entry):
+        raise ValueError(f"the URL holds a control character (tab, CR, LF...): {entry!r}")
     if _parts(entry) is None:
         raise ValueError(f"expected an http(s) URL such as 'https://host/path', got {entry!r}")
     return entry
@@ -116,6 +138,8 @@ async def call_webhook(client: httpx.AsyncClient, url: str, body: bytes, within:
             response = await client.post(url, content=body, headers=_HEADERS, timeout=within)
     except (TimeoutError, httpx.TimeoutException):
         raise ChannelError(504, f"The webhook did not answer within {within} s") from None
+    except httpx.InvalidURL as exc:  # the checks before should leave none; never a 500
+        raise BadRequest(f"The webhook URL is not valid: {exc} - at `$.message.url`") from None
     except httpx.HTTPError as exc:
         raise ChannelError(502, f"The webhook could not be reached: {type(exc).__name__}") from None
     return response.status_code

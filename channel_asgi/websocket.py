@@ -119,21 +119,33 @@ class WebSocketRoute:
             anonymous=anonymous,
             transport=Transport.TEXT,
             last_event_id=last_event_id,
+            may_replay=last_event_id is None
+            or await self.access.may_read_history(None if anonymous else user_id, channel),
         )
 
     def _check_origin(self, headers: Headers) -> None:
         """Refuse cross-site WebSocket hijacking.
 
-        Browsers apply no same-origin rule to WebSockets, and send the page's cookies along; so a
-        handshake from a page of another origin is refused unless ``cors_origins`` allows it, as
-        the browser would refuse that page the SSE and publish routes.
+        Browsers apply no same-origin rule to WebSockets, and send the page's cookies (and any
+        HTTP credentials they hold) along; so a handshake from a page of another origin is
+        refused unless ``cors_origins`` allows it, as the browser would refuse that page the SSE
+        and publish routes. ``*`` never admits a credentialed one: a browser lets ``*`` read no
+        reply to a request with credentials.
         """
         origin = header(headers, b"origin")
-        if origin is None or self.cors.is_allowed_origin(origin):
+        if origin is None:
             return
         host = header(headers, b"host")
-        if host is not None and origin.partition("://")[2] == host:
+        if host is not None and origin.partition("://")[2].lower() == host.lower():
             return
+        credentials = b"cookie" in headers or b"authorization" in headers
+        if self.cors.is_allowed_origin(origin, credentials=credentials):
+            return
+        if credentials and self.cors.allow_all:
+            raise Forbidden(
+                f"Origin {origin} may not open a WebSocket with credentials (cookies): "
+                'cors_origins=["*"] admits other sites only without them; list the origin'
+            )
         raise Forbidden(f"Origin {origin} is not allowed")
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, session: Session) -> None:

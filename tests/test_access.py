@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 
@@ -9,10 +10,11 @@ import anyio
 import httpx
 import jwt
 import pytest
+import websockets
 
 from channel_asgi import ChannelApp, Request
 
-from .helpers import publish, subscribe
+from .helpers import WAIT, publish, subscribe
 
 SECRET = "x" * 40
 
@@ -238,6 +240,83 @@ async def test_pattern_history_and_types(serve, client: httpx.AsyncClient) -> No
         assert (await publish(client, url, sub.token, private)).status_code == 403
         assert (await publish(client, url, sub.token, {"type": "request"})).status_code == 403
     assert len((await channels.storage.history("polls/1")).events) == 2
+
+
+def _history_rules(channels: ChannelApp) -> None:
+    """polls/* never shows its history; in chats/*, alice alone may read it."""
+
+    def alice_reads_history(user_id: str | None, action: str, params: Mapping[str, str]) -> bool:
+        return action != "request" or user_id == "alice"
+
+    channels.channel("polls/{id}", types=["broadcast"])
+    channels.channel("chats/{id}", authorize=alice_reads_history)
+
+
+@pytest.mark.parametrize(
+    ("channel", "user", "replayed"),
+    [
+        ("polls/1", None, False),  # types without request
+        ("polls/1", "alice", False),
+        ("chats/1", "bob", False),  # authorize refuses "request"
+        ("chats/1", "alice", True),
+        ("open", None, True),  # no pattern: everything allowed
+    ],
+)
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_resume_replays_only_with_the_history_permission(
+    serve, client: httpx.AsyncClient, channel: str, user: str | None, replayed: bool, transport: str
+) -> None:
+    """A resume is a read of the history: refused ``request``, no replay, ``recovered: false``."""
+    channels = ChannelApp(secret=SECRET)
+    _history_rules(channels)
+    base = await serve(channels)
+    retained = [await channels.publish(channel, f"old {n}") for n in range(3)]
+    query = f"last_event_id={retained[0]}"
+    if user is not None:
+        query += f"&token={channels.issue_token(user)}"
+    seen: list[object] = []
+    if transport == "sse":
+        async with subscribe(client, f"{base}/subscribe/{channel}?{query}") as sub:
+            init = sub.init
+            await channels.publish(channel, "live")
+            while not seen or seen[-1] != "live":
+                seen.append((await sub.stream.until("broadcast")).json["message"])
+    else:
+        url = "ws" + base[len("http") :] + f"/ws/{channel}?{query}"
+        async with websockets.connect(url, open_timeout=WAIT) as ws:
+            with anyio.fail_after(WAIT):
+                init = json.loads(await ws.recv())
+                await channels.publish(channel, "live")
+                while not seen or seen[-1] != "live":
+                    frame = json.loads(await ws.recv())
+                    if frame["type"] == "broadcast":
+                        seen.append(frame["message"])
+    assert init["message"]["recovered"] is replayed
+    assert seen == (["old 1", "old 2", "live"] if replayed else ["live"])
+
+
+async def test_request_and_resume_share_one_history_permission(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """Auth.allow refusing "request" refuses the publish (403) and the replay alike."""
+
+    class NoHistory:
+        async def identify(self, request: Request) -> str | None:
+            return "carol"
+
+        async def allow(self, user_id: str | None, channel: str, action: str) -> bool:
+            return action != "request"
+
+    channels = ChannelApp(secret=SECRET, auth=NoHistory())
+    base = await serve(channels)
+    first = await channels.publish("room", "old")
+    await channels.publish("room", "older still retained")
+    async with subscribe(client, f"{base}/subscribe/room", {"Last-Event-ID": first}) as sub:
+        assert sub.init["message"]["recovered"] is False
+        reply = await publish(client, f"{base}/publish/room", sub.token, {"type": "request"})
+        assert reply.status_code == 403
+        await channels.publish("room", "live")
+        assert (await sub.stream.until("broadcast")).json["message"] == "live"
 
 
 async def test_the_most_specific_pattern_wins_and_ties_go_to_the_first(

@@ -285,6 +285,11 @@ def test_serve_help_lists_every_option() -> None:
             id="max-history-bytes-with-redis",
         ),
         pytest.param(["--max-history-bytes", "0"], "at least 1", id="max-history-bytes-zero"),
+        pytest.param(
+            ["--max-connections-per-ip", "-1"],
+            "--max-connections-per-ip",
+            id="negative-connection-limit",
+        ),
     ],
 )
 def test_serve_refuses_inconsistent_options_with_status_2(args: list[str], mentions: str) -> None:

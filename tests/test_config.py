@@ -52,6 +52,9 @@ SETTINGS_TYPE_ERRORS = [
     pytest.param("ip_rate_limit", (1,), "(1,)", id="ip_rate_limit-one-item"),
     pytest.param("system_events_max_viewers", 1000.0, "1000.0", id="max_viewers-float"),
     pytest.param("presence_interval", "1", "'1'", id="presence_interval-str"),
+    pytest.param("max_connections_per_ip", 2.5, "2.5", id="max_connections_per_ip-float"),
+    pytest.param("max_connections_per_ip", "9", "'9'", id="max_connections_per_ip-str"),
+    pytest.param("body_timeout", "10", "'10'", id="body_timeout-str"),
 ]
 
 #: Options of ``Settings`` (and so of ``ChannelApp``) of the right type but out of range, with the
@@ -77,6 +80,9 @@ SETTINGS_VALUE_ERRORS = [
     pytest.param("presence_interval", 0, "0", id="presence_interval-zero"),
     pytest.param("reconnect_delay", -3.0, "-3.0", id="reconnect_delay-negative"),
     pytest.param("hook_timeout", 0, "0", id="hook_timeout-zero"),
+    pytest.param("max_connections_per_ip", 0, "0", id="max_connections_per_ip-zero"),
+    pytest.param("body_timeout", 0, "0", id="body_timeout-zero"),
+    pytest.param("body_timeout", INF, "inf", id="body_timeout-inf"),
 ]
 
 #: Options only ``ChannelApp`` takes, with a wrong type, and what the message must quote.
@@ -211,6 +217,8 @@ def test_defaults_are_those_of_the_spec() -> None:
     assert settings.ip_rate_limit is None
     assert settings.system_events_max_viewers == 1000
     assert settings.presence_interval == 1.0
+    assert settings.max_connections_per_ip == 256
+    assert settings.body_timeout == 10.0
 
 
 def test_settings_normalise_collections_and_numbers() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -13,6 +14,7 @@ import time
 import anyio
 import httpx
 import pytest
+import websockets
 
 from channel_asgi import ChannelApp
 from channel_asgi.mailbox import Subscriber as HubSubscriber
@@ -212,3 +214,87 @@ async def test_request_replies_to_readers_that_stall_are_streamed_not_buffered(
         finally:
             for sock, _token in stalled:
                 sock.close()
+
+
+# -- limits (issue 14) ---------------------------------------------------------------------------
+
+
+async def test_connections_per_client_address_are_capped_with_429(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """Past max_connections_per_ip, SSE and WebSocket subscribes from one address are a 429."""
+    channels = ChannelApp(max_connections_per_ip=3)
+    channels.channel("members/{id}", anonymous_subscribe=False)
+    base = await serve(channels)
+    ws_base = "ws" + base[len("http") :]
+    for _ in range(5):  # refusals for other reasons hold no place
+        assert (await client.get(f"{base}/subscribe/members/1")).status_code == 401
+    async with (
+        subscribe(client, f"{base}/subscribe/crowd"),
+        subscribe(client, f"{base}/subscribe/other"),
+        websockets.connect(f"{ws_base}/ws/crowd", open_timeout=WAIT) as ws,
+    ):
+        with anyio.fail_after(WAIT):
+            assert json.loads(await ws.recv())["type"] == "init"
+        refused = await client.get(f"{base}/subscribe/crowd")
+        assert refused.status_code == 429
+        assert refused.json()["code"] == 429
+        assert "max_connections_per_ip" in refused.json()["message"]
+        with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+            async with websockets.connect(f"{ws_base}/ws/crowd", open_timeout=WAIT):
+                pass  # pragma: no cover
+        assert caught.value.response.status_code == 429
+        assert await channels.viewer_count("crowd") == 2
+    with anyio.fail_after(WAIT):  # each place comes back when its connection ends
+        while channels.connections.open_from("127.0.0.1"):
+            await anyio.sleep(0.01)
+    async with (
+        subscribe(client, f"{base}/subscribe/crowd"),
+        subscribe(client, f"{base}/subscribe/crowd"),
+        subscribe(client, f"{base}/subscribe/crowd") as third,
+    ):
+        assert third.init["message"]["viewer_count"] == 3
+
+
+async def test_without_a_connection_limit_an_address_may_open_many(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """max_connections_per_ip=None counts nothing and refuses nothing."""
+    channels = ChannelApp(max_connections_per_ip=None)
+    base = await serve(channels)
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(5):
+            await stack.enter_async_context(subscribe(client, f"{base}/subscribe/open"))
+        assert await channels.viewer_count("open") == 5
+    assert channels.connections.open_from("127.0.0.1") == 0
+
+
+async def _trickle(base: str, body: bytes, declared: int) -> bytes:
+    """Send a publish's headers and part of its body, then wait; return what the server says."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /publish/slow HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (host.encode(), declared, body)
+        )
+        await writer.drain()
+        with anyio.fail_after(WAIT):
+            return await reader.read()  # until the server closes the connection
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_a_publish_body_that_trickles_in_is_408(serve, http: str) -> None:
+    """Headers and half a body, then nothing: past body_timeout a 408, and the connection closes."""
+    channels = ChannelApp(body_timeout=0.3)
+    base = await serve(channels, http=http)
+    half = b'{"type": "broadcast", "mess'
+    answer = await _trickle(base, half, declared=2 * len(half))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["code"] == 408
+    assert "body_timeout" in json.loads(body)["message"]
+    assert (await channels.storage.history("slow")).events == []

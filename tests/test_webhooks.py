@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import websockets
 
 from channel_asgi import ChannelApp
 from channel_asgi.webhooks import url_allowed
@@ -177,6 +178,53 @@ async def test_webhook_without_a_string_url_is_400(
         reply = await publish(client, f"{base}/publish/w", sub.token, body)
         assert reply.status_code == 400
         assert names in reply.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda url: url.replace("/hooks/", "/hooks/\t"),
+        lambda url: url.replace("/hooks/", "/hooks/\r\nX-Injected: 1\r\n/"),
+        lambda url: url + "\n",
+        lambda url: url.replace("http://", "http://\t"),
+        lambda url: url.replace("/hooks/", "/hooks/\x00/"),
+        lambda url: url + "\x7f",
+    ],
+    ids=["tab", "crlf", "trailing-lf", "tab-in-host", "nul", "del"],
+)
+@pytest.mark.parametrize("transport", ["http", "ws"])
+async def test_webhook_url_with_control_characters_is_400(
+    serve, client: httpx.AsyncClient, spoil: Any, transport: str
+) -> None:
+    """A tab, CR or LF (which urlsplit drops) makes the URL a 400, not a 500 (issue 14)."""
+    listener = Listener()
+    hook_base = await serve(listener)
+    base = await serve(ChannelApp(webhook_urls=[f"{hook_base}/hooks"]))
+    body = webhook(spoil(f"{hook_base}/hooks/x"))
+    if transport == "http":
+        async with subscribe(client, f"{base}/subscribe/w") as sub:
+            reply = (await publish(client, f"{base}/publish/w", sub.token, body)).json()
+    else:
+        url = "ws" + base[len("http") :] + "/ws/w"
+        async with websockets.connect(url, open_timeout=WAIT) as ws:
+            with anyio.fail_after(WAIT):
+                await ws.recv()  # init
+                await ws.send(json.dumps(body))
+                while (reply := json.loads(await ws.recv()))["type"] not in ("ack", "error"):
+                    pass
+    assert reply["code"] == 400, reply
+    assert "$.message.url" in reply["message"]
+    assert listener.received == []
+
+
+@pytest.mark.parametrize("entry", ["https://a.com/ho\tok", "https://a.com/\r\n", "http://\ta.com/"])
+def test_webhook_allow_list_entries_with_control_characters_are_refused(entry: str) -> None:
+    """webhook_urls and bridge URLs with a control character are a ValueError at construction."""
+    with pytest.raises(ValueError, match="control character"):
+        ChannelApp(webhook_urls=[entry])
+    with pytest.raises(ValueError, match="control character"):
+        ChannelApp().bridge("x", entry)
+    assert not url_allowed(entry, [entry])
 
 
 @pytest.mark.parametrize(

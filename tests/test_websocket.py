@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +17,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from channel_asgi import ChannelApp
+from channel_asgi import ChannelApp, Request
 
 from .helpers import WAIT, publish, subscribe
 
@@ -251,3 +255,113 @@ async def test_handshakes_from_other_origins_are_refused(
         async with websockets.connect(url, origin=None, additional_headers=headers):
             pass  # pragma: no cover
     assert refused.value.response.status_code == 403
+
+
+class _CookieAuth:
+    """Users are named by a 'user' cookie (the host's session, in a real app)."""
+
+    async def identify(self, request: Request) -> str | None:
+        return request.cookies.get("user")
+
+
+@pytest.mark.parametrize(
+    ("origin", "credentials", "user"),
+    [
+        ("https://evil.example", {"Cookie": "user=victim"}, None),
+        ("null", {"Cookie": "user=victim"}, None),
+        ("https://evil.example", {"Authorization": "Basic dmljdGltOnB3"}, None),
+        ("https://evil.example", {}, "anonymous"),  # no credentials: `*` admits it
+        ("null", {}, "anonymous"),
+        ("https://page.example", {"Cookie": "user=victim"}, "victim"),  # listed by name
+        ("http://{host}", {"Cookie": "user=victim"}, "victim"),  # the server's own origin
+        (None, {"Cookie": "user=victim"}, "victim"),  # not a browser
+    ],
+)
+async def test_wildcard_origins_never_admit_a_credentialed_cross_site_handshake(
+    serve, origin: str | None, credentials: dict[str, str], user: str | None
+) -> None:
+    """With cors_origins=["*"], a foreign page's handshake carrying cookies is a 403 (issue 14)."""
+    channels = ChannelApp(
+        secret=SECRET, auth=_CookieAuth(), cors_origins=["*", "https://page.example"]
+    )
+    base = await serve(channels)
+    host = base.removeprefix("http://")
+    headers = dict(credentials)
+    if origin is not None:
+        headers["Origin"] = origin.format(host=host)
+    url = ws_url(base, "/ws/room")
+    if user is None:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(url, origin=None, additional_headers=headers):
+                pass  # pragma: no cover
+        response = refused.value.response
+        assert response.status_code == 403
+        assert "credentials" in json.loads(bytes(response.body or b""))["message"]
+        assert await channels.viewer_count("room") == 0
+        return
+    async with websockets.connect(url, origin=None, additional_headers=headers) as ws:
+        init = json.loads(await recv(ws))
+        assert init["type"] == "init"
+        if user == "anonymous":
+            assert init["message"]["user_id"] != "victim"
+        else:
+            assert init["message"]["user_id"] == user
+
+
+class _Records(logging.Handler):
+    """Collect channel_asgi's log records; signal each one that names a WebSocket."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.websocket = anyio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if record.getMessage().startswith("WebSocket"):
+            self.websocket.set()
+
+
+@pytest.mark.parametrize("ws", ["websockets-sansio", "wsproto"])
+async def test_a_client_leaving_mid_send_is_logged_at_debug_not_error(
+    serve, caplog: pytest.LogCaptureFixture, ws: str
+) -> None:
+    """A WebSocket client that drops its TCP connection during a replay is no ERROR (issue 14)."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels, ws=ws)
+    first = await channels.publish("leave", "x" * 20000)
+    for _ in range(400):  # ~8 MB: more than the socket buffers hold, so the replay must wait
+        await channels.publish("leave", "x" * 20000)
+    records = _Records()
+    logger = logging.getLogger("channel_asgi")
+    logger.addHandler(records)
+    caplog.set_level(logging.DEBUG, logger="channel_asgi")
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
+        sock.setblocking(False)
+        handshake = (
+            f"GET /ws/leave?last_event_id={first} HTTP/1.1\r\nHost: {base[7:]}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        with anyio.fail_after(WAIT):
+            await loop.sock_connect(sock, ("127.0.0.1", int(base.rsplit(":", 1)[1])))
+            await loop.sock_sendall(sock, handshake.encode())
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await loop.sock_recv(sock, 4096)
+            assert received.startswith(b"HTTP/1.1 101"), received
+            # The server is writing the replay now, held by the client's window: reset it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            await records.websocket.wait()
+    finally:
+        sock.close()
+        logger.removeHandler(records)
+    loud = [r for r in records.records if r.levelno >= logging.WARNING]
+    assert loud == [], [(r.levelname, r.getMessage()) for r in loud]
+    [left] = [r for r in records.records if r.getMessage().startswith("WebSocket")]
+    assert left.levelno == logging.DEBUG
+    assert "left" in left.getMessage()
