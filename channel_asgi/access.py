@@ -67,8 +67,14 @@ class Access:
             return str(uuid.uuid4()), True
         return user_id, False
 
-    async def authorize(self, user_id: str | None, channel: str, action: Action) -> None:
-        """Raise unless ``user_id`` (None: anonymous) may do ``action`` on ``channel``."""
+    async def authorize(
+        self, user_id: str | None, channel: str, action: Action, *, publishing: bool = True
+    ) -> None:
+        """Raise unless ``user_id`` (None: anonymous) may do ``action`` on ``channel``.
+
+        ``publishing`` False asks for the permission without the publish itself, so the
+        pattern's ``anonymous_publish`` (a rule about writing) does not apply.
+        """
         allow = getattr(self.auth, "allow", None)
         if allow is not None:
             allowed: Any = allow(user_id, channel, action)
@@ -85,7 +91,7 @@ class Access:
         if user_id is None:
             if action == "subscribe" and not pattern.anonymous_subscribe:
                 raise Unauthorized("Sign in to subscribe to this channel")
-            if action != "subscribe" and not pattern.anonymous_publish:
+            if publishing and action != "subscribe" and not pattern.anonymous_publish:
                 raise Forbidden("Anonymous users may not publish on this channel")
         if action != "subscribe" and pattern.types is not None and action not in pattern.types:
             raise Forbidden(f"Publish type {action!r} is not allowed on this channel")
@@ -97,10 +103,11 @@ class Access:
 
         Raises:
             Unauthorized: an anonymous user that ``auth.allow`` refuses.
-            Forbidden: the user may not read it (``auth.allow``, or the pattern's ``types``,
-                ``anonymous_publish`` or ``authorize``).
+            Forbidden: the user may not read it (``auth.allow``, or the pattern's ``types`` or
+                ``authorize``). ``anonymous_publish`` is about writing: a read-only channel's
+                anonymous viewers still resume (their ``request`` publish is refused as a publish).
         """
-        await self.authorize(user_id, channel, HISTORY_ACTION)
+        await self.authorize(user_id, channel, HISTORY_ACTION, publishing=False)
 
     async def may_read_history(self, user_id: str | None, channel: str) -> bool:
         """Return whether ``user_id`` (None: anonymous) may read the history of ``channel``."""

@@ -142,11 +142,10 @@ class PublishRoute:
             self._check_widget_key(envelope, self._widget_keys)
         if self.access.decides:
             user_id = None if claims.anonymous else claims.user_id
-            if isinstance(envelope, RequestBody):  # the one history permission
-                await self.access.authorize_history(user_id, channel)
-            else:
-                action = cast(Action, publish_type(envelope))
-                await self.access.authorize(user_id, channel, action)
+            # A request asks the history permission (HISTORY_ACTION) as a publish: with
+            # anonymous_publish as well, which a resume does not ask.
+            action = cast(Action, publish_type(envelope))
+            await self.access.authorize(user_id, channel, action)
         if isinstance(envelope, WebhookBody) and not url_allowed(
             envelope.url, self.engine.settings.webhook_urls
         ):

@@ -250,6 +250,7 @@ def _history_rules(channels: ChannelApp) -> None:
 
     channels.channel("polls/{id}", types=["broadcast"])
     channels.channel("chats/{id}", authorize=alice_reads_history)
+    channels.channel("shows/{id}", anonymous_publish=False)  # read-only for anonymous viewers
 
 
 @pytest.mark.parametrize(
@@ -260,6 +261,7 @@ def _history_rules(channels: ChannelApp) -> None:
         ("chats/1", "bob", False),  # authorize refuses "request"
         ("chats/1", "alice", True),
         ("open", None, True),  # no pattern: everything allowed
+        ("shows/1", None, True),  # anonymous_publish is about writing: viewers still resume
     ],
 )
 @pytest.mark.parametrize("transport", ["sse", "ws"])
