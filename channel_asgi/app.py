@@ -49,11 +49,12 @@ from .http import (
 )
 from .hub import HEARTBEAT_TICKS, Hub
 from .identity import IdentityTokens
-from .lifecycle import Runner, run_every, server_is_exiting
+from .lifecycle import Runner, run_every, server_is_exiting, watch_exit_signals
 from .mailbox import Close, Transport
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute
+from .servers import GRANIAN, UNPACED, identify, warn_unpaced
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .stream import serve_stream
@@ -176,6 +177,8 @@ class ChannelApp:
         self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
         self._ws = WebSocketRoute(self.engine, self.access, self._publish, self.cors)
         self._runner = Runner(self._background)
+        self._server: str | None = None  # the ASGI server's name, once met (see servers)
+        self._stream_budget: int | None = None  # per SSE stream, on servers that cannot pace
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -255,6 +258,8 @@ class ChannelApp:
 
         HTTP, the hot path (every publish is a request), is served here directly.
         """
+        if self._server is None:
+            self._meet_server(receive, send)
         if scope["type"] != "http":
             await self._other(scope, receive, send)
             return
@@ -285,6 +290,15 @@ class ChannelApp:
                 "Unexpected error serving %s %s", scope.get("method"), scope.get("path")
             )
             await send_json(send, 500, encode(Reply(500, "Internal server error")), cors)
+
+    def _meet_server(self, receive: Receive, send: Send) -> None:
+        """Adapt to what the server does on its first connection (see ``servers``)."""
+        name = self._server = identify(receive, send)
+        if name == GRANIAN:
+            watch_exit_signals()
+        if name in UNPACED:
+            self._stream_budget = self.settings.max_buffer_bytes
+            warn_unpaced(name, self.settings.max_buffer_bytes)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -327,7 +341,9 @@ class ChannelApp:
             last_event_id=_last_event_id(scope, headers),
         )
         try:
-            await serve_stream(self.engine, session, receive, send, cors)
+            await serve_stream(
+                self.engine, session, receive, send, cors, budget=self._stream_budget
+            )
         except Exception:  # the response has started: log it, never answer again
             logger.exception("Stream %s failed", session.subscriber.connection_id)
 

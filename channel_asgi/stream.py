@@ -8,12 +8,16 @@ closes the mailbox (see ``connection.live``). The writer drains the mailbox and 
 pending in one ``http.response.body`` message. Replays and ``request`` replies are written
 directly with ``await send`` (the server's flow control paces them); only live events go
 through the bounded mailbox.
+
+On a server whose ``send`` never waits (daphne), the mailbox never fills, so ``budget`` bounds
+what a stream may write there instead: past that many bytes of live events it ends cleanly, and
+the browser reconnects and resumes (see ``servers``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, MutableMapping
 from typing import Any, Final, cast
 
 from . import sse
@@ -44,13 +48,21 @@ async def serve_stream(
     receive: Receive,
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
+    *,
+    budget: int | None = None,
 ) -> None:
-    """Stream ``session``'s events until the client leaves, the channel ends or the app stops."""
+    """Stream ``session``'s events until the client leaves, the channel ends or the app stops.
+
+    Args:
+        budget: end the stream after this many bytes of live events (None: no end).
+    """
     subscriber = session.subscriber
     async with live(engine, session, _watch_disconnect(receive, subscriber)):
         await _open(engine, session, send, extra_headers)
         try:
             await engine.go_live(session)
+            if budget is not None:
+                send = _budgeted(send, subscriber, budget)
             await _pump(engine, session, send)
         except ChannelError as exc:  # the storage failed mid-stream: end it; it reconnects
             logger.warning("Ending stream %s: %s", subscriber.connection_id, exc)
@@ -124,6 +136,25 @@ def _direct_writer(send: Send) -> Callable[[bytes], Coroutine[Any, Any, None]] |
 
         return start
     return None
+
+
+def _budgeted(send: Send, subscriber: Subscriber, budget: int) -> Send:
+    """Wrap ``send`` to close ``subscriber`` once ``budget`` bytes have gone through it."""
+    left = budget
+
+    async def send_within_budget(message: MutableMapping[str, Any]) -> None:
+        nonlocal left
+        await send(message)
+        left -= len(message.get("body", b""))
+        if left < 0 and subscriber.closed is None:
+            logger.debug(
+                "Ending stream %s after %d bytes: the server cannot pace it; it will resume",
+                subscriber.connection_id,
+                budget - left,
+            )
+            subscriber.close(Close.BUDGET)
+
+    return send_within_budget
 
 
 async def _write_all(send: Send, head: list[bytes], frames: Iterable[bytes]) -> None:
