@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -59,7 +60,7 @@ static const char *mode = "fanout";
 static int n_subs = 100, n_pub = 4, window = 64, size = 200, want_init = 1;
 static long n_publish = 1000;
 static double rate = 0, timeout_s = 120, duration_s = 5;
-static int cpu_pid = 0;
+static int cpu_pids[16], n_cpu_pids = 0; /* --cpu-pid, repeatable: a server and its workers */
 
 static int ep;
 static Conn *conns;
@@ -190,6 +191,16 @@ static void on_body(Conn *c, const char *p, size_t len) {
     }
 }
 
+/* The value after `name` (lower case, with its colon) in a response head, whatever the case of
+ * the server's header names (Twisted, under daphne, capitalises them); NULL when absent. */
+static const char *header_value(const char *head, size_t len, const char *name) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i + n <= len; i++) {
+        if ((i == 0 || head[i - 1] == '\n') && strncasecmp(head + i, name, n) == 0) return head + i + n;
+    }
+    return NULL;
+}
+
 /* De-chunk an HTTP/1.1 response body into on_body. */
 static void on_bytes(Conn *c, const char *p, size_t len) {
     size_t i = 0;
@@ -204,8 +215,8 @@ static void on_bytes(Conn *c, const char *p, size_t len) {
                     c->http = H_SIZE;
                     if (!want_init && !c->ready) { c->ready = 1; ready_subs++; }
                 } else {
-                    char *cl = memmem(c->head, c->head_len, "content-length:", 15);
-                    c->content_left = cl ? strtol(cl + 15, NULL, 10) : 0;
+                    const char *cl = header_value(c->head, c->head_len, "content-length:");
+                    c->content_left = cl ? strtol(cl, NULL, 10) : 0;
                     c->http = c->content_left ? H_DATA : H_DONE;
                 }
                 c->head_len = 0;
@@ -322,6 +333,15 @@ static double proc_cpu(int pid) {
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+static double servers_cpu(void) {
+    double total = 0;
+    for (int k = 0; k < n_cpu_pids; k++) {
+        double cpu = proc_cpu(cpu_pids[k]);
+        if (cpu > 0) total += cpu;
+    }
+    return total;
+}
+
 static double cpu_seconds(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -365,7 +385,10 @@ int main(int argc, char **argv) {
         else if (ARG("--pub-path")) pub_path = argv[++i];
         else if (ARG("--duration")) duration_s = atof(argv[++i]);
         else if (ARG("--timeout")) timeout_s = atof(argv[++i]);
-        else if (ARG("--cpu-pid")) cpu_pid = atoi(argv[++i]);
+        else if (ARG("--cpu-pid")) {
+            if (n_cpu_pids < 16) cpu_pids[n_cpu_pids++] = atoi(argv[i + 1]);
+            i++;
+        }
         else if (strcmp(a, "--no-init") == 0) want_init = 0;
         else usage();
     }
@@ -404,7 +427,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (int k = 0; k < n_pub; k++) open_pub(&conns[subs + k], subs + k);
-    double cpu0 = cpu_seconds(), server_cpu0 = proc_cpu(cpu_pid);
+    double cpu0 = cpu_seconds(), server_cpu0 = servers_cpu();
     int64_t t0 = now_ns();
     int64_t next_at = t0;
     long target = pub_only ? (long)1e12 : n_publish;
@@ -433,7 +456,7 @@ int main(int argc, char **argv) {
         }
         pump(wait);
     }
-    double server_cpu = cpu_pid ? proc_cpu(cpu_pid) - server_cpu0 : -1;
+    double server_cpu = n_cpu_pids ? servers_cpu() - server_cpu0 : -1;
     int64_t t1 = pub_only ? now_ns() : (last_delivery_ns ? last_delivery_ns : now_ns());
     double elapsed = (double)(t1 - t0) / 1e9;
     long lost = 0, dup = 0, closed = 0;

@@ -22,7 +22,12 @@ Scenarios, for each server:
   memory storage, alternating ``--redis-rounds`` times (the median of the paired ratios);
 * **the number check** (SPEC 6.1): channel_asgi against itself with the check switched off
   (``benchmarks/unchecked.py``), in the publish-only rounds (loaded together) and in saturated
-  fan-out at 1000 subscribers, alternating ``--check-rounds`` times.
+  fan-out at 1000 subscribers, alternating ``--check-rounds`` times;
+* **servers**: channel_asgi on uvicorn, hypercorn, granian and daphne (memory storage), and on
+  uvicorn and gunicorn with two uvicorn workers (RedisStorage), paced at ``--servers-rate``
+  publishes per second to ``--servers-subs`` subscribers: server CPU per delivery (every process
+  of the server, its workers included) against uvicorn on the same storage, in ``--servers-rounds``
+  alternating rounds (the median of the paired ratios). ``--servers-only`` runs just these.
 
 Usage (from the repository root, after ``scripts/setup``)::
 
@@ -32,7 +37,8 @@ Usage (from the repository root, after ``scripts/setup``)::
 
 It writes ``benchmarks/results/latest.json``, the table between the markers in
 ``docs/benchmarks.md`` and the chart ``docs/benchmarks.png`` (a ``--quick`` run writes only
-``benchmarks/results/quick.json``; ``--no-write`` only prints).
+``benchmarks/results/quick.json``; ``--no-write`` only prints). The servers part writes
+``benchmarks/results/servers.json`` and its table in ``docs/servers.md``.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "benchmarks" / "build"
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+SERVERS_DOC = ROOT / "docs" / "servers.md"
 CHART = ROOT / "docs" / "benchmarks.png"
 SECRET = secrets.token_hex(32)
 UVICORN = ["--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
@@ -118,6 +125,20 @@ class Server:
     def rss_kib(self) -> int:
         return proc_status(self.pid, "VmRSS")
 
+    def pids(self) -> list[int]:
+        """The server's process and its workers (its process group)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        fields = stat.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.pid and fields[0] != "Z":
+                    found.append(int(entry))
+        return sorted(found)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -126,6 +147,8 @@ class Target:
     name: str
     command: list[str]
     token_from_init: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    processes: int = 1  # the server and its workers, once it is ready
 
     @contextlib.contextmanager
     def start(self) -> Iterator[Server]:
@@ -134,9 +157,11 @@ class Target:
         process = subprocess.Popen(
             command,
             cwd=ROOT,
+            env={**os.environ, **self.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPU),
+            start_new_session=True,  # a process group of its own: its workers are found by it
         )
         try:
             deadline = time.monotonic() + 20
@@ -148,7 +173,12 @@ class Target:
                     if process.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"{self.name} did not start") from None
                     time.sleep(0.05)
-            yield Server(self.name, process, port, self.token_from_init)
+            server = Server(self.name, process, port, self.token_from_init)
+            while len(server.pids()) < self.processes:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not start its workers")
+                time.sleep(0.05)
+            yield server
         finally:
             process.terminate()
             try:
@@ -183,8 +213,141 @@ BASELINE = Target(
 )
 
 
+def server_targets(redis_url: str, prefix: str) -> list[tuple[Target, str]]:
+    """channel_asgi on every server, each with the uvicorn row it is compared with."""
+    app = "benchmarks.servers_app:app"
+    memory = {"CHANNEL_ASGI_CLI_OPTIONS": json.dumps({"secret": SECRET})}
+    on_redis = {
+        "CHANNEL_ASGI_CLI_OPTIONS": json.dumps(
+            {"secret": SECRET, "redis": redis_url, "redis_prefix": prefix}
+        )
+    }
+    uvicorn = ["-m", "uvicorn", app, "--port", "{port}", *UVICORN]
+    uvicorn_name, uvicorn_redis_name = "uvicorn", "uvicorn (RedisStorage)"
+    return [
+        (Target(uvicorn_name, uvicorn, env=memory), uvicorn_name),
+        (
+            Target("hypercorn", ["-m", "hypercorn", app, "--bind", "127.0.0.1:{port}"],
+                   env=memory, processes=2),
+            uvicorn_name,
+        ),
+        (
+            Target("granian", ["-m", "granian", "--interface", "asgi", "--port", "{port}",
+                               "--log-level", "warning", app], env=memory, processes=2),
+            uvicorn_name,
+        ),
+        (
+            Target("daphne", ["-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", "{port}", app],
+                   env=memory),
+            uvicorn_name,
+        ),
+        (Target(uvicorn_redis_name, uvicorn, env=on_redis), uvicorn_redis_name),
+        (
+            Target("gunicorn -w 2 (uvicorn workers, RedisStorage)",
+                   ["-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "2",
+                    "-b", "127.0.0.1:{port}", "--log-level", "warning", app],
+                   env=on_redis, processes=3),
+            uvicorn_redis_name,
+        ),
+    ]  # fmt: skip
+
+
+def servers_light_load(binary: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Server CPU per delivery on every server, paced, against uvicorn on the same storage.
+
+    Every server runs ``args.servers_rounds`` times, the servers in turn within a round (and in
+    the reverse order in every other round), so that the machine's drift hits them alike; the
+    ratio to uvicorn is the median of the rounds' ratios.
+    """
+    prefix = f"bench-servers-{secrets.token_hex(4)}"
+    pairs = server_targets(args.redis, prefix)
+    runs: dict[str, list[dict[str, Any]]] = {target.name: [] for target, _ in pairs}
+    command = [
+        "--subs", str(args.servers_subs), "--publishes", str(args.servers_count),
+        "--rate", str(args.servers_rate), "--pub-conns", "4", "--timeout", "600",
+    ]  # fmt: skip
+    try:
+        for index in range(args.servers_rounds):
+            for target, _ in pairs if index % 2 == 0 else pairs[::-1]:
+                with target.start() as server:
+                    report = loadgen(binary, server, *command)
+                report["server_cpu_us_per_delivery"] = (
+                    report["server_cpu_s"] / max(report["deliveries"], 1) * 1e6
+                )
+                runs[target.name].append(report)
+                print(
+                    f"servers {target.name}: {report['server_cpu_us_per_delivery']:.2f} us "
+                    "of server CPU per delivery",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        drop_redis_keys(args.redis, prefix)
+    results: dict[str, Any] = {}
+    for target, against in pairs:
+        reports = runs[target.name]
+        cpu = [r["server_cpu_us_per_delivery"] for r in reports]
+        base = [r["server_cpu_us_per_delivery"] for r in runs[against]]
+        results[target.name] = {
+            "against": against,
+            "server_cpu_us_per_delivery": statistics.median(cpu),
+            "ratio": paired(cpu, base),
+            "p50_ms": statistics.median(r["p50_ms"] for r in reports),
+            "p99_ms": statistics.median(r["p99_ms"] for r in reports),
+            "lost": sum(int(r["lost"]) + int(r["duplicates"]) for r in reports),
+            "runs": reports,
+        }
+    return {
+        "params": {
+            "subs": args.servers_subs,
+            "rate": args.servers_rate,
+            "publishes": args.servers_count,
+            "rounds": args.servers_rounds,
+        },
+        "servers": results,
+    }
+
+
+def servers_table(results: dict[str, Any]) -> str:
+    """The "Servers" rows of docs/servers.md."""
+    params = results["params"]
+    lines = [
+        f"Paced at {params['rate']:g} publishes/s to {params['subs']} subscribers (about "
+        f"{params['rate'] * params['subs']:,.0f} deliveries/s), {params['publishes']} publishes "
+        f"per run, {params['rounds']} rounds; the server pinned to one CPU, every process of it "
+        "counted.",
+        "",
+        "| server | server CPU µs per delivery | against uvicorn on the same storage "
+        "(median, range of rounds) | p50 / p99 ms | deliveries lost or repeated |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in results["servers"].items():
+        ratio = row["ratio"]
+        compared = (
+            "1 (the reference)"
+            if name == row["against"]
+            else f"{ratio['median']:.2f}x ({ratio['low']:.2f} to {ratio['high']:.2f})"
+        )
+        lines.append(
+            f"| {name} | {row['server_cpu_us_per_delivery']:.2f} | {compared} | "
+            f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f} | {row['lost']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_servers_doc(markdown: str) -> None:
+    start, end = "<!-- servers-results:start -->", "<!-- servers-results:end -->"
+    text = SERVERS_DOC.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    SERVERS_DOC.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
+
+
 def loadgen_command(binary: Path, server: Server, *args: str) -> list[str]:
-    command = [str(binary), "--port", str(server.port), "--cpu-pid", str(server.pid), *args]
+    command = [str(binary), "--port", str(server.port)]
+    for pid in server.pids() or [server.pid]:
+        command += ["--cpu-pid", str(pid)]
+    command += args
     if not server.token_from_init:
         command.append("--no-init")
     return command
@@ -687,6 +850,13 @@ def main() -> None:
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--servers-subs", type=int, default=200, help="subscribers, servers part")
+    parser.add_argument("--servers-rate", type=float, default=200.0, help="publishes/s, servers")
+    parser.add_argument("--servers-count", type=int, default=1000, help="publishes per servers run")
+    parser.add_argument("--servers-rounds", type=int, default=3, help="rounds of the servers part")
+    parser.add_argument(
+        "--servers-only", action="store_true", help="run only the servers part (docs/servers.md)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; keep docs as they are")
     parser.add_argument(
         "--from-json", type=Path, help="only redraw the table and chart from a results file"
@@ -704,6 +874,16 @@ def main() -> None:
         args.subs, args.deliveries, args.baseline_deliveries = "100,1000", 300_000, 100_000
         args.latency_count, args.publish_rounds, args.idle_subs = 60, 3, [500, 1000]
         args.redis_rounds = args.check_rounds = 1
+        args.servers_rounds, args.servers_count = 1, 300
+    servers = servers_light_load(build_loadgen(), args)
+    servers_markdown = servers_table(servers)
+    print(servers_markdown)
+    if not args.no_write and not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "servers.json").write_text(json.dumps(servers, indent=2) + "\n")
+        write_servers_doc(servers_markdown)
+    if args.servers_only:
+        return
     results = run(args)
     results["params"] = {
         "rate": args.rate,

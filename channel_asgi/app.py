@@ -52,13 +52,14 @@ from .http import (
 )
 from .hub import HEARTBEAT_TICKS, Hub
 from .identity import IdentityTokens
-from .lifecycle import Runner, run_every, server_is_exiting
+from .lifecycle import Runner, run_every, server_is_exiting, watch_exit_signals
 from .mailbox import Close, Transport
 from .numbers import encode_checked
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute, client_address
 from .ratelimit import ConnectionLimit
+from .servers import GRANIAN, UNPACED, identify, warn_unpaced
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .stream import serve_stream
@@ -192,6 +193,8 @@ class ChannelApp:
         self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
         self._ws = WebSocketRoute(self.engine, self.access, self._publish, self.cors)
         self._runner = Runner(self._background)
+        self._server: str | None = None  # the ASGI server's name, once met (see servers)
+        self._stream_budget: int | None = None  # per SSE stream, on servers that cannot pace
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -273,6 +276,8 @@ class ChannelApp:
 
         HTTP, the hot path (every publish is a request), is served here directly.
         """
+        if self._server is None:
+            self._meet_server(receive, send)
         if scope["type"] != "http":
             await self._other(scope, receive, send)
             return
@@ -303,6 +308,15 @@ class ChannelApp:
                 "Unexpected error serving %s %s", scope.get("method"), scope.get("path")
             )
             await send_json(send, 500, encode(Reply(500, "Internal server error")), cors)
+
+    def _meet_server(self, receive: Receive, send: Send) -> None:
+        """Adapt to what the server does on its first connection (see ``servers``)."""
+        name = self._server = identify(receive, send)
+        if name == GRANIAN:
+            watch_exit_signals()
+        if name in UNPACED:
+            self._stream_budget = self.settings.max_buffer_bytes
+            warn_unpaced(name, self.settings.max_buffer_bytes)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -360,7 +374,9 @@ class ChannelApp:
             or await self.access.may_read_history(None if anonymous else user_id, channel),
         )
         try:
-            await serve_stream(self.engine, session, receive, send, cors)
+            await serve_stream(
+                self.engine, session, receive, send, cors, budget=self._stream_budget
+            )
         except OSError as exc:  # ASGI's word for "the client has gone" (from send)
             logger.debug(
                 "Stream %s: the client left mid-send (%r)", session.subscriber.connection_id, exc

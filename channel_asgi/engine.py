@@ -88,6 +88,7 @@ class Session:
         init: the encoded ``init`` event, sent first.
         replay: retained broadcasts to send after ``init`` (a resume), oldest first.
         viewer_count: the channel's viewer count right after this connection joined.
+        replayed: the ids of ``replay`` (kept after it is sent, until :meth:`Engine.go_live`).
     """
 
     subscriber: Subscriber
@@ -96,11 +97,7 @@ class Session:
     init: bytes
     replay: list[StoredEvent]
     viewer_count: int
-
-    @property
-    def replayed_through(self) -> str | None:
-        """The id of the last broadcast in the replay, if any."""
-        return self.replay[-1].id if self.replay else None
+    replayed: list[str] = field(default_factory=list)
 
 
 def new_connection_id() -> str:
@@ -291,7 +288,8 @@ class Engine:
             to_user_id=user_id,
         )
         connection = Connection(user_id, channel, connection_id)
-        return Session(subscriber, connection, anonymous, init, replay, viewer_count)
+        replayed = [event.id for event in replay]
+        return Session(subscriber, connection, anonymous, init, replay, viewer_count, replayed)
 
     async def open_listener(
         self, channel: str, after: str | None, *, replay: bool
@@ -326,7 +324,7 @@ class Engine:
             raise
         events = history.events if replay else []
         newest = history.events[-1].id if history.events else after
-        self.hub.activate(subscriber, events[-1].id if events else None)
+        self.hub.activate(subscriber, [event.id for event in events])
         return subscriber, events, newest
 
     async def close_listener(self, subscriber: Subscriber) -> None:
@@ -336,7 +334,8 @@ class Engine:
 
     async def go_live(self, session: Session) -> None:
         """Deliver what arrived during the replay, announce the join and run ``on_connect``."""
-        self.hub.activate(session.subscriber, session.replayed_through)
+        replayed, session.replayed = session.replayed, []
+        self.hub.activate(session.subscriber, replayed)
         await self._announce(session.connection, "join", session.viewer_count)
         for hook in self.hooks.on_connect:
             await self.run_hook(hook, session.connection)

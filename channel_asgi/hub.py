@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Final, cast
@@ -53,6 +53,9 @@ class _Room:
     by_user: dict[str, dict[str, Subscriber]] = field(default_factory=dict)
     by_connection: dict[str, Subscriber] = field(default_factory=dict)
     opening: dict[str, Subscriber] = field(default_factory=dict)
+    #: Live subscribers whose replay may still arrive as live deliveries: connection id ->
+    #: (the replayed ids, the last of them). See :meth:`Hub.activate`.
+    catching_up: dict[str, tuple[frozenset[str], str]] = field(default_factory=dict)
 
 
 class Hub:
@@ -180,13 +183,17 @@ class Hub:
         subscriber.wake_soon = self._wake_soon
         room.opening[subscriber.connection_id] = subscriber
 
-    def activate(self, subscriber: Subscriber, replayed_through: str | None = None) -> None:
+    def activate(self, subscriber: Subscriber, replayed: Sequence[str] = ()) -> None:
         """Queue the backlog (minus what the replay already held) and go live.
+
+        A broadcast read from the storage's history may reach this process as a live delivery
+        only later (Redis answers the history read and the pub/sub message on two connections):
+        until a broadcast the replay did not hold arrives, or the last one it did, the live
+        deliveries of replayed broadcasts are dropped for this subscriber too.
 
         Args:
             subscriber: an attached subscriber.
-            replayed_through: the id of the last broadcast the replay held, if any; backlog
-                deliveries up to and including it are dropped.
+            replayed: the ids of the broadcasts its replay held, in order.
         """
         room = self._rooms.get(subscriber.channel)
         backlog = subscriber.backlog
@@ -195,9 +202,15 @@ class Hub:
             return
         if subscriber.closed is not None:
             return
-        if backlog and replayed_through is not None:
-            backlog = _after_replay(backlog, replayed_through)
         key = subscriber.connection_id
+        if replayed:
+            ids = frozenset(replayed)
+            caught_up = False
+            if backlog:
+                caught_up = any(d.id == replayed[-1] or d.id not in ids for d in backlog if d.id)
+                backlog = [delivery for delivery in backlog if delivery.id not in ids]
+            if not caught_up:
+                room.catching_up[key] = (ids, replayed[-1])
         room.by_connection[key] = subscriber
         room.by_transport[subscriber.transport][key] = subscriber
         if subscriber.user_id is not None:
@@ -213,6 +226,7 @@ class Hub:
             return
         key = subscriber.connection_id
         room.opening.pop(key, None)
+        room.catching_up.pop(key, None)
         room.by_connection.pop(key, None)
         room.by_transport[subscriber.transport].pop(key, None)
         if subscriber.user_id is not None:
@@ -268,10 +282,11 @@ class Hub:
                 targets[sender.connection_id] = sender
             self._offer(targets.values(), payload, delivery)
         else:
+            replayed = _replayed_to(room, delivery.id) if room.catching_up else None
             for transport, members in room.by_transport.items():
                 if members:
                     frame = _frame(transport, payload, delivery.id)
-                    self._offer_framed(members.values(), frame, delivery)
+                    self._offer_framed(members.values(), frame, delivery, replayed)
         if delivery.kind == "end":
             for subscriber in list(room.by_connection.values()):
                 subscriber.close(Close.END)
@@ -289,11 +304,17 @@ class Hub:
                 self._too_slow(subscriber)
 
     def _offer_framed(
-        self, members: Iterable[Subscriber], frame: bytes | str, delivery: Delivery
+        self,
+        members: Iterable[Subscriber],
+        frame: bytes | str,
+        delivery: Delivery,
+        replayed: set[str] | None = None,
     ) -> None:
         exclude = delivery.exclude_connection
         if exclude is not None:
             members = [member for member in members if member.connection_id != exclude]
+        if replayed:  # the connections whose replay already held this broadcast
+            members = [member for member in members if member.connection_id not in replayed]
         for subscriber in members:
             if not subscriber.put(frame):
                 self._too_slow(subscriber)
@@ -356,16 +377,23 @@ def _write_directly(
     subscriber._wake()
 
 
-def _after_replay(backlog: list[Delivery], replayed_through: str) -> list[Delivery]:
-    """Drop the retained broadcasts the replay already held (those up to ``replayed_through``).
+def _replayed_to(room: _Room, event_id: str | None) -> set[str] | None:
+    """The connections of ``room`` that already had broadcast ``event_id`` in their replay.
 
-    Other events (private, system, ...) are never in a replay, so they all stay, in order.
+    Deliveries arrive in the order of publication, so a connection is caught up (and leaves
+    ``catching_up``) at the last broadcast of its replay, or at the first one it did not hold.
+    Other events (private, system, ...) are never in a replay.
     """
-    for index, delivery in enumerate(backlog):
-        if delivery.id == replayed_through:
-            earlier = [d for d in backlog[:index] if d.id is None]
-            return earlier + backlog[index + 1 :]
-    return backlog
+    if event_id is None:
+        return None
+    replayed: set[str] = set()
+    for key, (ids, last) in list(room.catching_up.items()):
+        if event_id in ids:
+            replayed.add(key)
+            if event_id != last:
+                continue
+        del room.catching_up[key]
+    return replayed
 
 
 def _frame(transport: Transport, payload: bytes, event_id: str | None) -> bytes | str:

@@ -9,28 +9,37 @@ Uvicorn waits for open responses to finish before it stops, and SSE responses ne
 their own, so :func:`server_is_exiting` lets the app notice that uvicorn has been asked to stop
 (its signal handler is a bound method of the server, whose ``should_exit`` flag it reads without
 changing it) and end its streams; the browsers reconnect to whichever process is still up.
+Granian waits the same way but keeps its state out of reach, so there the app adds a handler of
+its own after granian's (:func:`watch_exit_signals`): granian's still runs first, unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from threading import get_ident
-from types import TracebackType
-from typing import Any
+from types import FrameType, TracebackType
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-__all__ = ["Runner", "run_every", "server_is_exiting"]
+__all__ = ["Runner", "run_every", "server_is_exiting", "watch_exit_signals"]
 
 Background = Callable[..., Coroutine[Any, Any, None]]
+
+_EXIT_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+_signalled = False  # a handler of watch_exit_signals saw SIGTERM or SIGINT
+_watching = False
 
 
 def server_is_exiting() -> bool:
     """Return True once the server that installed the SIGTERM/SIGINT handler is shutting down."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    if _signalled:
+        return True
+    for signum in _EXIT_SIGNALS:
         try:
             handler: Any = signal.getsignal(signum)
         except ValueError:  # pragma: no cover - not the main interpreter
@@ -39,6 +48,41 @@ def server_is_exiting() -> bool:
         if server is not None and getattr(server, "should_exit", False) is True:
             return True
     return False
+
+
+def watch_exit_signals() -> bool:
+    """Note SIGTERM and SIGINT for :func:`server_is_exiting`, after the server's own handlers.
+
+    Each Python-level handler the server installed is replaced by one that calls it first, with
+    the same arguments, and then notes the signal; a signal the server left to the default
+    action or ignores is left alone. Safe to call more than once.
+
+    Returns:
+        Whether the handlers are in place (False outside the main thread, where Python does not
+        allow installing them, or where the server has no Python handler to follow).
+    """
+    global _watching
+    if _watching:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for signum in _EXIT_SIGNALS:
+        previous = signal.getsignal(signum)
+        if callable(previous):
+            signal.signal(signum, _after(previous))
+            _watching = True
+    return _watching
+
+
+def _after(previous: Callable[[int, FrameType | None], Any]) -> Callable[..., None]:
+    def note_exit(signum: int, frame: FrameType | None) -> None:
+        global _signalled
+        try:
+            previous(signum, frame)
+        finally:
+            _signalled = True
+
+    return note_exit
 
 
 class Runner:

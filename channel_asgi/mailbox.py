@@ -36,6 +36,7 @@ class Close(enum.Enum):
     SLOW = "slow"  #: it did not keep up and its buffer overflowed
     GONE = "gone"  #: the client disconnected
     SHUTDOWN = "shutdown"  #: the app is stopping
+    BUDGET = "budget"  #: it wrote its byte budget on a server that cannot pace it (see servers)
 
 
 #: Mailbox item asking the writer to send the channel's history (a ``request`` reply).

@@ -8,13 +8,17 @@ closes the mailbox (see ``connection.live``). The writer drains the mailbox and 
 pending in one ``http.response.body`` message. Replays and ``request`` replies are written
 directly with ``await send`` (the server's flow control paces them); only live events go
 through the bounded mailbox.
+
+On a server whose ``send`` never waits (daphne), the mailbox never fills, so ``budget`` bounds
+what a stream may write there instead: past that many bytes of live events it ends cleanly, and
+the browser reconnects and resumes (see ``servers``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any, Final, cast
 
 from . import sse
@@ -45,13 +49,21 @@ async def serve_stream(
     receive: Receive,
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
+    *,
+    budget: int | None = None,
 ) -> None:
-    """Stream ``session``'s events until the client leaves, the channel ends or the app stops."""
+    """Stream ``session``'s events until the client leaves, the channel ends or the app stops.
+
+    Args:
+        budget: end the stream after this many bytes of live events (None: no end).
+    """
     subscriber = session.subscriber
     async with live(engine, session, _watch_disconnect(receive, subscriber)):
         await _open(engine, session, send, extra_headers)
         try:
             await engine.go_live(session)
+            if budget is not None:
+                send = _budgeted(send, subscriber, budget)
             await _pump(engine, session, send)
         except ChannelError as exc:  # the storage failed mid-stream: end it; it reconnects
             logger.warning("Ending stream %s: %s", subscriber.connection_id, exc)
@@ -146,6 +158,25 @@ async def _write_reply(send: Send, head: list[bytes], reply: AsyncGenerator[byte
             size += len(frame)
     batch.append(sse.REQUEST_END)
     await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
+
+
+def _budgeted(send: Send, subscriber: Subscriber, budget: int) -> Send:
+    """Wrap ``send`` to close ``subscriber`` once ``budget`` bytes have gone through it."""
+    left = budget
+
+    async def send_within_budget(message: MutableMapping[str, Any]) -> None:
+        nonlocal left
+        await send(message)
+        left -= len(message.get("body", b""))
+        if left < 0 and subscriber.closed is None:
+            logger.debug(
+                "Ending stream %s after %d bytes: the server cannot pace it; it will resume",
+                subscriber.connection_id,
+                budget - left,
+            )
+            subscriber.close(Close.BUDGET)
+
+    return send_within_budget
 
 
 async def _write_all(send: Send, head: list[bytes], frames: Iterable[bytes]) -> None:

@@ -82,6 +82,40 @@ def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
     raise TimeoutError(f"server on port {port} did not start")
 
 
+def start_server_process(
+    args: list[str], env: dict[str, str] | None = None, port: int | None = None
+) -> ServerProcess:
+    """Start ``python <args>`` in its own session on a free port (``{port}`` in ``args``).
+
+    Returns once the port accepts connections; stop it with :func:`stop_server_process`.
+    """
+    port = port or free_port()
+    command = [sys.executable, *(arg.format(port=port) for arg in args)]
+    # A file, not a pipe: a chatty server must never block on a full pipe.
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: workers it spawns stop with it
+    )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_for_port(process, port)
+    except BaseException:
+        stop_server_process(server)
+        raise
+    return server
+
+
+def stop_server_process(server: ServerProcess) -> None:
+    """Stop a server started by :func:`start_server_process`, and every process of its group."""
+    if not server.log.closed:
+        _stop_group(server.process)
+        server.log.close()
+
+
 @pytest.fixture
 def server_process() -> Iterator[Callable[..., ServerProcess]]:
     """Start a server command in a child process on a free port; stop it by PID afterwards.
@@ -93,26 +127,13 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     def start(
         args: list[str], env: dict[str, str] | None = None, port: int | None = None
     ) -> ServerProcess:
-        port = port or free_port()
-        command = [sys.executable, *(arg.format(port=port) for arg in args)]
-        # A file, not a pipe: a chatty server must never block on a full pipe.
-        log = tempfile.TemporaryFile()
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: workers it spawns stop with it
-        )
-        server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+        server = start_server_process(args, env, port)
         started.append(server)
-        _wait_for_port(process, port)
         return server
 
     yield start
     for server in started:
-        _stop_group(server.process)
-        server.log.close()
+        stop_server_process(server)
 
 
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
@@ -153,8 +174,18 @@ def redis_url() -> str:
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own; its keys are deleted afterwards."""
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    prefix = new_redis_prefix()
     yield prefix
+    drop_redis_keys(redis_url, prefix)
+
+
+def new_redis_prefix() -> str:
+    """A Redis key prefix no other test uses."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def drop_redis_keys(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix``."""
     import redis
 
     client = redis.Redis.from_url(redis_url)

@@ -91,3 +91,19 @@ def test_a_lost_delivery_in_any_run_fails_its_goal() -> None:
     markdown = bench.table(results, results["ratios"])
     assert "| deliveries lost or repeated, every channel_asgi run | 1 | 0 | no |" in markdown
     assert bench.faults(results, "sse-starlette + broadcaster") == 0
+
+
+def test_the_servers_table_is_the_one_the_servers_results_make() -> None:
+    """docs/servers.md shows what benchmarks/results/servers.json holds, for every server."""
+    bench = bench_module()
+    results = json.loads((ROOT / "benchmarks" / "results" / "servers.json").read_text())
+    markdown = bench.servers_table(results)
+    doc = (ROOT / "docs" / "servers.md").read_text()
+    assert f"<!-- servers-results:start -->\n{markdown}\n<!-- servers-results:end -->" in doc
+    names = [target.name for target, _ in bench.server_targets("redis://unused", "unused")]
+    assert list(results["servers"]) == names
+    assert all(row["lost"] == 0 for row in results["servers"].values())
+    glance = next(line for line in doc.splitlines() if line.startswith("| server CPU per delivery"))
+    for name, row in results["servers"].items():  # the summary row quotes the same ratios
+        if name != row["against"]:
+            assert f"{row['ratio']['median']:.2f}x" in glance, name

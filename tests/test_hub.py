@@ -102,10 +102,44 @@ def test_backlog_drops_only_the_broadcasts_the_replay_held() -> None:
     hub.dispatch(Delivery("ch", "event", b'{"n":"a"}', "1-0"))
     hub.dispatch(Delivery("ch", "event", b'{"n":"private"}', to_user="u1"))
     hub.dispatch(Delivery("ch", "event", b'{"n":"b"}', "2-0"))
-    hub.activate(sub, replayed_through="1-0")
+    hub.activate(sub, replayed=["1-0"])
     frames = [bytes(frame) for frame in queued(sub)]  # type: ignore[call-overload]
     names = [frame.split(b'"n":"')[1].split(b'"')[0] for frame in frames]
     assert names == [b"system", b"private", b"b"]
+
+
+def broadcast_ids(sub: Subscriber) -> list[str]:
+    """The ids of the SSE broadcasts queued for ``sub``, in order."""
+    frames = [bytes(frame) for frame in queued(sub)]  # type: ignore[call-overload]
+    return [frame.split(b"id: ")[1].split(b"\n")[0].decode() for frame in frames]
+
+
+def test_replayed_broadcasts_that_arrive_after_going_live_are_not_delivered_again() -> None:
+    """Issue 14 (a resume across a restart on Redis): the history read answered before the
+    pub/sub message, so the replayed broadcast came again, live."""
+    hub = Hub()
+    sub, other = subscriber("c1"), subscriber("c2", "u2")
+    live(hub, other)
+    hub.attach(sub)
+    hub.dispatch(Delivery("ch", "event", b"{}", "1-0"))  # in the replay and in the backlog
+    hub.activate(sub, replayed=["1-0", "2-0", "3-0"])  # 2-0 and 3-0 are still on their way
+    for event_id in ("2-0", "3-0", "4-0", "5-0"):
+        hub.dispatch(Delivery("ch", "event", b"{}", event_id))
+    assert broadcast_ids(sub) == ["4-0", "5-0"]
+    assert broadcast_ids(other) == ["1-0", "2-0", "3-0", "4-0", "5-0"]
+
+
+def test_a_broadcast_the_replay_did_not_hold_ends_the_catching_up() -> None:
+    """The last replayed broadcast reached this process before it listened: the first new
+    broadcast says the replay is complete, and later ones are never held back."""
+    hub = Hub()
+    sub = subscriber()
+    hub.attach(sub)
+    hub.activate(sub, replayed=["1-0", "2-0"])
+    hub.dispatch(Delivery("ch", "event", b'{"type":"system"}'))  # no id: always delivered
+    for event_id in ("3-0", "1-0", "4-0"):
+        hub.dispatch(Delivery("ch", "event", b"{}", event_id))
+    assert len(queued(sub)) == 4
 
 
 def test_request_reaches_only_its_connection_as_an_instruction() -> None:
