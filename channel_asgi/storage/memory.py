@@ -298,8 +298,42 @@ class MemoryStorage:
         """Retain a broadcast, deliver it, and return its id."""
         if channel in self._closed:
             raise ChannelClosed(channel)
-        now = self._clock()
         state = self._channels.get(channel) or self._state(channel)
+        events = state.events
+        if (
+            ttl is None
+            and state.ttl is None
+            and state.counted
+            and events is not None
+            and events.maxlen == keep
+        ):
+            # The hot path, a channel that already keeps history: what the general path does,
+            # by difference (``counted`` is ``events_bytes`` plus the channel's own cost).
+            event_id = state.last_id = f"{self._id_prefix}{next(self._sequence)}"
+            grow = len(payload) + len(event_id) + _EVENT_BYTES
+            if len(events) == keep:  # the deque drops the oldest (its _cost, inline)
+                oldest = events[0][0]
+                grow -= len(oldest.payload) + len(oldest.id) + _EVENT_BYTES
+            events.append((StoredEvent(event_id, payload), 0.0))
+            state.events_bytes += grow
+            state.counted += grow
+            self._bytes += grow
+            (self._live if state.listeners or state.viewers else self._idle).move_to_end(channel)
+        else:
+            event_id = self._append(channel, state, payload, keep, ttl)
+        limit = self.max_history_bytes
+        if limit is not None and self._bytes > limit:
+            self._enforce_budget()
+        delivery = Delivery(channel, "event", payload, event_id)
+        for deliver in self._consumers:
+            deliver(delivery)
+        return event_id
+
+    def _append(
+        self, channel: str, state: _Channel, payload: bytes, keep: int, ttl: float | None
+    ) -> str:
+        """Retain a broadcast: the general case (a new channel, a ``ttl``, a size change)."""
+        now = 0.0 if ttl is None else self._clock()
         event_id = state.last_id = f"{self._id_prefix}{next(self._sequence)}"
         state.last_at = now
         state.ttl = ttl
@@ -314,15 +348,11 @@ class MemoryStorage:
                 state.events_bytes = sum(_cost(event) for event, _ in events)
             if len(events) == keep:  # the deque drops the oldest
                 state.events_bytes -= _cost(events[0][0])
-            event = StoredEvent(event_id, payload)
-            events.append((event, now))
-            state.events_bytes += _cost(event)
-        self._schedule(channel, state)
+            events.append((StoredEvent(event_id, payload), now))
+            state.events_bytes += _cost(events[-1][0])
+        if ttl is not None:
+            self._schedule(channel, state)
         self._settle(channel, state)
-        self._enforce_budget()
-        delivery = Delivery(channel, "event", payload, event_id)
-        for deliver in self._consumers:
-            deliver(delivery)
         return event_id
 
     async def send(self, delivery: Delivery) -> None:
