@@ -349,62 +349,53 @@ class ChannelApp:
         channel: str,
         cors: list[tuple[bytes, bytes]],
     ) -> None:
-        with self.connections.hold(client_address(scope)):  # first: a flood costs nothing more
-            await self._stream(scope, headers, receive, send, channel, cors)
-
-    async def _stream(
-        self,
-        scope: Scope,
-        headers: Headers,
-        receive: Receive,
-        send: Send,
-        channel: str,
-        cors: list[tuple[bytes, bytes]],
-    ) -> None:
-        await self.engine.ensure_open(channel)
-        user_id, anonymous = await self.access.identify(scope, channel)
-        last_event_id = _last_event_id(scope, headers)
-        session = await self.engine.open_session(
-            channel,
-            user_id,
-            anonymous=anonymous,
-            transport=Transport.SSE,
-            last_event_id=last_event_id,
-            may_replay=last_event_id is None
-            or await self.access.may_read_history(None if anonymous else user_id, channel),
-        )
+        held = self.connections.take(client_address(scope))  # first: a flood costs no more
         try:
-            await serve_stream(
-                self.engine, session, receive, send, cors, budget=self._stream_budget
+            await self.engine.ensure_open(channel)
+            user_id, anonymous = await self.access.identify(scope, channel)
+            last_event_id = _last_event_id(scope, headers)
+            session = await self.engine.open_session(
+                channel,
+                user_id,
+                anonymous=anonymous,
+                transport=Transport.SSE,
+                last_event_id=last_event_id,
+                may_replay=last_event_id is None
+                or await self.access.may_read_history(None if anonymous else user_id, channel),
             )
-        except OSError as exc:  # ASGI's word for "the client has gone" (from send)
-            logger.debug(
-                "Stream %s: the client left mid-send (%r)", session.subscriber.connection_id, exc
-            )
-        except Exception:  # the response has started: log it, never answer again
-            logger.exception("Stream %s failed", session.subscriber.connection_id)
+            try:
+                await serve_stream(
+                    self.engine, session, receive, send, cors, budget=self._stream_budget
+                )
+            except OSError as exc:  # ASGI's word for "the client has gone" (from send)
+                connection_id = session.subscriber.connection_id
+                logger.debug("Stream %s: the client left mid-send (%r)", connection_id, exc)
+            except Exception:  # the response has started: log it, never answer again
+                logger.exception("Stream %s failed", session.subscriber.connection_id)
+        finally:
+            self.connections.release(held)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
         headers = headers_of(scope)
+        held = None
         try:
             path = route_path(scope)
             if not path.startswith("/ws/"):
                 raise NotFound(f"No WebSocket route for {path!r}; use /ws/{{channel}}")
             channel = validate_channel(path[len("/ws/") :])
             await self._runner.ensure_started()
-            with self.connections.hold(client_address(scope)):
-                await self._websocket_session(scope, receive, send, headers, channel)
+            held = self.connections.take(client_address(scope))
+            session = await self._ws.open(scope, headers, channel)
         except ChannelError as exc:  # refused before the upgrade
+            self.connections.release(held)
             await self._ws.refuse(scope, send, exc)
-
-    async def _websocket_session(
-        self, scope: Scope, receive: Receive, send: Send, headers: Headers, channel: str
-    ) -> None:
-        """Open the session (its refusals are the caller's) and serve it; never raise after."""
-        session = await self._ws.open(scope, headers, channel)
+            return
+        except BaseException:
+            self.connections.release(held)
+            raise
         try:
             await self._ws.serve(scope, receive, send, session)
         except OSError as exc:  # ASGI's word for "the client has gone" (from send)
@@ -412,6 +403,8 @@ class ChannelApp:
             logger.debug("WebSocket %s: the client left mid-send (%r)", connection_id, exc)
         except Exception:  # accepted already: log it, never answer again
             logger.exception("WebSocket %s failed", session.subscriber.connection_id)
+        finally:
+            self.connections.release(held)
 
     # -- identity, authorisation, channel patterns and bridges ---------------------------------
 

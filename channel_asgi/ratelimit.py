@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Final
 
 from .errors import TooManyConnections
@@ -76,25 +74,30 @@ class ConnectionLimit:
         """Return how many connections ``address`` holds open."""
         return self._open.get(address, 0)
 
-    @contextmanager
-    def hold(self, address: str | None) -> Iterator[None]:
-        """Count a connection from ``address`` (None: unknown, never limited) while it lasts.
+    def take(self, address: str | None) -> str | None:
+        """Count a connection from ``address`` (None: unknown, never limited).
+
+        Returns what to hand to :meth:`release` when the connection ends (None: nothing was
+        counted). A pair of calls rather than a context manager: it is held by every open
+        connection, whose frames should stay small.
 
         Raises:
             TooManyConnections: ``address`` already holds ``limit`` connections.
         """
         if self.limit is None or address is None:
-            yield
-            return
+            return None
         count = self._open.get(address, 0)
         if count >= self.limit:
             raise TooManyConnections(self.limit, self.retry_after)
         self._open[address] = count + 1
-        try:
-            yield
-        finally:
-            left = self._open[address] - 1
-            if left:
-                self._open[address] = left
-            else:
-                del self._open[address]
+        return address
+
+    def release(self, address: str | None) -> None:
+        """Stop counting a connection that :meth:`take` counted."""
+        if address is None:
+            return
+        left = self._open[address] - 1
+        if left:
+            self._open[address] = left
+        else:
+            del self._open[address]
