@@ -335,11 +335,34 @@ def servers_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_servers_doc(markdown: str) -> None:
+SUMMARY_ROW = "| server CPU per delivery, paced ([measured](#measured-cost)) |"
+
+
+def servers_summary(results: dict[str, Any]) -> str:
+    """The row of the servers page's first table that quotes the measured ratios."""
+    rows = results["servers"]
+    cells = []
+    for name, row in rows.items():
+        if name == row["against"]:
+            if name == "uvicorn":
+                cells.append("1 (the reference)")
+            continue
+        ratio = f"{row['ratio']['median']:.2f}x"
+        cells.append(
+            ratio if row["against"] == "uvicorn" else f"{ratio} (against uvicorn on Redis)"
+        )
+    return f"{SUMMARY_ROW} " + " | ".join(cells) + " |"
+
+
+def write_servers_doc(markdown: str, results: dict[str, Any]) -> None:
     start, end = "<!-- servers-results:start -->", "<!-- servers-results:end -->"
     text = SERVERS_DOC.read_text()
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
+    head = "\n".join(
+        servers_summary(results) if line.startswith(SUMMARY_ROW) else line
+        for line in head.split("\n")
+    )
     SERVERS_DOC.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
 
 
@@ -881,7 +904,7 @@ def main() -> None:
     if not args.no_write and not args.quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "servers.json").write_text(json.dumps(servers, indent=2) + "\n")
-        write_servers_doc(servers_markdown)
+        write_servers_doc(servers_markdown, servers)
     if args.servers_only:
         return
     results = run(args)
