@@ -37,7 +37,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import sse
 from .errors import ChannelError
-from .protocol import Envelope, Outline, decode_envelope, decode_outline
+from .protocol import Envelope, Outline, decode_envelope, decode_outline, skip_undecodable
 
 __all__ = ["ChannelError", "Client", "Envelope", "Subscription"]
 
@@ -329,13 +329,7 @@ class Subscription:
             outline = decode_outline(data)
             if outline is not None and outline.type == "request":
                 return self._request_parts_of(outline)
-            event_id = None if outline is None else outline.id
-            logger.warning(
-                "Skipped event %s on %r: it cannot be decoded (%s)",
-                event_id or "(no id)",
-                self.channel,
-                exc,
-            )
+            event_id = skip_undecodable(logger, self.channel, data, exc)
             if event_id is not None:
                 self.last_event_id = event_id
             return None
@@ -352,14 +346,7 @@ class Subscription:
             try:
                 kept.append(msgspec.to_builtins(decode_envelope(item)))
             except msgspec.DecodeError as exc:
-                item_outline = decode_outline(item)
-                item_id = None if item_outline is None else item_outline.id
-                logger.warning(
-                    "Skipped event %s of a request reply on %r: it cannot be decoded (%s)",
-                    item_id or "(no id)",
-                    self.channel,
-                    exc,
-                )
+                skip_undecodable(logger, self.channel, item, exc, where=" of a request reply")
         return Envelope(type="request", stream_id=self.channel, message=kept)
 
     def _on_event(self, event: Envelope) -> Envelope | None:

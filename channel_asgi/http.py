@@ -172,23 +172,13 @@ class BodyDeadlines:
             PayloadTooLarge: the body exceeds ``limit`` bytes.
             RequestTimeout: the body did not arrive in time.
         """
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"Body is larger than {limit} bytes")
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - an ASGI app always runs in a task
             return await read_body(headers, receive, limit)
         reads = self._reads
         reads[task] = time.monotonic() + self.timeout
         try:
-            # read_body, inline: a publish is one coroutine less.
-            message = await receive()
-            if message.get("more_body") or message["type"] != "http.request":
-                return await _read_rest(receive, message, limit)
-            body: bytes = message.get("body", b"")  # the usual case: one message
-            if len(body) > limit:
-                raise PayloadTooLarge(f"Body is larger than {limit} bytes")
-            return body
+            return await read_body(headers, receive, limit)
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise

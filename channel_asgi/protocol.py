@@ -11,6 +11,7 @@ one encode per event and lets any process frame a stored event the same way.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -26,6 +27,7 @@ __all__ = [
     "decode_publish",
     "encode",
     "encode_event",
+    "skip_undecodable",
     "with_id",
 ]
 
@@ -217,6 +219,25 @@ def decode_outline(data: bytes | str) -> Outline | None:
         return _outline_decoder.decode(data)
     except (msgspec.DecodeError, RecursionError):
         return None
+
+
+def skip_undecodable(
+    log: logging.Logger, channel: str, data: bytes | str, exc: Exception, *, where: str = ""
+) -> str | None:
+    """Log an event that does not decode, as a warning naming its id; return that id (if any).
+
+    Readers skip such an event and count its id as seen (SPEC 6.1), so it is never replayed.
+    """
+    outline = decode_outline(data)
+    event_id = None if outline is None else outline.id
+    log.warning(
+        "Skipped event %s%s on %r: it cannot be decoded (%s)",
+        event_id or "(no id)",
+        where,
+        channel,
+        exc,
+    )
+    return event_id
 
 
 def encode_event(

@@ -19,7 +19,7 @@ import msgspec
 
 from .engine import Engine
 from .mailbox import Close, Subscriber
-from .protocol import Envelope, decode_envelope, decode_outline, with_id
+from .protocol import Envelope, decode_envelope, skip_undecodable, with_id
 
 __all__ = ["Subscription"]
 
@@ -118,13 +118,6 @@ class Subscription:
 
     def _skip(self, data: bytes, exc: Exception) -> None:
         """Log an event that cannot be decoded and count its id as seen (it is not replayed)."""
-        outline = decode_outline(data)
-        event_id = None if outline is None else outline.id
-        logger.warning(
-            "Skipped event %s on %r: it cannot be decoded (%s)",
-            event_id or "(no id)",
-            self.channel,
-            exc,
-        )
+        event_id = skip_undecodable(logger, self.channel, data, exc)
         if event_id is not None:
             self._after = event_id
