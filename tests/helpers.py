@@ -169,15 +169,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def rss_kib(pid: int) -> int:
-    """Return the resident set size of process ``pid`` in KiB (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def redis_answers(port: int = 6379) -> bool:
     """Return whether a Redis on 127.0.0.1:``port`` answers PING."""
     try:
