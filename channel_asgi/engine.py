@@ -38,6 +38,8 @@ logger = logging.getLogger("channel_asgi")
 
 #: A ``request`` reply is split into events whose ``message`` array stays under this size.
 REQUEST_CHUNK_BYTES: Final = 256 * 1024
+#: How many of a replay's newest ids a connection keeps until live deliveries pass them.
+REPLAY_WINDOW: Final = 64
 #: A ``request`` reply reads the history in pages of about this many bytes.
 REQUEST_PAGE_BYTES: Final = 256 * 1024
 _FIRST_PAGE: Final = 16  # events, before their size is known
@@ -88,7 +90,8 @@ class Session:
         init: the encoded ``init`` event, sent first.
         replay: retained broadcasts to send after ``init`` (a resume), oldest first.
         viewer_count: the channel's viewer count right after this connection joined.
-        replayed: the ids of ``replay`` (kept after it is sent, until :meth:`Engine.go_live`).
+        replayed: the ids of the newest ``REPLAY_WINDOW`` broadcasts of ``replay`` (kept after
+            it is sent, until :meth:`Engine.go_live`).
     """
 
     subscriber: Subscriber
@@ -288,7 +291,9 @@ class Engine:
             to_user_id=user_id,
         )
         connection = Connection(user_id, channel, connection_id)
-        replayed = [event.id for event in replay]
+        # The newest of them: a live delivery of a replayed broadcast is one published just
+        # before the history was read, so a short window covers it, whatever the replay's size.
+        replayed = [event.id for event in replay[-REPLAY_WINDOW:]]
         return Session(subscriber, connection, anonymous, init, replay, viewer_count, replayed)
 
     async def open_listener(

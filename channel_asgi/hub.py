@@ -193,7 +193,8 @@ class Hub:
 
         Args:
             subscriber: an attached subscriber.
-            replayed: the ids of the broadcasts its replay held, in order.
+            replayed: the ids of the newest broadcasts its replay held, in order (the only ones
+                that can still arrive live).
         """
         room = self._rooms.get(subscriber.channel)
         backlog = subscriber.backlog
