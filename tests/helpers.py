@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,28 @@ import uvicorn
 from channel_asgi import sse
 
 WAIT = 10.0  # seconds any single wait in a test may take
+
+
+async def eventually(
+    check: Callable[[], Any],
+    until: Callable[[Any], object] = bool,
+    *,
+    timeout: float = WAIT,
+    interval: float = 0.02,
+) -> Any:
+    """Return ``check()`` (awaited if it is awaitable) once ``until`` holds for it.
+
+    The one bounded poll of the tests, for what no event announces (a viewer count in another
+    process, a process exiting). Raises ``TimeoutError`` when ``timeout`` is up.
+    """
+    with anyio.fail_after(timeout):
+        while True:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+            if until(value):
+                return value
+            await anyio.sleep(interval)
 
 
 def free_socket() -> socket.socket:
@@ -43,9 +66,7 @@ async def running_server(app: Any, **config: Any) -> AsyncIterator[str]:
     )
     async with anyio.create_task_group() as group:
         group.start_soon(server.serve, [sock])
-        with anyio.fail_after(WAIT):
-            while not server.started:
-                await anyio.sleep(0.01)
+        await eventually(lambda: server.started, interval=0.01)
         try:
             yield f"http://127.0.0.1:{port}"
         finally:

@@ -18,7 +18,7 @@ from channel_asgi import ChannelApp, StorageTimeout, StorageUnavailable
 from channel_asgi.storage import RedisStorage
 from channel_asgi.storage.conformance import running
 
-from .helpers import WAIT, free_port, publish, redis_answers, subscribe
+from .helpers import WAIT, eventually, free_port, publish, redis_answers, subscribe
 
 
 class OwnRedis:
@@ -140,9 +140,7 @@ async def test_publish_is_503_while_redis_is_down_and_flows_again_after(
             assert event.id == after.json()["id"]
             assert event.json["message"] == {"text": "after"}
         # presence is re-asserted into the fresh Redis by the lease renewal
-        with anyio.fail_after(WAIT):
-            while await channels.viewer_count("f") != 2:
-                await anyio.sleep(0.1)
+        await eventually(lambda: channels.viewer_count("f"), lambda n: n == 2, interval=0.1)
 
 
 async def test_a_storage_outage_at_startup_answers_503_until_redis_is_up(

@@ -15,7 +15,7 @@ import redis.asyncio
 from channel_asgi import ChannelApp
 from channel_asgi.storage import RedisStorage
 
-from .helpers import WAIT, publish, subscribe
+from .helpers import WAIT, eventually, publish, subscribe
 
 SECRET = "scale-out-secret"
 
@@ -127,12 +127,8 @@ async def test_a_killed_worker_drops_out_of_viewer_count_by_expiry(
             os.kill(doomed.pid, signal.SIGKILL)
             doomed.process.wait(timeout=WAIT)
             storage = RedisStorage(redis_url, prefix=redis_prefix)
-            count = 3
             try:
-                with anyio.fail_after(WAIT):
-                    while count != 1:
-                        await anyio.sleep(0.2)
-                        count = await storage.viewer_count("v")
+                await eventually(lambda: storage.viewer_count("v"), lambda n: n == 1, interval=0.2)
             finally:
                 await storage.aclose()
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import time
 from typing import Any
 
 import anyio
@@ -21,7 +20,7 @@ from channel_asgi.mailbox import Subscriber as HubSubscriber
 from channel_asgi.storage.base import History
 from channel_asgi.storage.memory import MemoryStorage
 
-from .helpers import WAIT, publish, subscribe
+from .helpers import WAIT, eventually, publish, subscribe
 
 UVICORN_FACTORY = ["-m", "uvicorn", "channel_asgi.cli:create_app", "--factory", "--port", "{port}"]
 
@@ -92,9 +91,7 @@ async def test_connect_disconnect_cycles_leave_no_trace(serve, client: httpx.Asy
         pass  # start the app and let its background tasks settle
 
     async def settle() -> None:
-        with anyio.fail_after(WAIT):
-            while await channels.viewer_count("cycle"):
-                await anyio.sleep(0.01)
+        await eventually(lambda: channels.viewer_count("cycle"), lambda n: n == 0)
 
     await settle()
     gc.collect()
@@ -116,9 +113,7 @@ async def test_connect_disconnect_cycles_leave_no_trace(serve, client: httpx.Asy
     assert list(channels.hub.subscribers()) == []
     # type(), not isinstance(): lazy proxies (Django settings) resolve on __class__
     assert not any(type(obj) is HubSubscriber for obj in gc.get_objects())
-    with anyio.fail_after(WAIT):
-        while len(asyncio.all_tasks()) > tasks:
-            await anyio.sleep(0.01)
+    await eventually(lambda: len(asyncio.all_tasks()) <= tasks)
 
 
 @pytest.mark.parametrize(
@@ -139,16 +134,13 @@ def test_stopping_the_server_ends_open_streams_and_exits_quickly(
         responses = [stream.__enter__() for stream in streams]
         for response in responses:
             assert next(response.iter_lines()).startswith("retry:")
-        started = time.monotonic()
         os.kill(server.pid, signal.SIGTERM)
-        server.process.wait(timeout=8)
-        elapsed = time.monotonic() - started
+        server.process.wait(timeout=4)  # a bounded wait: a server that hangs on its streams fails
         for stream in streams:
             stream.__exit__(None, None, None)
     # uvicorn re-raises the signal it handled once it has shut down cleanly
     assert server.process.returncode in (0, -signal.SIGTERM), server.output()
     assert "Finished server process" in server.output()
-    assert elapsed < 4, f"took {elapsed:.1f} s to exit"
     assert "Exception" not in server.output()
 
 

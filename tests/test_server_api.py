@@ -9,7 +9,7 @@ import pytest
 from channel_asgi import ChannelApp, Connection, Envelope, Reject
 from channel_asgi.errors import NotFound
 
-from .helpers import publish, subscribe
+from .helpers import eventually, publish, subscribe
 
 
 async def test_publish_returns_the_event_id_of_a_broadcast_and_none_for_private(
@@ -110,9 +110,7 @@ async def test_viewer_count_counts_live_connections(serve, client: httpx.AsyncCl
     assert await channels.viewer_count("v") == 0
     async with subscribe(client, f"{base}/subscribe/v"), subscribe(client, f"{base}/subscribe/v"):
         assert await channels.viewer_count("v") == 2
-    with anyio.fail_after(5):
-        while await channels.viewer_count("v"):
-            await anyio.sleep(0.01)
+    await eventually(lambda: channels.viewer_count("v"), lambda n: n == 0)
 
 
 async def test_close_channel_ends_streams_and_refuses_until_reopened(
@@ -162,12 +160,8 @@ async def test_connect_and_disconnect_hooks_get_the_connection(
 
     base = await serve(channels)
     async with subscribe(client, f"{base}/subscribe/h") as sub:
-        with anyio.fail_after(5):
-            while not seen:
-                await anyio.sleep(0.01)
-    with anyio.fail_after(5):
-        while len(seen) < 2:
-            await anyio.sleep(0.01)
+        await eventually(lambda: seen)
+    await eventually(lambda: len(seen) >= 2)
     assert [kind for kind, _ in seen] == ["connect", "disconnect"]
     conn = seen[0][1]
     assert (conn.user_id, conn.channel) == (sub.user_id, "h")

@@ -42,7 +42,7 @@ from .conftest import (
     start_server_process,
     stop_server_process,
 )
-from .helpers import WAIT, EventStream, free_port, publish, redis_answers, subscribe
+from .helpers import WAIT, EventStream, eventually, free_port, publish, redis_answers, subscribe
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 SECRET: Final = "servers-test-secret-0123456789abcdef"
@@ -385,9 +385,7 @@ async def test_a_reader_that_stalls_is_disconnected(site: Site, http: httpx.Asyn
             assert await next_number() == n
         stalled = stalled_subscribe(site.root, f"/channel/subscribe/{channel}")
         try:
-            with anyio.fail_after(WAIT):
-                while await viewers(http, site, channel) < 2:
-                    await anyio.sleep(0.05)
+            await eventually(lambda: viewers(http, site, channel), lambda n: n >= 2, interval=0.05)
             for n in range(count):  # in step with the live reader: it is never behind
                 reply = await publish(http, url, token, chat(pad, n=n))
                 assert reply.status_code == 200, reply.text
@@ -395,9 +393,7 @@ async def test_a_reader_that_stalls_is_disconnected(site: Site, http: httpx.Asyn
             # The stalled reader is let go, which is what bounds the memory it can hold: on
             # daphne, whose send never waits, by the stream budget (a server that buffered all
             # of it for ever would keep it counted).
-            with anyio.fail_after(WAIT):
-                while await viewers(http, site, channel) > 1:
-                    await anyio.sleep(0.05)
+            await eventually(lambda: viewers(http, site, channel), lambda n: n == 1, interval=0.05)
         finally:
             stalled.close()
 
@@ -577,9 +573,12 @@ async def test_sigterm_with_streams_open_ends_them_and_exits(
                         assert await ended_cleanly(sub.stream), f"{server} cut the stream"
                     else:
                         assert await sub.stream.ended(), f"{server} left the stream open"
-        with anyio.fail_after(EXIT_WITHIN[server]):  # a hang is the bug: bounded, not timed
-            while process.process.poll() is None:
-                await anyio.sleep(0.05)
+        # A hang is the bug: a bounded wait, not a timed one.
+        await eventually(
+            lambda: process.process.poll(),
+            lambda code: code is not None,
+            timeout=EXIT_WITHIN[server],
+        )
     finally:
         stop_server_process(process)
 
@@ -613,9 +612,7 @@ async def test_the_client_resumes_across_a_server_restart(
             token = sub.token
             assert token is not None
             os.kill(process.pid, signal.SIGTERM)
-            with anyio.fail_after(EXIT_WITHIN[server]):
-                while process.process.poll() is None:
-                    await anyio.sleep(0.05)
+            await eventually(lambda: process.process.poll(), lambda code: code is not None)
             stop_server_process(process)
             process = start(server, app, redis_url=url, prefix=prefix, port=port)
             async with httpx.AsyncClient(trust_env=False, timeout=WAIT) as http:
