@@ -6,6 +6,7 @@ event once, hands it to the storage (which delivers it to every process's hub) a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import uuid
@@ -29,7 +30,7 @@ from .protocol import (
     encode_event,
     with_id,
 )
-from .storage.base import Delivery, Storage, StoredEvent
+from .storage.base import Delivery, History, Storage, StoredEvent
 from .tokens import TokenSigner
 
 __all__ = ["Connection", "Engine", "Hooks", "Session"]
@@ -46,6 +47,19 @@ _FIRST_PAGE: Final = 16  # events, before their size is known
 _MAX_PAGE: Final = 1024
 
 _END_MESSAGE: Final = encode({"status": "closed"})
+
+
+def _before_backlog(
+    events: list[StoredEvent], backlog: list[Delivery] | None
+) -> tuple[list[StoredEvent], bool]:
+    """The replayed ``events`` before the first one the backlog holds, and whether it held one."""
+    if not backlog:
+        return events, False
+    live = {delivery.id for delivery in backlog if delivery.id is not None}
+    for index, event in enumerate(events):
+        if event.id in live:
+            return events[:index], True
+    return events, False
 
 
 def _request_event(channel: str, user_id: str, items: list[bytes]) -> bytes:
@@ -88,10 +102,12 @@ class Session:
         connection: what the hooks see of it.
         anonymous: whether its user is anonymous.
         init: the encoded ``init`` event, sent first.
-        replay: retained broadcasts to send after ``init`` (a resume), oldest first.
+        replay: the first page of the retained broadcasts to send after ``init`` (a resume),
+            oldest first; :meth:`Engine.replay` reads the rest as it is written.
         viewer_count: the channel's viewer count right after this connection joined.
-        replayed: the ids of the newest ``REPLAY_WINDOW`` broadcasts of ``replay`` (kept after
-            it is sent, until :meth:`Engine.go_live`).
+        pages: the rest of the replay's pages, not read yet.
+        replayed: the ids of the newest ``REPLAY_WINDOW`` broadcasts of the replay written (kept
+            until :meth:`Engine.go_live`).
     """
 
     subscriber: Subscriber
@@ -100,6 +116,7 @@ class Session:
     init: bytes
     replay: list[StoredEvent]
     viewer_count: int
+    pages: AsyncGenerator[History, None] | None = None
     replayed: list[str] = field(default_factory=list)
 
 
@@ -186,6 +203,39 @@ class Engine:
             raise Gone("The connection this token was issued on has closed; subscribe again")
         await self.storage.send(Delivery(channel, "request", to_connection=connection_id))
 
+    def _history_size(self, channel: str) -> int:
+        settings = self.settings
+        return settings.history_size if self.history_for is None else self.history_for(channel)
+
+    async def history_pages(
+        self, channel: str, after: str | None = None
+    ) -> AsyncGenerator[History, None]:
+        """Read the retained broadcasts after ``after`` a page at a time, oldest first.
+
+        The first page holds :data:`_FIRST_PAGE` broadcasts (their size is not known yet), the
+        next about :data:`REQUEST_PAGE_BYTES` each; at most the channel's ``history_size`` in
+        all, so a busy channel cannot keep a slow reader's pages coming for ever. The first
+        page's ``recovered`` is the resume's. A page's last id evicted meanwhile (the ring only
+        drops its oldest) leaves only newer broadcasts: the next page starts at the oldest
+        retained, without repeats.
+        """
+        budget = self._history_size(channel)
+        page = _FIRST_PAGE
+        sent = 0
+        while True:  # at least one read: a resume needs its ``recovered`` even with no history
+            want = min(page, budget - sent)
+            history = await self.storage.history(
+                channel, after=after, ttl=self.settings.history_ttl, limit=want
+            )
+            yield history
+            events = history.events
+            sent += len(events)
+            if len(events) < want or sent >= budget:
+                return
+            after = events[-1].id
+            average = max(1, sum(len(event.payload) for event in events) // len(events))
+            page = max(1, min(_MAX_PAGE, REQUEST_PAGE_BYTES // average))
+
     async def request_reply(self, channel: str, user_id: str) -> AsyncGenerator[bytes, None]:
         """Yield the ``request`` reply for ``channel``: encoded events, each array <= 256 KiB.
 
@@ -196,35 +246,18 @@ class Engine:
         channel cannot keep a slow reader's reply going for ever. An empty history is one event
         with an empty array.
         """
-        settings = self.settings
-        budget = settings.history_size if self.history_for is None else self.history_for(channel)
-        after: str | None = None
-        page = _FIRST_PAGE
         chunk: list[bytes] = []
         size = 2
-        sent = 0
-        while sent < budget:
-            want = min(page, budget - sent)
-            history = await self.storage.history(
-                channel, after=after, ttl=settings.history_ttl, limit=want
-            )
-            # A page's last id evicted meanwhile (the ring only drops its oldest): everything
-            # retained is newer, so the next page starts at the oldest retained, without repeats.
-            events = history.events
-            for event in events:
-                item = with_id(event.payload, event.id)
-                grow = len(item) + (1 if chunk else 0)
-                if chunk and size + grow > REQUEST_CHUNK_BYTES:
-                    yield _request_event(channel, user_id, chunk)
-                    chunk, size, grow = [], 2, len(item)
-                chunk.append(item)
-                size += grow
-            sent += len(events)
-            if len(events) < want:
-                break
-            after = events[-1].id
-            average = max(1, sum(len(event.payload) for event in events) // len(events))
-            page = max(1, min(_MAX_PAGE, REQUEST_PAGE_BYTES // average))
+        async with contextlib.aclosing(self.history_pages(channel)) as pages:
+            async for history in pages:
+                for event in history.events:
+                    item = with_id(event.payload, event.id)
+                    grow = len(item) + (1 if chunk else 0)
+                    if chunk and size + grow > REQUEST_CHUNK_BYTES:
+                        yield _request_event(channel, user_id, chunk)
+                        chunk, size, grow = [], 2, len(item)
+                    chunk.append(item)
+                    size += grow
         yield _request_event(channel, user_id, chunk)
 
     async def close_channel(self, channel: str) -> None:
@@ -268,13 +301,13 @@ class Engine:
             joined = True
             recovered = None
             replay: list[StoredEvent] = []
+            pages = None
             if last_event_id is not None and not may_replay:
                 recovered = False
             elif last_event_id is not None:
-                history = await self.storage.history(
-                    channel, after=last_event_id, ttl=self.settings.history_ttl
-                )
-                replay, recovered = history.events, history.recovered
+                pages = self.history_pages(channel, last_event_id)
+                first = await anext(pages)
+                replay, recovered = first.events, first.recovered
         except BaseException:
             with anyio.CancelScope(shield=True):
                 self.hub.detach(subscriber)
@@ -291,10 +324,35 @@ class Engine:
             to_user_id=user_id,
         )
         connection = Connection(user_id, channel, connection_id)
-        # The newest of them: a live delivery of a replayed broadcast is one published just
-        # before the history was read, so a short window covers it, whatever the replay's size.
-        replayed = [event.id for event in replay[-REPLAY_WINDOW:]]
-        return Session(subscriber, connection, anonymous, init, replay, viewer_count, replayed)
+        return Session(subscriber, connection, anonymous, init, replay, viewer_count, pages)
+
+    async def replay(self, session: Session) -> AsyncGenerator[list[StoredEvent], None]:
+        """Yield a resume's replay a page at a time, reading each page once the last is written.
+
+        It stops where the live events collected since the connection attached begin (they are
+        delivered at :meth:`go_live`), so the two meet without a gap or a repeat, and a replay of
+        a long history to a slow reader holds one page, not the whole history.
+        """
+        subscriber = session.subscriber
+        events, session.replay = session.replay, []
+        pages, session.pages = session.pages, None
+        try:
+            while subscriber.closed is None:
+                events, reached = _before_backlog(events, subscriber.backlog)
+                if events:
+                    # Keep the newest ids: a live delivery of a replayed broadcast is one
+                    # published just before its page was read, so a short window covers it.
+                    session.replayed = [*session.replayed, *(e.id for e in events)][-REPLAY_WINDOW:]
+                    yield events
+                if reached or pages is None:
+                    return
+                history = await anext(pages, None)
+                if history is None:
+                    return
+                events = history.events
+        finally:
+            if pages is not None:
+                await pages.aclose()
 
     async def open_listener(
         self, channel: str, after: str | None, *, replay: bool

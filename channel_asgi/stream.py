@@ -82,10 +82,16 @@ async def _open(
     headers = [*_SSE_HEADERS, *extra_headers]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     reconnect_ms = int(engine.settings.reconnect_delay * 1000)
-    opening = sse.retry(reconnect_ms) + sse.event(session.init)
-    replay = (sse.event(with_id(e.payload, e.id), e.id) for e in session.replay)
-    await _write_all(send, [opening], replay)
-    session.init, session.replay = b"", []
+    head = [sse.retry(reconnect_ms) + sse.event(session.init)]
+    session.init = b""
+    async with contextlib.aclosing(engine.replay(session)) as pages:
+        async for events in pages:  # each page written (flow control) before the next is read
+            await _write_all(
+                send, head, (sse.event(with_id(e.payload, e.id), e.id) for e in events)
+            )
+            head = []
+    if head:
+        await send({"type": "http.response.body", "body": head[0], "more_body": True})
 
 
 async def _pump(engine: Engine, session: Session, send: Send) -> None:

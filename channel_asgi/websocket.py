@@ -163,10 +163,12 @@ class WebSocketRoute:
         reader = self._read(receive, subscriber, claims, client_address(scope))
         async with live(self.engine, session, reader):
             await send({"type": "websocket.send", "text": session.init.decode()})
-            for event in session.replay:
-                text = with_id(event.payload, event.id).decode()
-                await send({"type": "websocket.send", "text": text})
-            session.init, session.replay = b"", []
+            session.init = b""
+            async with contextlib.aclosing(self.engine.replay(session)) as pages:
+                async for events in pages:  # a page at a time, as the client takes them
+                    for event in events:
+                        text = with_id(event.payload, event.id).decode()
+                        await send({"type": "websocket.send", "text": text})
             try:
                 await self.engine.go_live(session)
                 await self._pump(session, send)

@@ -9,7 +9,7 @@ import msgspec
 
 from channel_asgi import ChannelApp
 from channel_asgi.engine import REQUEST_CHUNK_BYTES, REQUEST_PAGE_BYTES
-from channel_asgi.mailbox import REQUEST, Subscriber
+from channel_asgi.mailbox import REQUEST, Subscriber, Transport
 from channel_asgi.storage.base import History
 from channel_asgi.storage.memory import MemoryStorage
 
@@ -67,3 +67,29 @@ def test_a_request_already_queued_is_not_queued_again() -> None:
     assert subscriber.drain() == [REQUEST, b"event"]
     subscriber.put_control(REQUEST)
     assert subscriber.drain() == [REQUEST]
+
+
+async def test_a_paged_replay_meets_the_live_backlog_without_gap_or_repeat() -> None:
+    """A resume's replay is read a page at a time, while live events are collected; it stops
+    where they begin, and going live delivers them: every broadcast once, in order."""
+    storage = CountingStorage()
+    channels = ChannelApp(secret=SECRET, storage=storage, history_size=100)
+    async with channels:
+        engine = channels.engine
+        ids = [await channels.publish("c", {"n": n, "pad": "p" * 30_000}) for n in range(40)]
+        storage.reads.clear()
+        session = await engine.open_session(
+            "c", "u1", anonymous=True, transport=Transport.SSE, last_event_id=ids[0]
+        )
+        assert len(storage.reads) == 1  # the first page only, before anything is written
+        later = [await channels.publish("c", {"n": n}) for n in range(40, 45)]  # live: backlog
+        replayed: list[str] = []
+        async for page in engine.replay(session):
+            replayed += [event.id for event in page]
+        assert replayed == ids[1:]
+        assert len(storage.reads) > 2  # paged: 16 events, then about 256 KiB at a time
+        await engine.go_live(session)
+        frames = b"".join(item for item in session.subscriber.drain() if isinstance(item, bytes))
+        live = [line[4:].decode() for line in frames.split(b"\n") if line.startswith(b"id: ")]
+        assert live == later
+        await engine.end_session(session)

@@ -157,7 +157,9 @@ class _RecordingStorage(MemoryStorage):
         return history
 
 
-async def _stalled_requester(base: str, channel: str) -> tuple[socket.socket, str]:
+async def _stalled_requester(
+    base: str, channel: str, last_event_id: str | None = None
+) -> tuple[socket.socket, str]:
     """A subscriber that reads its ``init`` (for the token) and then never reads again."""
     host, port = base.removeprefix("http://").split(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -167,7 +169,8 @@ async def _stalled_requester(base: str, channel: str) -> tuple[socket.socket, st
     received = b""
     with anyio.fail_after(WAIT):
         await loop.sock_connect(sock, (host, int(port)))
-        request = f"GET /subscribe/{channel} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        resume = "" if last_event_id is None else f"Last-Event-ID: {last_event_id}\r\n"
+        request = f"GET /subscribe/{channel} HTTP/1.1\r\nHost: {host}\r\n{resume}\r\n"
         await loop.sock_sendall(sock, request.encode())
         while b'"type":"init"' not in received or b"\n\n" not in received.split(b'"init"')[1]:
             chunk = await loop.sock_recv(sock, 4096)
@@ -227,3 +230,29 @@ async def test_request_replies_to_readers_that_stall_are_read_a_page_at_a_time(
         finally:
             for sock, _token in stalled:
                 sock.close()
+
+
+async def test_replays_to_resumers_that_stall_are_read_a_page_at_a_time(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """18 MB of history replayed (an unknown Last-Event-ID) to sockets that never read: each
+    replay is read a page at a time as it is written; a resumer that reads gets all of it."""
+    storage = _RecordingStorage()
+    channels = ChannelApp(
+        secret="r" * 40, storage=storage, history_size=300, max_body_bytes=1 << 17
+    )
+    base = await serve(channels)
+    pad = "z" * 60_000
+    ids = [await channels.publish("archive", {"n": n, "pad": pad}) for n in range(300)]
+    storage.read_sizes.clear()
+    stalled = [await _stalled_requester(base, "archive", "0-1") for _ in range(4)]
+    try:
+        headers = {"Last-Event-ID": "0-1"}
+        async with subscribe(client, f"{base}/subscribe/archive", headers) as reader:
+            assert reader.init["message"]["recovered"] is False
+            replayed = [(await reader.stream.until("broadcast")).id for _ in ids]
+            assert replayed == ids
+        assert max(storage.read_sizes) <= 16 * len(pad) * 1.01, storage.read_sizes
+    finally:
+        for sock, _token in stalled:
+            sock.close()
