@@ -57,6 +57,7 @@ __all__ = [
     "test_history_is_per_channel",
     "test_history_keeps_only_the_newest",
     "test_history_of_an_unknown_channel_is_empty",
+    "test_history_pages_with_limit_and_after",
     "test_history_ttl_ignores_old_broadcasts",
     "test_is_connected_spans_processes",
     "test_large_and_unusual_payloads_round_trip",
