@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from channel_asgi import ChannelApp
+from channel_asgi import ChannelApp, StorageUnavailable
 from channel_asgi.storage.memory import MemoryStorage
 
 from .helpers import WAIT
@@ -83,3 +83,21 @@ def test_exit_signals_are_seen_after_the_server_handler_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+class HistoryDown(MemoryStorage):
+    """A storage that cannot read history (a backend that fails mid-way)."""
+
+    async def history(self, channel: str, **options: Any) -> Any:
+        raise StorageUnavailable("history is down")
+
+
+async def test_a_server_side_subscribe_that_fails_leaves_nothing_behind() -> None:
+    storage = HistoryDown()
+    channels = ChannelApp(secret=SECRET, storage=storage)
+    async with channels:
+        with pytest.raises(StorageUnavailable):
+            async with channels.subscribe("room", last_event_id="0-0"):
+                pytest.fail("subscribed without history")  # pragma: no cover
+        assert storage.channel_count == 0  # listened, then unlistened: nothing kept
+        assert await channels.viewer_count("room") == 0
