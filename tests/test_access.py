@@ -421,3 +421,12 @@ async def test_ip_rate_limit_is_shared_by_users_of_one_address(
         assert (await publish(client, url, two.token, chat())).status_code == 200
         assert (await publish(client, url, one.token, chat())).status_code == 429
         assert (await publish(client, url, two.token, chat())).status_code == 429
+
+
+def test_request_cookies_and_client_of_a_plain_scope() -> None:
+    """Request, as Auth.identify sees it: a malformed Cookie header is no cookies, not an error."""
+    bad = Request({"type": "http", "headers": [(b"cookie", b'a="unterminated')], "client": None})
+    assert bad.cookies == {}
+    assert bad.client is None
+    good = Request({"type": "http", "headers": [(b"cookie", b"s=1")], "client": ("10.0.0.1", 5)})
+    assert (good.cookies, good.client) == ({"s": "1"}, "10.0.0.1")
