@@ -109,6 +109,14 @@ class Access:
         """
         await self.authorize(user_id, channel, HISTORY_ACTION, publishing=False)
 
+    async def may_replay(
+        self, user_id: str, anonymous: bool, channel: str, last_event_id: str | None
+    ) -> bool:
+        """Return whether a subscribe may replay what it missed (yes when it resumes nothing)."""
+        if last_event_id is None:
+            return True
+        return await self.may_read_history(None if anonymous else user_id, channel)
+
     async def may_read_history(self, user_id: str | None, channel: str) -> bool:
         """Return whether ``user_id`` (None: anonymous) may read the history of ``channel``."""
         if not self.decides:

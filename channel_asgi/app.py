@@ -360,8 +360,7 @@ class ChannelApp:
                 anonymous=anonymous,
                 transport=Transport.SSE,
                 last_event_id=last_event_id,
-                may_replay=last_event_id is None
-                or await self.access.may_read_history(None if anonymous else user_id, channel),
+                may_replay=await self.access.may_replay(user_id, anonymous, channel, last_event_id),
             )
             try:
                 await serve_stream(

@@ -119,8 +119,7 @@ class WebSocketRoute:
             anonymous=anonymous,
             transport=Transport.TEXT,
             last_event_id=last_event_id,
-            may_replay=last_event_id is None
-            or await self.access.may_read_history(None if anonymous else user_id, channel),
+            may_replay=await self.access.may_replay(user_id, anonymous, channel, last_event_id),
         )
 
     def _check_origin(self, headers: Headers) -> None:
