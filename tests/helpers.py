@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,16 @@ def free_socket() -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     return sock
+
+
+async def asgi_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
+    """Read a whole request body from an ASGI ``receive`` (for the tests' own small servers)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
 
 
 @asynccontextmanager

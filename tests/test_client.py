@@ -14,7 +14,7 @@ import pytest
 from channel_asgi import ChannelApp
 from channel_asgi.client import ChannelError, Client, Envelope
 
-from .helpers import WAIT, free_port, subscribe
+from .helpers import WAIT, asgi_body, free_port, subscribe
 
 SECRET = "c" * 40
 
@@ -279,12 +279,7 @@ class ForeignServer:
             tasks.cancel_scope.cancel()
 
     async def _publish(self, receive, send) -> None:  # type: ignore[no-untyped-def]
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await asgi_body(receive)
         if json.loads(body)["type"] == "request":
             for requested in self._requests:
                 requested.set()

@@ -14,7 +14,7 @@ import websockets
 from channel_asgi import ChannelApp
 from channel_asgi.webhooks import url_allowed
 
-from .helpers import WAIT, free_port, publish, subscribe
+from .helpers import WAIT, asgi_body, free_port, publish, subscribe
 
 
 @dataclass
@@ -31,12 +31,7 @@ class Listener:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await asgi_body(receive)
         self.received.append(
             {
                 "path": scope["path"],
