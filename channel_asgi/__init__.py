@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .app import ChannelApp
 from .auth import Action, Auth, Request
-from .engine import Connection
+from .connection import Connection
 from .errors import ChannelError, Reject, StorageTimeout, StorageUnavailable
 from .middleware import ChannelMiddleware
 from .protocol import Envelope

@@ -26,7 +26,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from .access import Access
-from .auth import Auth, Request
+from .auth import Auth
 from .config import Settings
 from .cors import CorsPolicy
 from .engine import Engine, Hooks
@@ -53,26 +53,27 @@ from .http import (
 from .hub import HEARTBEAT_TICKS, Hub
 from .identity import IdentityTokens
 from .lifecycle import Runner, run_every, server_is_exiting, watch_exit_signals
-from .mailbox import Close, Transport
+from .listener import Listener
+from .mailbox import Close
 from .numbers import encode_checked
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
-from .publish import PublishRoute, client_address
+from .publish import PublishRoute
 from .ratelimit import ConnectionLimit
+from .scheduler import WriteScheduler
 from .servers import GRANIAN, UNPACED, identify, warn_unpaced
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
-from .stream import serve_stream
-from .subscription import Subscription
+from .subscribe import SubscribeRoute
 from .tokens import TokenSigner
 from .webhooks import Bridge, validate_url_prefix
-from .websocket import WebSocketRoute
+from .websocket import WebSocketRoute, refuse
 
 __all__ = ["ChannelApp"]
 
 logger = logging.getLogger("channel_asgi")
 
-_ROUTES: Final = {"subscribe": ("GET", "OPTIONS"), "publish": ("POST", "OPTIONS")}
+_HTTP_ROUTES: Final = ("subscribe", "publish")
 _EXIT_POLL: Final = 0.25
 
 HookT = TypeVar("HookT", bound=Callable[..., Any])
@@ -108,6 +109,10 @@ class ChannelApp:
         max_connections_per_ip: the most subscriber connections (SSE and WebSocket) one client
             address may hold open in this process (429 past it), or None for no limit.
         body_timeout: seconds a publish body may take to arrive (408 after).
+
+    Attributes:
+        storage: the storage it was given (or the :class:`MemoryStorage` it made).
+        settings: the validated options above, read-only.
     """
 
     def __init__(
@@ -161,7 +166,6 @@ class ChannelApp:
             raise TypeError(f"storage must implement channel_asgi.Storage, got {storage!r}")
         if auth is not None and not callable(getattr(auth, "identify", None)):
             raise TypeError(f"auth must have an async identify(request) method, got {auth!r}")
-        self.auth = auth
         if secret is not None and len(secret) < 32:
             logger.warning("The secret is shorter than 32 bytes; use a longer random one")
         if secret is None:
@@ -175,26 +179,36 @@ class ChannelApp:
                 "in other processes; pass secret= to run more than one."
             )
             secret = secrets.token_bytes(32)
-        self.cors = CorsPolicy(cors_origins)
-        self.hooks = Hooks()
-        self.hub = Hub()
-        self.engine = Engine(
-            self.settings, self.storage, self.hub, TokenSigner(secret, token_ttl), self.hooks
+        settings = self.settings
+        self._cors = CorsPolicy(cors_origins)
+        self._hooks = Hooks()
+        self._bridges: list[Bridge] = []
+        self._hub = Hub(self.storage, WriteScheduler())
+        self._access = Access(auth, IdentityTokens(secret), PatternSet())
+        self._engine = Engine(
+            settings,
+            self.storage,
+            self._hub,
+            TokenSigner(secret, token_ttl),
+            self._hooks,
+            history_size=partial(self._access.history_size, default=settings.history_size),
+            on_broadcast=self._offer_to_bridges,
         )
-        self.patterns = PatternSet()
-        self.access = Access(auth, IdentityTokens(secret), self.patterns)
-        self.bridges: list[Bridge] = []
-        self.connections = ConnectionLimit(
-            self.settings.max_connections_per_ip,
-            retry_after=math.ceil(self.settings.reconnect_delay),
+        limit = ConnectionLimit(
+            settings.max_connections_per_ip, retry_after=math.ceil(settings.reconnect_delay)
         )
-
         self._outbound: httpx.AsyncClient | None = None
-        self._publish = PublishRoute(self.engine, self.hooks, self.access, self._outbound_client)
-        self._ws = WebSocketRoute(self.engine, self.access, self._publish, self.cors)
+        self._publish = PublishRoute(self._engine, self._hooks, self._access, self._outbound_client)
+        self._subscribe = SubscribeRoute(self._engine, self._access, limit)
+        self._websocket = WebSocketRoute(
+            self._engine, self._access, limit, self._publish, self._cors
+        )
+        self._routes: dict[str, SubscribeRoute | PublishRoute] = {
+            "subscribe": self._subscribe,
+            "publish": self._publish,
+        }
         self._runner = Runner(self._background)
         self._server: str | None = None  # the ASGI server's name, once met (see servers)
-        self._stream_budget: int | None = None  # per SSE stream, on servers that cannot pace
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -210,12 +224,12 @@ class ChannelApp:
         tb: TracebackType | None,
     ) -> None:
         """End every stream and stop the background work."""
-        self.hub.close_all(Close.SHUTDOWN)
+        self._hub.close_all(Close.SHUTDOWN)
         await self._runner.__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """End every stream and stop background work that started on first use."""
-        self.hub.close_all(Close.SHUTDOWN)
+        self._hub.close_all(Close.SHUTDOWN)
         await self._runner.aclose()
 
     async def _background(
@@ -225,15 +239,15 @@ class ChannelApp:
             self._outbound = outbound
             try:
                 async with anyio.create_task_group() as group:
-                    await group.start(self.storage.run, self.hub.dispatch)
+                    await group.start(self.storage.run, self._hub.dispatch)
                     tick = self.settings.heartbeat / HEARTBEAT_TICKS
-                    await group.start(run_every, tick, self.hub.heartbeat)
+                    await group.start(run_every, tick, self._hub.heartbeat)
                     interval = self.settings.presence_interval
-                    await group.start(run_every, interval, self.engine.flush_presence)
+                    await group.start(run_every, interval, self._engine.announcer.flush)
                     await group.start(run_every, _EXIT_POLL, self._end_streams_if_exiting)
                     deadlines = self._publish.deadlines
                     await group.start(run_every, deadlines.interval, deadlines.sweep)
-                    for bridge in self.bridges:
+                    for bridge in self._bridges:
                         await group.start(bridge.run, outbound)
                     task_status.started()
             finally:
@@ -245,12 +259,12 @@ class ChannelApp:
         return self._outbound
 
     def _offer_to_bridges(self, channel: str, event_id: str, payload: bytes) -> None:
-        for bridge in self.bridges:
+        for bridge in self._bridges:
             bridge.offer(channel, event_id, with_id(payload, event_id))
 
     def _end_streams_if_exiting(self) -> None:
         if server_is_exiting():
-            self.hub.close_all(Close.SHUTDOWN)
+            self._hub.close_all(Close.SHUTDOWN)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -283,23 +297,20 @@ class ChannelApp:
             return
         headers = headers_of(scope)
         origin = header(headers, b"origin")
-        cors = [] if origin is None else self.cors.headers(origin)
+        cors = [] if origin is None else self._cors.headers(origin)
         try:
-            route, channel = _match(route_path(scope))
+            route_name, channel = _match(route_path(scope))
+            route = self._routes[route_name]
             method = scope["method"]
-            if method not in _ROUTES[route]:
-                raise MethodNotAllowed(_ROUTES[route])
+            if method not in route.methods:
+                raise MethodNotAllowed(route.methods)
             if method == "OPTIONS":
-                await self._options(headers, send, route, origin)
+                await self._options(headers, send, route.methods, origin)
                 return
             validate_channel(channel)
             if not self._runner.running:
                 await self._runner.ensure_started()
-            if route == "publish":
-                reply = await self._publish.handle_http(scope, headers, receive, channel)
-                await send_json(send, reply.code, encode(reply), cors)
-            else:
-                await self._subscribe(scope, headers, receive, send, channel, cors)
+            await route.serve(scope, headers, receive, send, channel, cors)
         except ChannelError as exc:
             body = encode(Reply(exc.status, exc.message))
             await send_json(send, exc.status, body, cors + _error_headers(exc))
@@ -315,95 +326,46 @@ class ChannelApp:
         if name == GRANIAN:
             watch_exit_signals()
         if name in UNPACED:
-            self._stream_budget = self.settings.max_buffer_bytes
             warn_unpaced(name, self.settings.max_buffer_bytes)
+        self._subscribe.pace_for(name)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            await self._websocket(scope, receive, send)
+            await self._websocket_connect(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _options(self, headers: Headers, send: Send, route: str, origin: str | None) -> None:
-        allow = (b"allow", ", ".join(_ROUTES[route]).encode())
+    async def _options(
+        self, headers: Headers, send: Send, methods: tuple[str, ...], origin: str | None
+    ) -> None:
+        allow = (b"allow", ", ".join(methods).encode())
         if origin is None or header(headers, b"access-control-request-method") is None:
             await send({"type": "http.response.start", "status": 204, "headers": [allow]})
             await send({"type": "http.response.body", "body": b""})
             return
-        if not self.cors.is_allowed_origin(origin):
+        if not self._cors.is_allowed_origin(origin):
             body = encode(Reply(403, f"Origin {origin} is not allowed"))
             await send_json(send, 403, body, [allow])
             return
         requested = header(headers, b"access-control-request-headers")
-        reply_headers = [allow, *self.cors.preflight_headers(origin, requested)]
+        reply_headers = [allow, *self._cors.preflight_headers(origin, requested)]
         await send({"type": "http.response.start", "status": 204, "headers": reply_headers})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _subscribe(
-        self,
-        scope: Scope,
-        headers: Headers,
-        receive: Receive,
-        send: Send,
-        channel: str,
-        cors: list[tuple[bytes, bytes]],
-    ) -> None:
-        held = self.connections.take(client_address(scope))  # first: a flood costs no more
-        try:
-            await self.engine.ensure_open(channel)
-            user_id, anonymous = await self.access.identify(scope, channel)
-            last_event_id = _last_event_id(scope, headers)
-            session = await self.engine.open_session(
-                channel,
-                user_id,
-                anonymous=anonymous,
-                transport=Transport.SSE,
-                last_event_id=last_event_id,
-                may_replay=await self.access.may_replay(user_id, anonymous, channel, last_event_id),
-            )
-            try:
-                await serve_stream(
-                    self.engine, session, receive, send, cors, budget=self._stream_budget
-                )
-            except OSError as exc:  # ASGI's word for "the client has gone" (from send)
-                connection_id = session.subscriber.connection_id
-                logger.debug("Stream %s: the client left mid-send (%r)", connection_id, exc)
-            except Exception:  # the response has started: log it, never answer again
-                logger.exception("Stream %s failed", session.subscriber.connection_id)
-        finally:
-            self.connections.release(held)
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _websocket_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        headers = headers_of(scope)
-        held = None
         try:
             path = route_path(scope)
             if not path.startswith("/ws/"):
                 raise NotFound(f"No WebSocket route for {path!r}; use /ws/{{channel}}")
             channel = validate_channel(path[len("/ws/") :])
             await self._runner.ensure_started()
-            held = self.connections.take(client_address(scope))
-            session = await self._ws.open(scope, headers, channel)
+            await self._websocket.serve(scope, headers_of(scope), receive, send, channel, [])
         except ChannelError as exc:  # refused before the upgrade
-            self.connections.release(held)
-            await self._ws.refuse(scope, send, exc)
-            return
-        except BaseException:
-            self.connections.release(held)
-            raise
-        try:
-            await self._ws.serve(scope, receive, send, session)
-        except OSError as exc:  # ASGI's word for "the client has gone" (from send)
-            connection_id = session.subscriber.connection_id
-            logger.debug("WebSocket %s: the client left mid-send (%r)", connection_id, exc)
-        except Exception:  # accepted already: log it, never answer again
-            logger.exception("WebSocket %s failed", session.subscriber.connection_id)
-        finally:
-            self.connections.release(held)
+            await refuse(scope, send, exc)
 
     # -- identity, authorisation, channel patterns and bridges ---------------------------------
 
@@ -415,7 +377,7 @@ class ChannelApp:
         A subscribe that presents it (``?token=`` or ``Authorization: Bearer``) runs as that
         user; with ``channels``, only on those channel names or patterns.
         """
-        return self.access.identity.issue(user_id, channels=channels, ttl=ttl)
+        return self._access.identity.issue(user_id, channels=channels, ttl=ttl)
 
     def channel(
         self,
@@ -452,11 +414,7 @@ class ChannelApp:
             history=history,
             types=None if types is None else frozenset(types),
         )
-        self.access.add_pattern(rules)
-        if history is not None:
-            self.engine.history_for = partial(
-                self.access.history_size, default=self.settings.history_size
-            )
+        self._access.add_pattern(rules)
         return rules
 
     def bridge(
@@ -477,9 +435,7 @@ class ChannelApp:
         if self._runner.running:
             raise RuntimeError("Register bridges before the ChannelApp starts")
         bridge = Bridge(pattern, url, retries=retries, queue_size=queue_size, timeout=timeout)
-        if not self.bridges:
-            self.engine.after_broadcast.append(self._offer_to_bridges)
-        self.bridges.append(bridge)
+        self._bridges.append(bridge)
         return bridge
 
     # -- server-side API -----------------------------------------------------------------------
@@ -523,31 +479,31 @@ class ChannelApp:
             raise UnprocessableEntity(f"timestamp must be finite, got {timestamp!r}")
         raw = msgspec.Raw(encode_checked(message, root="$.message"))
         await self._runner.ensure_started()
-        await self.engine.ensure_open(channel)
+        await self._engine.ensure_open(channel)
         # Always yield to the event loop once: with the memory storage nothing else would, and a
         # loop of publishes would starve the connections that deliver them.
         await anyio.lowlevel.checkpoint()
         if type == "broadcast":
-            return await self.engine.broadcast(
+            return await self._engine.broadcast(
                 channel, raw, author_id=author_id, timestamp=timestamp
             )
         if type == "private":
             if not to_user_id:
                 raise ValueError("a private message needs to_user_id")
-            await self.engine.private(
+            await self._engine.private(
                 channel, raw, to_user_id=to_user_id, author_id=author_id, timestamp=timestamp
             )
             return None
         raise ValueError(f"type must be 'broadcast' or 'private', got {type!r}")
 
-    def subscribe(self, channel: str, *, last_event_id: str | None = None) -> Subscription:
+    def subscribe(self, channel: str, *, last_event_id: str | None = None) -> Listener:
         """Subscribe from the server: ``async with channels.subscribe(ch) as events``.
 
         Iterating yields :class:`~channel_asgi.Envelope` objects (broadcasts, system events and
         the final ``end``). A server-side subscriber is not counted as a viewer.
         """
-        return Subscription(
-            self.engine, self._runner.ensure_started, _checked_channel(channel), last_event_id
+        return Listener(
+            self._engine, self._runner.ensure_started, _checked_channel(channel), last_event_id
         )
 
     async def viewer_count(self, channel: str) -> int:
@@ -560,7 +516,7 @@ class ChannelApp:
         History is kept; :meth:`open_channel` makes the channel usable again.
         """
         await self._runner.ensure_started()
-        await self.engine.close_channel(_checked_channel(channel))
+        await self._engine.close_channel(_checked_channel(channel))
 
     async def open_channel(self, channel: str) -> None:
         """Make a closed channel usable again."""
@@ -570,12 +526,12 @@ class ChannelApp:
 
     def on_connect(self, hook: HookT) -> HookT:
         """Register ``async hook(conn)``, called when a subscriber has received ``init``."""
-        self.hooks.on_connect.append(_async_hook(hook, "on_connect"))
+        self._hooks.on_connect.append(_async_hook(hook, "on_connect"))
         return hook
 
     def on_disconnect(self, hook: HookT) -> HookT:
         """Register ``async hook(conn)``, called when a subscriber has gone."""
-        self.hooks.on_disconnect.append(_async_hook(hook, "on_disconnect"))
+        self._hooks.on_disconnect.append(_async_hook(hook, "on_disconnect"))
         return hook
 
     def on_publish(self, hook: HookT) -> HookT:
@@ -584,7 +540,7 @@ class ChannelApp:
         It may raise :class:`~channel_asgi.Reject` to refuse the message, or change
         ``envelope.message`` before it is delivered.
         """
-        self.hooks.on_publish.append(_async_hook(hook, "on_publish"))
+        self._hooks.on_publish.append(_async_hook(hook, "on_publish"))
         return hook
 
 
@@ -599,7 +555,7 @@ def _async_hook(hook: Any, name: str) -> Any:
 @lru_cache(maxsize=1024)  # the paths a process serves repeat; unknown ones raise (not kept)
 def _match(path: str) -> tuple[str, str]:
     parts = path.split("/", 2)  # "/publish/a/b" -> ["", "publish", "a/b"]
-    if len(parts) == 3 and not parts[0] and parts[1] in _ROUTES:
+    if len(parts) == 3 and not parts[0] and parts[1] in _HTTP_ROUTES:
         return parts[1], parts[2]
     raise NotFound(
         f"No route for {path!r}; use /subscribe/{{channel}}, /publish/{{channel}} "
@@ -614,13 +570,6 @@ def _checked_channel(channel: str) -> str:
         return validate_channel(channel)
     except ChannelError as exc:
         raise ValueError(f"{exc.message}: {channel!r}") from None
-
-
-def _last_event_id(scope: Scope, headers: Headers) -> str | None:
-    value = header(headers, b"last-event-id")
-    if value is None:
-        value = Request(scope).query_params.get("last_event_id")
-    return value or None
 
 
 def _error_headers(exc: ChannelError) -> list[tuple[bytes, bytes]]:

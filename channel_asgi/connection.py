@@ -1,62 +1,41 @@
-"""What every live subscriber connection (SSE or WebSocket) does around its writing.
+"""A subscriber connection as the rest of the app names it: who, on which channel, framed how.
 
-The connection's own task writes; a second, bare asyncio task watches the client (for SSE, its
-disconnect; for a WebSocket, its frames too). A connection found too slow is interrupted by
-cancelling the writer, which may be stuck in a send; that cancellation is the connection's own
-business and ends here. Whatever happens, the cleanup (leave, announce it, run the hooks) runs
-shielded, with a deadline so that a storage outage cannot hold the task forever.
-
-These are plain asyncio tasks rather than an anyio task group: a task group per connection
-costs about 5 KiB, and the routes are served by asyncio servers (uvicorn, hypercorn, daphne).
+``Connection`` is what the hooks see (``on_connect``, ``on_disconnect``, ``on_publish``). The
+connection's place in the hub and its queue of events are its ``mailbox.Mailbox``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
-from typing import Any, Final
+import enum
+import uuid
 
-import anyio
+import msgspec
 
-from .engine import Engine, Session
-from .mailbox import Close
-
-__all__ = ["live"]
-
-#: How long the cleanup of a closed connection may take (it runs shielded).
-CLEANUP_TIMEOUT: Final = 10.0
+__all__ = ["Connection", "Framing", "new_connection_id"]
 
 
-@asynccontextmanager
-async def live(
-    engine: Engine, session: Session, watcher: Coroutine[Any, Any, None]
-) -> AsyncIterator[None]:
-    """Run the block as ``session``'s writer, with ``watcher`` beside it; clean up after.
+class Framing(enum.Enum):
+    """How a connection wants its events framed."""
 
-    The block ends early, without an error, when the connection is cut for being too slow
-    (``session.subscriber.closed`` is then ``Close.SLOW``).
+    SSE = "sse"  #: ``id:``/``data:`` bytes
+    TEXT = "text"  #: the envelope as ``str`` (a WebSocket text frame)
+    JSON = "json"  #: the envelope as ``bytes`` (a server-side subscriber)
+
+
+class Connection(msgspec.Struct, frozen=True, gc=False):
+    """A subscriber connection, as the hooks see it.
+
+    Attributes:
+        user_id: the user it runs as.
+        channel: the channel it subscribed to.
+        connection_id: unique across processes; the publish token is bound to it.
     """
-    subscriber = session.subscriber
-    writer = asyncio.current_task()
-    if writer is None:  # pragma: no cover - an ASGI app always runs in a task
-        raise RuntimeError("a connection must run in a task")
-    subscriber.interrupt = writer.cancel
-    watching = asyncio.ensure_future(watcher)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if subscriber.closed is not Close.SLOW:
-            raise
-        uncancel = getattr(writer, "uncancel", None)  # Python 3.11+
-        if uncancel is not None:
-            uncancel()
-    finally:
-        subscriber.interrupt = None
-        watching.cancel()
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-            await engine.end_session(session)
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+
+    user_id: str
+    channel: str
+    connection_id: str
+
+
+def new_connection_id() -> str:
+    """Return a connection id that is unique across processes and hosts."""
+    return uuid.uuid4().hex

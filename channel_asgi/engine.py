@@ -1,15 +1,15 @@
-"""The engine: what publishing and subscribing *do*, whatever the transport.
+"""The engine: what publishing and subscribing *do*, whatever the route or transport.
 
-The HTTP routes, the WebSocket route and the server-side API all come here; the engine encodes each
-event once, hands it to the storage (which delivers it to every process's hub) and keeps presence.
+The routes (subscribe, publish, WebSocket) and the server-side API all come here. A publish is
+encoded once and handed to the storage, which delivers it to every process's hub; a connection
+is joined (mailbox attached, channel listened, viewer counted), replayed, made live, and
+removed again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -17,71 +17,26 @@ from typing import Any, Final
 import anyio
 import msgspec
 
+from .announce import Announcer
 from .config import Settings
+from .connection import Connection, Framing, new_connection_id
 from .errors import ChannelClosed, ChannelError, Gone
+from .history import HistoryReader, Replay
 from .hub import Hub
-from .mailbox import Subscriber, Transport
-from .protocol import (
-    CountMessage,
-    Envelope,
-    InitMessage,
-    PresenceMessage,
-    encode,
-    encode_event,
-    with_id,
-)
-from .storage.base import Delivery, History, Storage, StoredEvent
+from .mailbox import Mailbox
+from .protocol import Envelope, InitMessage, encode, encode_event
+from .storage.base import Delivery, Storage, StoredEvent
 from .tokens import TokenSigner
 
-__all__ = ["Connection", "Engine", "Hooks", "Session"]
+__all__ = ["Engine", "Hooks", "Opening"]
 
 logger = logging.getLogger("channel_asgi")
 
-#: A ``request`` reply is split into events whose ``message`` array stays under this size.
-REQUEST_CHUNK_BYTES: Final = 256 * 1024
-#: How many of a replay's newest ids a connection keeps until live deliveries pass them.
-REPLAY_WINDOW: Final = 64
-#: A ``request`` reply reads the history in pages of about this many bytes.
-REQUEST_PAGE_BYTES: Final = 256 * 1024
-_FIRST_PAGE: Final = 16  # events, before their size is known
-_MAX_PAGE: Final = 1024
-
 _END_MESSAGE: Final = encode({"status": "closed"})
-
-
-def _before_backlog(
-    events: list[StoredEvent], backlog: list[Delivery] | None
-) -> tuple[list[StoredEvent], bool]:
-    """The replayed ``events`` before the first one the backlog holds, and whether it held one."""
-    if not backlog:
-        return events, False
-    live = {delivery.id for delivery in backlog if delivery.id is not None}
-    for index, event in enumerate(events):
-        if event.id in live:
-            return events[:index], True
-    return events, False
-
-
-def _request_event(channel: str, user_id: str, items: list[bytes]) -> bytes:
-    return encode_event("request", channel, b"[" + b",".join(items) + b"]", to_user_id=user_id)
-
-
-class Connection(msgspec.Struct, frozen=True, gc=False):
-    """A subscriber connection, as the hooks see it.
-
-    Attributes:
-        user_id: the user it runs as.
-        channel: the channel it subscribed to.
-        connection_id: unique across processes; the publish token is bound to it.
-    """
-
-    user_id: str
-    channel: str
-    connection_id: str
-
 
 ConnectionHook = Callable[[Connection], Awaitable[None]]
 PublishHook = Callable[[Envelope, Connection], Awaitable[None]]
+BroadcastListener = Callable[[str, str, bytes], None]
 
 
 @dataclass(slots=True)
@@ -93,40 +48,51 @@ class Hooks:
     on_publish: list[PublishHook] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class Session:
-    """An open subscriber connection, between subscribe and disconnect.
+class Opening:
+    """What a new connection sends before its live events, and what its hooks see.
 
     Attributes:
-        subscriber: its place in the hub.
-        connection: what the hooks see of it.
+        connection: the connection, as the hooks see it.
         anonymous: whether its user is anonymous.
-        init: the encoded ``init`` event, sent first.
-        replay: the first page of the retained broadcasts to send after ``init`` (a resume),
-            oldest first; :meth:`Engine.replay` reads the rest as it is written.
-        viewer_count: the channel's viewer count right after this connection joined.
-        pages: the rest of the replay's pages, not read yet.
-        replayed: the ids of the newest ``REPLAY_WINDOW`` broadcasts of the replay written (kept
-            until :meth:`Engine.go_live`).
+        viewer_count: the channel's viewer count right after it joined.
+        replay: a resume's replay (empty without ``Last-Event-ID``).
     """
 
-    subscriber: Subscriber
-    connection: Connection
-    anonymous: bool
-    init: bytes
-    replay: list[StoredEvent]
-    viewer_count: int
-    pages: AsyncGenerator[History, None] | None = None
-    replayed: list[str] = field(default_factory=list)
+    __slots__ = ("_init", "anonymous", "connection", "replay", "viewer_count")
 
+    def __init__(
+        self,
+        connection: Connection,
+        anonymous: bool,
+        init: bytes,
+        viewer_count: int,
+        replay: Replay,
+    ) -> None:
+        self.connection: Final = connection
+        self.anonymous: Final = anonymous
+        self.viewer_count: Final = viewer_count
+        self.replay: Final = replay
+        self._init = init
 
-def new_connection_id() -> str:
-    """Return a connection id that is unique across processes and hosts."""
-    return uuid.uuid4().hex
+    def take_init(self) -> bytes:
+        """Return the encoded ``init`` event (sent first), and let it be freed."""
+        init, self._init = self._init, b""
+        return init
 
 
 class Engine:
-    """Publishing, sessions and presence on top of a storage and this process's hub."""
+    """Publishing, connections and presence on top of a storage and this process's hub.
+
+    Args:
+        settings: the app's settings.
+        storage: history, presence and delivery to every process.
+        hub: this process's connections.
+        signer: issues the publish tokens ``init`` carries.
+        hooks: the host's callbacks.
+        history_size: how many broadcasts a channel retains (channel patterns may differ).
+        on_broadcast: called with (channel, event id, payload) after each broadcast this
+            process made (the bridges), or None.
+    """
 
     def __init__(
         self,
@@ -135,19 +101,19 @@ class Engine:
         hub: Hub,
         signer: TokenSigner,
         hooks: Hooks,
+        *,
+        history_size: Callable[[str], int],
+        on_broadcast: BroadcastListener | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
-        self.hub = hub
         self.signer = signer
-        self.hooks = hooks
-        self._presence: dict[str, list[int]] = {}  # large channel -> [joined, left] to record
-        self._watching: dict[str, float] = {}  # large channel -> until when to keep flushing
-        #: How many broadcasts a channel retains, when channel patterns may override
-        #: ``history_size``; None while every channel retains ``history_size``.
-        self.history_for: Callable[[str], int] | None = None
-        #: Called with (channel, event id, payload) after each broadcast this process made.
-        self.after_broadcast: list[Callable[[str, str, bytes], None]] = []
+        self._hub = hub
+        self._hooks = hooks
+        self._history_size = history_size
+        self._on_broadcast = on_broadcast
+        self.history = HistoryReader(storage, history_size, settings.history_ttl)
+        self.announcer = Announcer(settings, storage)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -163,11 +129,11 @@ class Engine:
         payload = encode_event(
             "broadcast", channel, message, author_id=author_id, timestamp=timestamp
         )
-        settings = self.settings
-        keep = settings.history_size if self.history_for is None else self.history_for(channel)
-        event_id = await self.storage.append(channel, payload, keep=keep, ttl=settings.history_ttl)
-        for listener in self.after_broadcast:
-            listener(channel, event_id, payload)
+        event_id = await self.storage.append(
+            channel, payload, keep=self._history_size(channel), ttl=self.settings.history_ttl
+        )
+        if self._on_broadcast is not None:
+            self._on_broadcast(channel, event_id, payload)
         return event_id
 
     async def private(
@@ -193,7 +159,7 @@ class Engine:
             Delivery(channel, "event", payload, to_user=to_user_id, to_connection=from_connection)
         )
 
-    async def request(self, channel: str, connection_id: str) -> None:
+    async def request_history(self, channel: str, connection_id: str) -> None:
         """Ask the process holding ``connection_id`` to send it the channel's history.
 
         Raises:
@@ -202,63 +168,6 @@ class Engine:
         if not await self.storage.is_connected(connection_id):
             raise Gone("The connection this token was issued on has closed; subscribe again")
         await self.storage.send(Delivery(channel, "request", to_connection=connection_id))
-
-    def _history_size(self, channel: str) -> int:
-        settings = self.settings
-        return settings.history_size if self.history_for is None else self.history_for(channel)
-
-    async def history_pages(
-        self, channel: str, after: str | None = None
-    ) -> AsyncGenerator[History, None]:
-        """Read the retained broadcasts after ``after`` a page at a time, oldest first.
-
-        The first page holds :data:`_FIRST_PAGE` broadcasts (their size is not known yet), the
-        next about :data:`REQUEST_PAGE_BYTES` each; at most the channel's ``history_size`` in
-        all, so a busy channel cannot keep a slow reader's pages coming for ever. The first
-        page's ``recovered`` is the resume's. A page's last id evicted meanwhile (the ring only
-        drops its oldest) leaves only newer broadcasts: the next page starts at the oldest
-        retained, without repeats.
-        """
-        budget = self._history_size(channel)
-        page = _FIRST_PAGE
-        sent = 0
-        while True:  # at least one read: a resume needs its ``recovered`` even with no history
-            want = min(page, budget - sent)
-            history = await self.storage.history(
-                channel, after=after, ttl=self.settings.history_ttl, limit=want
-            )
-            yield history
-            events = history.events
-            sent += len(events)
-            if len(events) < want or sent >= budget:
-                return
-            after = events[-1].id
-            average = max(1, sum(len(event.payload) for event in events) // len(events))
-            page = max(1, min(_MAX_PAGE, REQUEST_PAGE_BYTES // average))
-
-    async def request_reply(self, channel: str, user_id: str) -> AsyncGenerator[bytes, None]:
-        """Yield the ``request`` reply for ``channel``: encoded events, each array <= 256 KiB.
-
-        The history is read page by page (:data:`REQUEST_PAGE_BYTES` at a time) and each event
-        is yielded as soon as it is built, so a reply holds about one page in memory however long
-        the history is, and a writer that awaits its client between events (flow control) never
-        buffers more. At most the channel's ``history_size`` broadcasts are sent, so a busy
-        channel cannot keep a slow reader's reply going for ever. An empty history is one event
-        with an empty array.
-        """
-        chunk: list[bytes] = []
-        size = 2
-        async with contextlib.aclosing(self.history_pages(channel)) as pages:
-            async for history in pages:
-                for event in history.events:
-                    item = with_id(event.payload, event.id)
-                    grow = len(item) + (1 if chunk else 0)
-                    if chunk and size + grow > REQUEST_CHUNK_BYTES:
-                        yield _request_event(channel, user_id, chunk)
-                        chunk, size, grow = [], 2, len(item)
-                    chunk.append(item)
-                    size += grow
-        yield _request_event(channel, user_id, chunk)
 
     async def close_channel(self, channel: str) -> None:
         """End the channel: subscribers get ``end`` and are disconnected; it answers 404 after."""
@@ -269,52 +178,55 @@ class Engine:
         if await self.storage.is_closed(channel):
             raise ChannelClosed(channel)
 
-    # -- sessions ------------------------------------------------------------------------------
+    # -- connections ---------------------------------------------------------------------------
 
-    async def open_session(
+    async def connect(
         self,
         channel: str,
         user_id: str,
         *,
         anonymous: bool,
-        transport: Transport,
+        framing: Framing,
         last_event_id: str | None = None,
         may_replay: bool = True,
-    ) -> Session:
-        """Join a connection to ``channel``; return its ``init`` event and replay.
+    ) -> tuple[Mailbox, Opening]:
+        """Join a connection to ``channel``; return its mailbox and what it sends first.
 
-        The subscriber starts collecting live events before the history is read, so the replay
-        and the live stream meet without a gap; call :meth:`go_live` once the replay is written.
-        A resume (``last_event_id``) by a user who may not read the history (``may_replay``
+        The mailbox collects live events before the history is read, so the replay and the
+        live stream meet without a gap; call :meth:`go_live` once the replay is written. A
+        resume (``last_event_id``) by a user who may not read the history (``may_replay``
         False) replays nothing and says ``recovered: false``.
         """
         connection_id = new_connection_id()
-        subscriber = Subscriber(
-            channel, connection_id, user_id, transport, self.settings.max_buffer_bytes
+        hub = self._hub
+        mailbox = hub.mailbox(
+            channel, connection_id, user_id, framing, self.settings.max_buffer_bytes
         )
-        self.hub.attach(subscriber)
+        hub.attach(mailbox)
         listening = joined = False
+        pages = None
+        events: list[StoredEvent] = []
         try:
-            await self.storage.listen(channel)
+            await hub.listen(channel)
             listening = True
             viewer_count = await self.storage.join(channel, connection_id)
             joined = True
             recovered = None
-            replay: list[StoredEvent] = []
-            pages = None
             if last_event_id is not None and not may_replay:
                 recovered = False
             elif last_event_id is not None:
-                pages = self.history_pages(channel, last_event_id)
+                pages = self.history.pages(channel, last_event_id)
                 first = await anext(pages)
-                replay, recovered = first.events, first.recovered
+                events, recovered = first.events, first.recovered
         except BaseException:
             with anyio.CancelScope(shield=True):
-                self.hub.detach(subscriber)
+                hub.detach(mailbox)
+                if pages is not None:
+                    await pages.aclose()
                 if joined:
                     await _quietly(self.storage.leave(channel, connection_id))
                 if listening:
-                    await _quietly(self.storage.unlisten(channel))
+                    await _quietly(hub.unlisten(channel))
             raise
         token = self.signer.issue(channel, user_id, connection_id, anonymous=anonymous)
         init = encode_event(
@@ -324,39 +236,47 @@ class Engine:
             to_user_id=user_id,
         )
         connection = Connection(user_id, channel, connection_id)
-        return Session(subscriber, connection, anonymous, init, replay, viewer_count, pages)
+        opening = Opening(connection, anonymous, init, viewer_count, Replay(events, pages))
+        return mailbox, opening
 
-    async def replay(self, session: Session) -> AsyncGenerator[list[StoredEvent], None]:
+    def replay(self, mailbox: Mailbox, opening: Opening) -> AsyncGenerator[list[StoredEvent], None]:
         """Yield a resume's replay a page at a time, reading each page once the last is written.
 
         It stops where the live events collected since the connection attached begin (they are
-        delivered at :meth:`go_live`), so the two meet without a gap or a repeat, and a replay of
-        a long history to a slow reader holds one page, not the whole history.
+        delivered at :meth:`go_live`), so the two meet without a gap or a repeat.
         """
-        subscriber = session.subscriber
-        events, session.replay = session.replay, []
-        pages, session.pages = session.pages, None
-        try:
-            while subscriber.closed is None:
-                events, reached = _before_backlog(events, subscriber.backlog)
-                if events:
-                    # Keep the newest ids: a live delivery of a replayed broadcast is one
-                    # published just before its page was read, so a short window covers it.
-                    session.replayed = [*session.replayed, *(e.id for e in events)][-REPLAY_WINDOW:]
-                    yield events
-                if reached or pages is None:
-                    return
-                history = await anext(pages, None)
-                if history is None:
-                    return
-                events = history.events
-        finally:
-            if pages is not None:
-                await pages.aclose()
+        hub = self._hub
 
-    async def open_listener(
+        def stop() -> frozenset[str] | None:
+            return None if mailbox.closed is not None else hub.backlog_ids(mailbox)
+
+        return self.history.replay(opening.replay, stop)
+
+    async def go_live(self, mailbox: Mailbox, opening: Opening) -> None:
+        """Deliver what arrived during the replay, announce the join and run ``on_connect``."""
+        self._hub.activate(mailbox, opening.replay.take_written())
+        await self.announcer.announce(opening.connection, "join", opening.viewer_count)
+        for hook in self._hooks.on_connect:
+            await self.run_hook(hook, opening.connection)
+
+    async def disconnect(self, mailbox: Mailbox, opening: Opening) -> None:
+        """Remove a connection: leave, announce it, run ``on_disconnect``. Never raises."""
+        connection = opening.connection
+        self._hub.detach(mailbox)
+        try:
+            count = await self.storage.leave(connection.channel, connection.connection_id)
+            await self._hub.unlisten(connection.channel)
+            await self.announcer.announce(connection, "leave", count)
+        except ChannelError as exc:
+            logger.warning("Could not record the leave of %s: %s", connection.connection_id, exc)
+        for hook in self._hooks.on_disconnect:
+            await self.run_hook(hook, connection)
+
+    # -- server-side subscribers ---------------------------------------------------------------
+
+    async def attach_listener(
         self, channel: str, after: str | None, *, replay: bool
-    ) -> tuple[Subscriber, list[StoredEvent], str | None]:
+    ) -> tuple[Mailbox, list[StoredEvent], str | None]:
         """Attach a server-side subscriber (not a viewer) to ``channel``.
 
         Args:
@@ -365,112 +285,36 @@ class Engine:
             replay: whether to replay at all.
 
         Returns:
-            The subscriber, the broadcasts to replay, and the id of the newest broadcast retained
+            Its mailbox, the broadcasts to replay, and the id of the newest broadcast retained
             when it attached (the point to recover from when nothing was yielded yet).
         """
-        subscriber = Subscriber(
-            channel, new_connection_id(), None, Transport.JSON, self.settings.max_buffer_bytes
+        hub = self._hub
+        mailbox = hub.mailbox(
+            channel, new_connection_id(), None, Framing.JSON, self.settings.max_buffer_bytes
         )
-        self.hub.attach(subscriber)
+        hub.attach(mailbox)
         try:
-            await self.storage.listen(channel)
+            await hub.listen(channel)
             try:
                 history = await self.storage.history(
                     channel, after=after, ttl=self.settings.history_ttl
                 )
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await _quietly(self.storage.unlisten(channel))
+                    await _quietly(hub.unlisten(channel))
                 raise
         except BaseException:
-            self.hub.detach(subscriber)
+            hub.detach(mailbox)
             raise
         events = history.events if replay else []
         newest = history.events[-1].id if history.events else after
-        self.hub.activate(subscriber, [event.id for event in events])
-        return subscriber, events, newest
+        hub.activate(mailbox, [event.id for event in events])
+        return mailbox, events, newest
 
-    async def close_listener(self, subscriber: Subscriber) -> None:
+    async def detach_listener(self, mailbox: Mailbox) -> None:
         """Detach a server-side subscriber."""
-        self.hub.detach(subscriber)
-        await _quietly(self.storage.unlisten(subscriber.channel))
-
-    async def go_live(self, session: Session) -> None:
-        """Deliver what arrived during the replay, announce the join and run ``on_connect``."""
-        replayed, session.replayed = session.replayed, []
-        self.hub.activate(session.subscriber, replayed)
-        await self._announce(session.connection, "join", session.viewer_count)
-        for hook in self.hooks.on_connect:
-            await self.run_hook(hook, session.connection)
-
-    async def end_session(self, session: Session) -> None:
-        """Remove a connection: leave, announce it, run ``on_disconnect``. Never raises."""
-        connection = session.connection
-        self.hub.detach(session.subscriber)
-        try:
-            count = await self.storage.leave(connection.channel, connection.connection_id)
-            await self.storage.unlisten(connection.channel)
-            await self._announce(connection, "leave", count)
-        except ChannelError as exc:
-            logger.warning("Could not record the leave of %s: %s", connection.connection_id, exc)
-        for hook in self.hooks.on_disconnect:
-            await self.run_hook(hook, connection)
-
-    # -- presence ------------------------------------------------------------------------------
-
-    async def _announce(self, connection: Connection, status: str, count: int) -> None:
-        channel = connection.channel
-        viewers_during = count if status == "join" else count + 1
-        if viewers_during > self.settings.system_events_max_viewers:
-            # Large channel: one coalesced "count" event per presence_interval instead.
-            pending = self._presence.setdefault(channel, [0, 0])
-            pending[0 if status == "join" else 1] += 1
-            return
-        message = encode(PresenceMessage(status, connection.user_id, count))
-        await self.storage.send(
-            Delivery(
-                channel,
-                "event",
-                encode_event("system", channel, message),
-                exclude_connection=connection.connection_id,
-            )
-        )
-
-    async def flush_presence(self) -> None:
-        """Record this process's joins and leaves of large channels and send due ``count`` events.
-
-        The storage lets one process per interval announce the totals of every process; a
-        channel is flushed for a few intervals after its last local change, so what this process
-        recorded is announced even when another process held the interval.
-        """
-        pending, self._presence = self._presence, {}
-        now = anyio.current_time()
-        interval = self.settings.presence_interval
-        for channel in pending:
-            self._watching[channel] = now + 3 * interval
-        for channel, until in list(self._watching.items()):
-            if until < now:
-                del self._watching[channel]
-                continue
-            joined, left = pending.get(channel, (0, 0))
-            await self._send_count(channel, joined, left)
-
-    async def _send_count(self, channel: str, joined: int, left: int) -> None:
-        interval = self.settings.presence_interval
-        try:
-            totals = await self.storage.coalesce_presence(channel, joined, left, interval=interval)
-        except ChannelError as exc:  # keep the tallies for the next flush
-            logger.warning("Could not record the presence of %r: %s", channel, exc)
-            pending = self._presence.setdefault(channel, [0, 0])
-            pending[0] += joined
-            pending[1] += left
-            return
-        if totals is None:
-            return
-        message = encode(CountMessage("count", totals.viewer_count, totals.joined, totals.left))
-        await self.storage.send(
-            Delivery(channel, "event", encode_event("system", channel, message))
-        )
+        self._hub.detach(mailbox)
+        await _quietly(self._hub.unlisten(mailbox.channel))
 
     # -- hooks ---------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ __all__ = [
     "Scope",
     "Send",
     "check_json_content_type",
+    "client_address",
     "header",
     "headers_of",
     "read_body",
@@ -44,6 +45,12 @@ _CHANNEL_CHARS: Final = re.compile(r"[A-Za-z0-9_\-.:@/]+")
 _JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")
 _JSON_TYPE: Final = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
 _QUERY_TOKEN: Final = re.compile(rb"(?:^|&)token=([^&]+)")  # the first non-empty ``token=``
+
+
+def client_address(scope: Scope) -> str | None:
+    """Return the client address the server reports (proxy headers are the server's concern)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def route_path(scope: Scope) -> str:

@@ -1,59 +1,61 @@
-"""Per-process fan-out: channel -> the connections this process holds, each with a bounded mailbox
-(``mailbox.Subscriber``).
+"""Per-process routing: channel -> the mailboxes of the connections this process holds.
 
-A delivery is framed once per transport (the SSE bytes for every SSE connection, the JSON text for
-every WebSocket and server-side subscriber), and the same object is appended to every matching
-mailbox. Appending never awaits: a mailbox that grows past its byte limit marks its connection
-too slow, closes it and cancels its writer; the client reconnects and recovers from history.
+A delivery from the storage is framed once per framing (the SSE bytes for every SSE connection,
+the JSON text for every WebSocket, the JSON bytes for every server-side subscriber), and the same
+object is appended to every matching mailbox. Appending never awaits: a mailbox that grows past
+its byte limit marks its connection too slow and closes it (its writer is interrupted); the
+client reconnects and recovers from history. When the writers run is the write scheduler's
+business (``scheduler``), not the hub's.
 
-Each connection's own ASGI task drains its mailbox and writes everything pending in one ``send``,
-so a burst of events costs one write per connection, not one per event. Under uvicorn, whose
-``send`` writes at once, the hub's flush even writes for writers that are parked waiting, without
-waking their tasks (see ``_write_directly``); a write that must wait for the client is finished
-by the writer itself.
+The hub also counts the local listeners of each channel: the storage is asked to ``listen`` when
+the first one attaches and to ``unlisten`` after the last one leaves, one call at a time per
+channel.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from time import perf_counter
-from typing import Any, Final, cast
+from typing import Final
+
+import anyio
 
 from . import sse
-from .mailbox import REQUEST, Close, Resume, Subscriber, Transport
+from .connection import Framing
+from .mailbox import Close, Mailbox
 from .protocol import with_id
-from .storage.base import Delivery
+from .scheduler import WriteScheduler
+from .storage.base import Delivery, Storage
 
 __all__ = ["HEARTBEAT_TICKS", "Hub"]
 
 logger = logging.getLogger("channel_asgi")
 
-
 #: Heartbeat ticks per ``heartbeat`` interval.
 HEARTBEAT_TICKS: Final = 3
-#: Under load, the least and the most time between two batches of writes (seconds); see Hub.
-WAKE_GAP: Final = 0.005
-MAX_WAKE_GAP: Final = 0.05
-#: How long one slice of a batch of writes holds the loop (seconds; see ``Hub._write_slice``),
-#: and how many writes go between two looks at the clock.
-WRITE_SLICE: Final = 0.00025
-SLICE_CHECK: Final = 16
+
+
+@dataclass(slots=True)
+class _Opening:
+    """A mailbox attached but not live yet, and the deliveries that arrived meanwhile."""
+
+    mailbox: Mailbox
+    backlog: list[Delivery] = field(default_factory=list)
+    size: int = 0
 
 
 @dataclass(slots=True)
 class _Room:
-    """The subscribers of one channel in this process."""
+    """The mailboxes of one channel in this process."""
 
-    by_transport: dict[Transport, dict[str, Subscriber]] = field(
-        default_factory=lambda: {transport: {} for transport in Transport}
+    by_framing: dict[Framing, dict[str, Mailbox]] = field(
+        default_factory=lambda: {framing: {} for framing in Framing}
     )
-    by_user: dict[str, dict[str, Subscriber]] = field(default_factory=dict)
-    by_connection: dict[str, Subscriber] = field(default_factory=dict)
-    opening: dict[str, Subscriber] = field(default_factory=dict)
-    #: Live subscribers whose replay may still arrive as live deliveries: connection id ->
+    by_user: dict[str, dict[str, Mailbox]] = field(default_factory=dict)
+    by_connection: dict[str, Mailbox] = field(default_factory=dict)
+    opening: dict[str, _Opening] = field(default_factory=dict)
+    #: Live mailboxes whose replay may still arrive as live deliveries: connection id ->
     #: (the replayed ids, the last of them). See :meth:`Hub.activate`.
     catching_up: dict[str, tuple[frozenset[str], str]] = field(default_factory=dict)
 
@@ -61,149 +63,105 @@ class _Room:
 class Hub:
     """The channels and connections of this process.
 
-    Writers are woken in batches: the first wake-up after a quiet spell happens at the end of the
-    current loop iteration, and the next batch waits at least ``WAKE_GAP`` seconds after the
-    previous batch's writes are done. When that batch carried more than one event, events are
-    arriving faster than they are written: the next one then waits as long as the writes took
-    (direct writes included; at most ``MAX_WAKE_GAP``). Under load, every event that arrives
-    meanwhile leaves in the same write, even when events come one per loop iteration (as they do
-    from Redis), and writing never takes more than about half of the process's time, so
-    publishes keep flowing in. At light load (one event per batch) nothing waits.
-
-    A batch is written in slices of about ``WRITE_SLICE``, the loop serving what arrived between
-    two of them, so a publish, or a round trip to the storage, is not held back for a whole
-    batch of thousands of writes.
+    Args:
+        storage: asked to listen to a channel while this process holds connections of it.
+        scheduler: wakes the writers of the mailboxes this hub fills.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, storage: Storage, scheduler: WriteScheduler) -> None:
+        self._storage = storage
+        self._scheduler = scheduler
         self._rooms: dict[str, _Room] = {}
-        self._to_wake: list[Subscriber] = []
-        self._flush_at: float | None = None  # when the scheduled flush runs, if one is
-        self._writes_done = -1.0  # when the writers woken by the last flush had run
-        self._writing = 0.0  # seconds the slices of the current batch have spent writing
-        self._sliced_at = 0.0  # when its last slice ended (perf_counter)
-        self._woke = False  # whether that slice woke writer tasks (they run after it)
-        self._events = 0  # events dispatched since the last flush
-        self._gap = WAKE_GAP
+        self._listening: dict[str, int] = {}  # channel -> local listeners
+        self._changing: dict[str, anyio.Lock] = {}  # channel -> held while (un)listening
 
-    def _wake_soon(self, subscriber: Subscriber) -> None:
-        self._to_wake.append(subscriber)
-        if self._flush_at is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on asyncio: wake at once
-            self._flush()
-            return
-        now = loop.time()
-        due = max(now, self._writes_done + self._gap)
-        self._flush_at = due
-        if due <= now:
-            loop.call_soon(self._flush)
-        else:
-            loop.call_at(due, self._flush)
+    def mailbox(
+        self, channel: str, connection_id: str, user_id: str | None, framing: Framing, limit: int
+    ) -> Mailbox:
+        """Return a new mailbox whose writer this hub's scheduler wakes."""
+        return Mailbox(channel, connection_id, user_id, framing, limit, self._scheduler.wake_soon)
 
-    def _flush(self) -> None:
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        busy, self._events = self._events > 1, 0
-        batch, self._to_wake = self._to_wake, []
-        self._writing = 0.0
-        self._write_slice(batch, 0, loop, busy)
+    # -- listening -----------------------------------------------------------------------------
 
-    def _write_slice(
-        self,
-        batch: list[Subscriber],
-        start: int,
-        loop: asyncio.AbstractEventLoop | None,
-        busy: bool,
-    ) -> None:
-        """Write for ``batch[start:]``, handing the loop back every ``WRITE_SLICE`` seconds.
+    async def listen(self, channel: str) -> None:
+        """Count a local listener of ``channel``; the first asks the storage, and all wait for it.
 
-        Between two slices the loop reads what arrived meanwhile: publishes, and the storage's
-        replies and deliveries. A batch of thousands of writes thus never holds a publish (or a
-        round trip to Redis) back for all of them, and what it brings in joins the writes of
-        this batch still to come.
+        Raises:
+            StorageUnavailable: the storage could not start delivering; nothing was counted.
         """
-        began = perf_counter()
-        if start and self._woke:  # the writers the last slice woke ran meanwhile: count them
-            self._writing += began - self._sliced_at
-        woke = False
-        end = stop = len(batch)
-        for index in range(start, end):
-            subscriber = batch[index]
-            if subscriber.direct is not None and subscriber.parked():
-                _write_directly(subscriber, subscriber.direct)
-            else:
-                subscriber._wake()
-                woke = True
-            if (
-                loop is not None
-                and index % SLICE_CHECK == SLICE_CHECK - 1
-                and index + 1 < end
-                and perf_counter() - began >= WRITE_SLICE
-            ):
-                stop = index + 1
-                break
-        self._woke = woke
-        self._sliced_at = perf_counter()
-        self._writing += self._sliced_at - began
-        if loop is None:
-            self._flush_at = None
-        elif stop < end:
-            loop.call_soon(self._write_slice, batch, stop, loop, busy)
-        else:  # the woken writers run next, in this order; this callback runs right after them
-            loop.call_soon(self._writes_ran, loop, busy)
+        count = self._listening.get(channel, 0)
+        if count and channel not in self._changing:
+            self._listening[channel] = count + 1
+            return
+        async with self._change(channel):
+            count = self._listening.get(channel, 0)
+            if not count:
+                await self._storage.listen(channel)
+            self._listening[channel] = count + 1
 
-    def _writes_ran(self, loop: asyncio.AbstractEventLoop, busy: bool) -> None:
-        """The batch's writes are done; ``busy``: it carried more than one event."""
-        self._writes_done = loop.time()
-        took = self._writing + perf_counter() - self._sliced_at
-        # One event per batch is light load: the next one may leave soon. More, and events
-        # are arriving faster than they are written: wait as long as the writes took.
-        self._gap = min(MAX_WAKE_GAP, max(WAKE_GAP, took)) if busy else WAKE_GAP
-        self._flush_at = None
-        if self._to_wake:  # arrived while the writers ran: the next batch, after the gap
-            to_wake, self._to_wake = self._to_wake, []
-            for subscriber in to_wake:
-                self._wake_soon(subscriber)
+    async def unlisten(self, channel: str) -> None:
+        """Drop a local listener of ``channel``; after the last, the storage stops delivering."""
+        count = self._listening.get(channel, 0)
+        if count > 1 and channel not in self._changing:
+            self._listening[channel] = count - 1
+            return
+        async with self._change(channel):
+            count = self._listening.pop(channel, 0) - 1
+            if count > 0:
+                self._listening[channel] = count
+            elif count == 0:
+                await self._storage.unlisten(channel)
 
-    def attach(self, subscriber: Subscriber) -> None:
-        """Start collecting the channel's deliveries for ``subscriber`` in its backlog.
+    def listening(self, channel: str) -> int:
+        """Return how many local listeners ``channel`` has."""
+        return self._listening.get(channel, 0)
+
+    def _change(self, channel: str) -> _Change:
+        lock = self._changing.get(channel)
+        if lock is None:
+            lock = self._changing[channel] = anyio.Lock()
+        return _Change(self._changing, channel, lock)
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def attach(self, mailbox: Mailbox) -> None:
+        """Start collecting the channel's deliveries for ``mailbox`` in a backlog.
 
         The connection then reads its replay from the storage, writes it, and calls
         :meth:`activate`; nothing published in between is lost or delivered twice.
         """
-        room = self._rooms.get(subscriber.channel)
+        room = self._rooms.get(mailbox.channel)
         if room is None:
-            room = self._rooms[subscriber.channel] = _Room()
-        subscriber.backlog = []
-        subscriber.wake_soon = self._wake_soon
-        room.opening[subscriber.connection_id] = subscriber
+            room = self._rooms[mailbox.channel] = _Room()
+        room.opening[mailbox.connection_id] = _Opening(mailbox)
 
-    def activate(self, subscriber: Subscriber, replayed: Sequence[str] = ()) -> None:
+    def backlog_ids(self, mailbox: Mailbox) -> frozenset[str]:
+        """Return the ids of the broadcasts collected for an attached ``mailbox`` so far."""
+        room = self._rooms.get(mailbox.channel)
+        opening = None if room is None else room.opening.get(mailbox.connection_id)
+        if opening is None:
+            return frozenset()
+        return frozenset(delivery.id for delivery in opening.backlog if delivery.id is not None)
+
+    def activate(self, mailbox: Mailbox, replayed: Sequence[str] = ()) -> None:
         """Queue the backlog (minus what the replay already held) and go live.
 
         A broadcast read from the storage's history may reach this process as a live delivery
         only later (Redis answers the history read and the pub/sub message on two connections):
         until a broadcast the replay did not hold arrives, or the last one it did, the live
-        deliveries of replayed broadcasts are dropped for this subscriber too.
+        deliveries of replayed broadcasts are dropped for this mailbox too.
 
         Args:
-            subscriber: an attached subscriber.
+            mailbox: an attached mailbox.
             replayed: the ids of the newest broadcasts its replay held, in order (the only ones
                 that can still arrive live).
         """
-        room = self._rooms.get(subscriber.channel)
-        backlog = subscriber.backlog
-        subscriber.backlog = None
-        if room is None or room.opening.pop(subscriber.connection_id, None) is None:
+        room = self._rooms.get(mailbox.channel)
+        key = mailbox.connection_id
+        opening = None if room is None else room.opening.pop(key, None)
+        if room is None or opening is None or mailbox.closed is not None:
             return
-        if subscriber.closed is not None:
-            return
-        key = subscriber.connection_id
+        backlog = opening.backlog
         if replayed:
             ids = frozenset(replayed)
             caught_up = False
@@ -212,66 +170,56 @@ class Hub:
                 backlog = [delivery for delivery in backlog if delivery.id not in ids]
             if not caught_up:
                 room.catching_up[key] = (ids, replayed[-1])
-        room.by_connection[key] = subscriber
-        room.by_transport[subscriber.transport][key] = subscriber
-        if subscriber.user_id is not None:
-            room.by_user.setdefault(subscriber.user_id, {})[key] = subscriber
-        for delivery in backlog or ():
-            self._deliver_one(subscriber, delivery)
+        room.by_connection[key] = mailbox
+        room.by_framing[mailbox.framing][key] = mailbox
+        if mailbox.user_id is not None:
+            room.by_user.setdefault(mailbox.user_id, {})[key] = mailbox
+        for delivery in backlog:
+            self._deliver_one(mailbox, delivery)
 
-    def detach(self, subscriber: Subscriber) -> None:
-        """Stop delivering to ``subscriber``."""
-        subscriber.backlog = None
-        room = self._rooms.get(subscriber.channel)
+    def detach(self, mailbox: Mailbox) -> None:
+        """Stop delivering to ``mailbox``."""
+        room = self._rooms.get(mailbox.channel)
         if room is None:
             return
-        key = subscriber.connection_id
+        key = mailbox.connection_id
         room.opening.pop(key, None)
         room.catching_up.pop(key, None)
         room.by_connection.pop(key, None)
-        room.by_transport[subscriber.transport].pop(key, None)
-        if subscriber.user_id is not None:
-            same_user = room.by_user.get(subscriber.user_id)
+        room.by_framing[mailbox.framing].pop(key, None)
+        if mailbox.user_id is not None:
+            same_user = room.by_user.get(mailbox.user_id)
             if same_user is not None:
                 same_user.pop(key, None)
                 if not same_user:
-                    del room.by_user[subscriber.user_id]
+                    del room.by_user[mailbox.user_id]
         if not room.by_connection and not room.opening:
-            del self._rooms[subscriber.channel]
+            del self._rooms[mailbox.channel]
 
-    def _deliver_one(self, subscriber: Subscriber, delivery: Delivery) -> None:
-        if not subscriber.wants(delivery):
-            return
-        if delivery.kind == "request":
-            subscriber.put_control(REQUEST)
-            return
-        payload = delivery.payload
-        if delivery.id is not None:
-            payload = with_id(payload, delivery.id)
-        if not subscriber.put(_frame(subscriber.transport, payload, delivery.id)):
-            self._too_slow(subscriber)
-        if delivery.kind == "end":
-            subscriber.close(Close.END)
-
-    def subscribers(self, channel: str | None = None) -> Iterator[Subscriber]:
-        """Iterate over the subscribers of ``channel``, or of every channel."""
+    def mailboxes(self, channel: str | None = None) -> Iterator[Mailbox]:
+        """Iterate over the mailboxes of ``channel``, or of every channel (opening ones too)."""
         rooms = self._rooms.values() if channel is None else [self._rooms.get(channel)]
         for room in rooms:
             if room is not None:
-                yield from [*room.opening.values(), *room.by_connection.values()]
+                yield from [
+                    *(o.mailbox for o in room.opening.values()),
+                    *room.by_connection.values(),
+                ]
+
+    # -- delivery ------------------------------------------------------------------------------
 
     def dispatch(self, delivery: Delivery) -> None:
-        """Frame ``delivery`` once per transport and queue it for every matching subscriber."""
+        """Frame ``delivery`` once per framing and queue it for every matching mailbox."""
         room = self._rooms.get(delivery.channel)
         if room is None:
             return
-        self._events += 1
+        self._scheduler.dispatched()
         if room.opening:
             self._collect(room, delivery)
         if delivery.kind == "request":
             target = room.by_connection.get(delivery.to_connection or "")
             if target is not None:
-                target.put_control(REQUEST)
+                target.request_history()
             return
         payload = delivery.payload
         if delivery.id is not None:
@@ -284,29 +232,42 @@ class Hub:
             self._offer(targets.values(), payload, delivery)
         else:
             replayed = _replayed_to(room, delivery.id) if room.catching_up else None
-            for transport, members in room.by_transport.items():
+            for framing, members in room.by_framing.items():
                 if members:
-                    frame = _frame(transport, payload, delivery.id)
+                    frame = _frame(framing, payload, delivery.id)
                     self._offer_framed(members.values(), frame, delivery, replayed)
         if delivery.kind == "end":
-            for subscriber in list(room.by_connection.values()):
-                subscriber.close(Close.END)
+            for mailbox in list(room.by_connection.values()):
+                mailbox.close(Close.END)
 
-    def _offer(self, targets: Iterable[Subscriber], payload: bytes, delivery: Delivery) -> None:
-        frames: dict[Transport, bytes | str] = {}
-        for subscriber in targets:
-            if subscriber.connection_id == delivery.exclude_connection:
+    def _deliver_one(self, mailbox: Mailbox, delivery: Delivery) -> None:
+        if not _wants(mailbox, delivery):
+            return
+        if delivery.kind == "request":
+            mailbox.request_history()
+            return
+        payload = delivery.payload
+        if delivery.id is not None:
+            payload = with_id(payload, delivery.id)
+        if not mailbox.put(_frame(mailbox.framing, payload, delivery.id)):
+            _too_slow(mailbox)
+        if delivery.kind == "end":
+            mailbox.close(Close.END)
+
+    def _offer(self, targets: Iterable[Mailbox], payload: bytes, delivery: Delivery) -> None:
+        frames: dict[Framing, bytes | str] = {}
+        for mailbox in targets:
+            if mailbox.connection_id == delivery.exclude_connection:
                 continue
-            frame = frames.get(subscriber.transport)
+            frame = frames.get(mailbox.framing)
             if frame is None:
-                frame = _frame(subscriber.transport, payload, delivery.id)
-                frames[subscriber.transport] = frame
-            if not subscriber.put(frame):
-                self._too_slow(subscriber)
+                frame = frames[mailbox.framing] = _frame(mailbox.framing, payload, delivery.id)
+            if not mailbox.put(frame):
+                _too_slow(mailbox)
 
+    @staticmethod
     def _offer_framed(
-        self,
-        members: Iterable[Subscriber],
+        members: Iterable[Mailbox],
         frame: bytes | str,
         delivery: Delivery,
         replayed: set[str] | None = None,
@@ -316,27 +277,20 @@ class Hub:
             members = [member for member in members if member.connection_id != exclude]
         if replayed:  # the connections whose replay already held this broadcast
             members = [member for member in members if member.connection_id not in replayed]
-        for subscriber in members:
-            if not subscriber.put(frame):
-                self._too_slow(subscriber)
-
-    def _collect(self, room: _Room, delivery: Delivery) -> None:
-        for subscriber in list(room.opening.values()):
-            if subscriber.backlog is None or not subscriber.wants(delivery):
-                continue
-            subscriber.backlog.append(delivery)
-            subscriber.backlog_size += len(delivery.payload)
-            if subscriber.backlog_size > subscriber.limit:
-                self._too_slow(subscriber)
+        for mailbox in members:
+            if not mailbox.put(frame):
+                _too_slow(mailbox)
 
     @staticmethod
-    def _too_slow(subscriber: Subscriber) -> None:
-        logger.warning(
-            "Closing connection %s on channel %r: it is not reading and its buffer is full",
-            subscriber.connection_id,
-            subscriber.channel,
-        )
-        subscriber.close(Close.SLOW)
+    def _collect(room: _Room, delivery: Delivery) -> None:
+        for opening in list(room.opening.values()):
+            mailbox = opening.mailbox
+            if mailbox.closed is not None or not _wants(mailbox, delivery):
+                continue
+            opening.backlog.append(delivery)
+            opening.size += len(delivery.payload)
+            if opening.size > mailbox.limit:
+                _too_slow(mailbox)
 
     def heartbeat(self) -> None:
         """Ping every SSE connection that was silent for ``HEARTBEAT_TICKS`` calls.
@@ -345,37 +299,57 @@ class Hub:
         never silent for more than a third of an interval past its heartbeat.
         """
         for room in self._rooms.values():
-            for subscriber in room.by_transport[Transport.SSE].values():
-                if subscriber.quiet >= HEARTBEAT_TICKS:
-                    subscriber.put(sse.PING)
-                else:
-                    subscriber.quiet += 1
+            for mailbox in room.by_framing[Framing.SSE].values():
+                mailbox.beat(sse.PING, HEARTBEAT_TICKS)
 
     def close_all(self, reason: Close) -> None:
         """Close every mailbox (the app is stopping)."""
-        for subscriber in self.subscribers():
-            subscriber.close(reason)
+        for mailbox in list(self.mailboxes()):
+            mailbox.close(reason)
 
 
-def _write_directly(
-    subscriber: Subscriber, start: Callable[[bytes], Coroutine[Any, Any, Any]]
-) -> None:
-    """Write what a parked writer would write, without waking its task (one write per event
-    per connection is the cost that dominates at light load; a task switch is most of the rest).
-    """
-    subscriber.waking = False
-    body = b"".join(cast("list[bytes]", subscriber.drain()))
-    coroutine = start(body)
-    try:
-        yielded = coroutine.send(None)
-    except StopIteration:
-        return
-    except Exception:
-        logger.debug("Direct write to %s failed", subscriber.connection_id, exc_info=True)
-        subscriber.close(Close.GONE)
-        return
-    subscriber.inflight = Resume(coroutine, yielded)
-    subscriber._wake()
+class _Change:
+    """Hold a channel's listen lock; forget the lock once nobody holds or awaits it."""
+
+    __slots__ = ("_channel", "_lock", "_locks")
+
+    def __init__(self, locks: dict[str, anyio.Lock], channel: str, lock: anyio.Lock) -> None:
+        self._locks = locks
+        self._channel = channel
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        if (
+            not self._lock.statistics().tasks_waiting
+            and self._locks.get(self._channel) is self._lock
+        ):
+            del self._locks[self._channel]
+
+
+def _wants(mailbox: Mailbox, delivery: Delivery) -> bool:
+    """Return whether ``delivery`` (of ``mailbox``'s channel) is addressed to it."""
+    if delivery.kind == "request":
+        return delivery.to_connection == mailbox.connection_id
+    if delivery.exclude_connection == mailbox.connection_id:
+        return False
+    if delivery.to_user is None and delivery.to_connection is None:
+        return True
+    return (
+        delivery.to_user is not None and delivery.to_user == mailbox.user_id
+    ) or delivery.to_connection == mailbox.connection_id
+
+
+def _too_slow(mailbox: Mailbox) -> None:
+    logger.warning(
+        "Closing connection %s on channel %r: it is not reading and its buffer is full",
+        mailbox.connection_id,
+        mailbox.channel,
+    )
+    mailbox.close(Close.SLOW)
 
 
 def _replayed_to(room: _Room, event_id: str | None) -> set[str] | None:
@@ -397,9 +371,9 @@ def _replayed_to(room: _Room, event_id: str | None) -> set[str] | None:
     return replayed
 
 
-def _frame(transport: Transport, payload: bytes, event_id: str | None) -> bytes | str:
-    if transport is Transport.SSE:
+def _frame(framing: Framing, payload: bytes, event_id: str | None) -> bytes | str:
+    if framing is Framing.SSE:
         return sse.event(payload, event_id)
-    if transport is Transport.TEXT:
+    if framing is Framing.TEXT:
         return payload.decode()
     return payload

@@ -1,36 +1,30 @@
 """One connection's bounded mailbox: what the hub queues for it and its writer takes.
 
-A ``Subscriber`` holds the encoded frames waiting for its connection, their total size and at most
-one waiter (the writer, parked). Appending never awaits: past its byte limit the mailbox reports
-the connection too slow and the hub closes it. The writer takes everything queued at once, so a
-burst of events costs one ``send``. ``Resume`` lets the writer finish a write the hub started for
-it (see ``hub``).
+A ``Mailbox`` holds the framed events waiting for one connection (SSE, WebSocket or server-side),
+their total size, and at most one waiter: the connection's writer, parked in :meth:`take`.
+Appending never awaits. Past its byte limit the mailbox reports the connection too slow and the
+hub closes it. The writer takes everything queued at once, so a burst of events costs one write.
+
+Nothing outside this module reads or writes a mailbox's state: the hub appends and closes, the
+write scheduler wakes, the writer takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 import anyio
 
-from .storage.base import Delivery
+from .connection import Framing
 
-__all__ = ["REQUEST", "Close", "Resume", "Subscriber", "Transport"]
-
-
-class Transport(enum.Enum):
-    """How a subscriber wants its events framed."""
-
-    SSE = "sse"  #: ``id:``/``data:`` bytes
-    TEXT = "text"  #: the envelope as ``str`` (a WebSocket text frame)
-    JSON = "json"  #: the envelope as ``bytes`` (a server-side subscriber)
+__all__ = ["SEND_HISTORY", "Close", "Mailbox"]
 
 
 class Close(enum.Enum):
-    """Why a subscriber's mailbox was closed."""
+    """Why a mailbox was closed."""
 
     END = "end"  #: the channel was closed
     SLOW = "slow"  #: it did not keep up and its buffer overflowed
@@ -39,40 +33,43 @@ class Close(enum.Enum):
     BUDGET = "budget"  #: it wrote its byte budget on a server that cannot pace it (see servers)
 
 
-#: Mailbox item asking the writer to send the channel's history (a ``request`` reply).
-REQUEST: Final = object()
+#: The mailbox item asking the writer to send the channel's history (the reply to a ``request``).
+SEND_HISTORY: Final = object()
+
+#: An item the writer takes: a framed event (``bytes`` for SSE and server-side subscribers,
+#: ``str`` for WebSocket text frames) or :data:`SEND_HISTORY`.
+Item = bytes | str | object
 
 
-class Subscriber:
-    """One connection's place in the hub, and its bounded mailbox.
+class Mailbox:
+    """One connection's place in the hub, and its bounded queue of framed events.
 
     Args:
         channel: the channel it listens to.
         connection_id: unique across processes.
-        user_id: the user, or None for a server-side subscriber.
-        transport: the framing it wants.
+        user_id: the user, or None for a server-side subscriber (it gets no private events).
+        framing: how the hub frames the events it queues here.
         limit: the byte size past which it is too slow (live events only).
+        wake_soon: called when a parked writer has something to take; it must call
+            :meth:`wake`, now or a little later (the write scheduler batches wake-ups).
+            Without one the writer is woken at once.
     """
 
     __slots__ = (
+        "_closed",
+        "_controls",
+        "_interrupt",
         "_items",
+        "_quiet",
         "_size",
         "_waiter",
-        "backlog",
-        "backlog_size",
+        "_wake_soon",
+        "_waking",
         "channel",
-        "closed",
         "connection_id",
-        "controls",
-        "direct",
-        "inflight",
-        "interrupt",
+        "framing",
         "limit",
-        "quiet",
-        "transport",
         "user_id",
-        "wake_soon",
-        "waking",
     )
 
     def __init__(
@@ -80,94 +77,97 @@ class Subscriber:
         channel: str,
         connection_id: str,
         user_id: str | None,
-        transport: Transport,
+        framing: Framing,
         limit: int,
+        wake_soon: Callable[[Mailbox], None] | None = None,
     ) -> None:
-        self.channel = channel
-        self.connection_id = connection_id
-        self.user_id = user_id
-        self.transport = transport
-        self.limit = limit
-        self.closed: Close | None = None
-        #: Heartbeat ticks since the last thing queued (see Hub.heartbeat).
-        self.quiet = 0
-        #: Stops the writer at once, even inside a send (set by the connection's writer).
-        self.interrupt: Callable[[], object] | None = None
-        self._items: list[object] = []
+        self.channel: Final = channel
+        self.connection_id: Final = connection_id
+        self.user_id: Final = user_id
+        self.framing: Final = framing
+        self.limit: Final = limit
+        self._wake_soon = Mailbox.wake if wake_soon is None else wake_soon
+        self._items: list[Item] = []
         self._size = 0
+        self._controls = 0  # how many queued items are SEND_HISTORY
         self._waiter: asyncio.Future[None] | anyio.Event | None = None
-        #: Wakes the writer, now or a little later (the hub batches wake-ups; see Hub).
-        self.wake_soon: Callable[[Subscriber], None] = Subscriber._wake
-        self.waking = False
-        #: How many queued items are instructions (REQUEST) rather than events.
-        self.controls = 0
-        #: Starts a write of ``body`` (a coroutine); set when the hub may write for the writer.
-        self.direct: Callable[[bytes], Coroutine[Any, Any, Any]] | None = None
-        #: A direct write that had to wait for the client; the writer finishes it.
-        self.inflight: Resume | None = None
-        #: Deliveries that arrive while the connection opens (before its replay is written).
-        self.backlog: list[Delivery] | None = None
-        self.backlog_size = 0
+        self._waking = False  # a wake-up is scheduled
+        self._closed: Close | None = None
+        self._quiet = 0  # heartbeat ticks since the last thing queued
+        self._interrupt: Callable[[], object] | None = None
+
+    @property
+    def closed(self) -> Close | None:
+        """Why the mailbox was closed, or None while it is open."""
+        return self._closed
+
+    def pending(self) -> list[Item]:
+        """Return a copy of what is queued, oldest first (to inspect; the writer takes)."""
+        return list(self._items)
 
     def put(self, item: bytes | str) -> bool:
-        """Queue an encoded event; return False if that made the mailbox overflow."""
-        if self.closed is not None:
+        """Queue a framed event; return False if that made the mailbox overflow."""
+        if self._closed is not None:
             return True
         self._items.append(item)
         self._size += len(item)
-        self.quiet = 0
+        self._quiet = 0
         if self._size > self.limit:
             return False
-        if self._waiter is not None and not self.waking:
-            self.waking = True
-            self.wake_soon(self)
+        if self._waiter is not None and not self._waking:
+            self._waking = True
+            self._wake_soon(self)
         return True
 
     def put_reply(self, text: str) -> None:
-        """Queue a reply frame (WebSocket); replies do not count against the limit."""
-        if self.closed is None:
+        """Queue a reply frame (WebSocket) and wake the writer; replies do not count."""
+        if self._closed is None:
             self._items.append(text)
-            self._wake()
+            self.wake()
 
-    def put_control(self, item: object) -> None:
-        """Queue an instruction for the writer; it does not count against the limit.
+    def request_history(self) -> None:
+        """Ask the writer to send the channel's history; it does not count against the limit.
 
-        ``REQUEST`` is the only instruction, and one already queued is not queued again: the
-        reply it gives is read when it is written, so it answers every request made before.
+        A request already queued is not queued again: the history it sends is read when it is
+        written, so it answers every request made before.
         """
-        if self.closed is None and not self.controls:
-            self._items.append(item)
-            self.controls += 1
-            self._wake()
+        if self._closed is None and not self._controls:
+            self._items.append(SEND_HISTORY)
+            self._controls += 1
+            self.wake()
+
+    def beat(self, ping: bytes, ticks: int) -> None:
+        """Count a heartbeat tick; queue ``ping`` after ``ticks`` ticks with nothing queued."""
+        if self._quiet >= ticks:
+            self.put(ping)
+        else:
+            self._quiet += 1
 
     def close(self, reason: Close) -> None:
-        """Close the mailbox: the writer sends what is queued (unless too slow), then stops."""
-        if self.closed is not None:
+        """Close the mailbox: the writer takes what is queued (unless too slow), then stops.
+
+        A mailbox closed as too slow or gone is emptied at once, and a slow one interrupts its
+        writer (see :meth:`interrupt_with`), which may be stuck writing to a client that
+        stopped reading.
+        """
+        if self._closed is not None:
             return
-        self.closed = reason
+        self._closed = reason
         if reason is Close.SLOW or reason is Close.GONE:
             self._items.clear()
             self._size = 0
-            self.backlog = None
-        if reason is Close.SLOW and self.interrupt is not None:
-            # The writer may be blocked in a send to a client that stopped reading.
-            self.interrupt()
-        self._wake()
+            self._controls = 0
+        if reason is Close.SLOW and self._interrupt is not None:
+            self._interrupt()
+        self.wake()
 
-    def wants(self, delivery: Delivery) -> bool:
-        """Return whether ``delivery`` (of this subscriber's channel) is addressed to it."""
-        if delivery.kind == "request":
-            return delivery.to_connection == self.connection_id
-        if delivery.exclude_connection == self.connection_id:
-            return False
-        if delivery.to_user is None and delivery.to_connection is None:
-            return True
-        return (
-            delivery.to_user is not None and delivery.to_user == self.user_id
-        ) or delivery.to_connection == self.connection_id
+    def interrupt_with(self, interrupt: Callable[[], object] | None) -> None:
+        """Set what stops the writer at once when the mailbox is closed as too slow."""
+        self._interrupt = interrupt
 
-    def _wake(self) -> None:
-        self.waking = False
+    def wake(self) -> None:
+        """Wake the parked writer, if there is one (the write scheduler calls this)."""
+        self._waking = False
         waiter, self._waiter = self._waiter, None
         if waiter is None:
             return
@@ -177,27 +177,22 @@ class Subscriber:
         else:
             waiter.set()
 
-    def parked(self) -> bool:
-        """Whether the writer is idle, waiting, with only events (no instruction) queued."""
-        waiter = self._waiter
-        return (
-            waiter is not None
-            and isinstance(waiter, asyncio.Future)
-            and not waiter.done()
-            and not self.controls
-            and self.closed is None
-            and self.inflight is None
-        )
+    async def take(self) -> list[Item]:
+        """Wait for queued items and return all of them; an empty list once closed and taken.
 
-    def drain(self) -> list[object]:
-        """Return everything queued (possibly nothing), without waiting."""
+        This is the one loop that drains a mailbox: every writer (SSE, WebSocket, server-side
+        subscriber) takes its batches here.
+        """
+        while not self._items:
+            if self._closed is not None:
+                return []
+            await self._until_ready()
         items, self._items = self._items, []
         self._size = 0
-        self.controls = 0
+        self._controls = 0
         return items
 
-    def until_ready(self) -> Awaitable[object]:
-        """Return what to await until something is queued or the mailbox closes."""
+    def _until_ready(self) -> Awaitable[object]:
         # On asyncio a bare future is the cheapest wake-up there is (it runs once per write of
         # every connection); elsewhere an anyio Event does the same job.
         try:
@@ -207,43 +202,3 @@ class Subscriber:
             return event.wait()
         self._waiter = waiter
         return waiter
-
-    async def take(self) -> list[object]:
-        """Wait for queued items and return all of them; an empty list once closed and drained."""
-        while not self._items:
-            if self.closed is not None:
-                return []
-            await self.until_ready()
-        return self.drain()
-
-
-class Resume:
-    """Await the rest of a coroutine that was started outside of any task and suspended.
-
-    ``_write_directly`` runs a server's ``send`` coroutine from the hub's flush callback; nearly
-    always it completes at once. When it suspends instead (the server waits for the client to
-    drain), the connection's writer awaits this object, which hands the awaited future to the
-    writer's task and resumes the coroutine where it stopped.
-    """
-
-    __slots__ = ("_coroutine", "_yielded")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self._coroutine = coroutine
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        yielded = self._yielded
-        while True:
-            try:
-                sent = yield yielded
-            except BaseException as exc:  # noqa: PERF203 - rare path; cancellation passes in
-                try:
-                    yielded = self._coroutine.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = self._coroutine.send(sent)
-                except StopIteration as stop:
-                    return stop.value

@@ -18,7 +18,8 @@ import msgspec
 
 from .access import Access
 from .auth import Action
-from .engine import Connection, Engine, Hooks, PublishHook
+from .connection import Connection
+from .engine import Engine, Hooks, PublishHook
 from .errors import (
     ChannelClosed,
     ChannelError,
@@ -32,10 +33,13 @@ from .http import (
     Headers,
     Receive,
     Scope,
+    Send,
     check_json_content_type,
+    client_address,
     request_token,
+    send_json,
 )
-from .mailbox import REQUEST, Subscriber
+from .mailbox import Mailbox
 from .numbers import encode_checked
 from .protocol import (
     BroadcastBody,
@@ -65,14 +69,8 @@ _OK_REQUEST_HERE: Final = "History sent, just before this reply"
 _OK_WEBHOOK: Final = "Webhook called"
 
 
-def client_address(scope: Scope) -> str | None:
-    """Return the client address the server reports (proxy headers are the server's concern)."""
-    client = scope.get("client")
-    return str(client[0]) if client else None
-
-
 class PublishRoute:
-    """Handle publishes from clients (HTTP now, WebSocket frames later) for one app.
+    """Serve ``POST /publish/{channel}`` for one app, and run WebSocket frames as publishes.
 
     Args:
         engine: the app's engine.
@@ -81,6 +79,8 @@ class PublishRoute:
         http: returns the client used for webhook calls.
     """
 
+    methods: Final = ("POST", "OPTIONS")
+
     def __init__(
         self,
         engine: Engine,
@@ -88,31 +88,47 @@ class PublishRoute:
         access: Access,
         http: Callable[[], httpx.AsyncClient],
     ) -> None:
-        self.engine = engine
-        self.hooks = hooks
-        self.access = access
-        self.http = http
+        self._engine = engine
+        self._hooks = hooks
+        self._access = access
+        self._http = http
         settings = engine.settings
-        self.user_limit = RateLimiter(*settings.rate_limit) if settings.rate_limit else None
-        self.ip_limit = RateLimiter(*settings.ip_rate_limit) if settings.ip_rate_limit else None
+        self._user_limit = RateLimiter(*settings.rate_limit) if settings.rate_limit else None
+        self._ip_limit = RateLimiter(*settings.ip_rate_limit) if settings.ip_rate_limit else None
         # Settings do not change: the checks that cannot refuse anything are skipped outright.
-        self._limited = self.user_limit is not None or self.ip_limit is not None
+        self._limited = self._user_limit is not None or self._ip_limit is not None
         self._widget_keys = settings.widget_keys
         self._max_body = settings.max_body_bytes
         #: Bounds the time bodies take to arrive; the app sweeps it every ``interval``.
         self.deadlines = BodyDeadlines(settings.body_timeout)
 
-    async def handle_http(
+    async def serve(
+        self,
+        scope: Scope,
+        headers: Headers,
+        receive: Receive,
+        send: Send,
+        channel: str,
+        reply_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Run every check of an HTTP publish, in order, then the publish; send the reply.
+
+        Raises:
+            ChannelError: the publish was refused; nothing was stored or delivered.
+        """
+        reply = await self._check_and_handle(scope, headers, receive, channel)
+        await send_json(send, reply.code, encode(reply), reply_headers)
+
+    async def _check_and_handle(
         self, scope: Scope, headers: Headers, receive: Receive, channel: str
     ) -> Reply:
-        """Run every check of an HTTP publish, in order, and then the publish itself."""
-        engine = self.engine
+        engine = self._engine
         if await engine.storage.is_closed(channel):
             raise ChannelClosed(channel)
         check_json_content_type(headers)
         body = await self.deadlines.read(headers, receive, self._max_body)
         claims = engine.signer.verify(request_token(scope, headers), channel)
-        client = client_address(scope) if self.ip_limit is not None else None
+        client = client_address(scope) if self._ip_limit is not None else None
         return await self.handle(claims, body, client)
 
     async def handle(
@@ -121,7 +137,7 @@ class PublishRoute:
         body: bytes,
         client: str | None,
         *,
-        local: Subscriber | None = None,
+        local: Mailbox | None = None,
     ) -> Reply:
         """Checks from the rate limit on (shared with the WebSocket route), then the publish.
 
@@ -129,7 +145,7 @@ class PublishRoute:
             claims: who publishes, from where.
             body: the publish body.
             client: the client's address (for ``ip_rate_limit``).
-            local: the publishing connection's own subscriber, when it is in this process (a
+            local: the publishing connection's own mailbox, when it is in this process (a
                 WebSocket): a ``request`` is then queued on it directly, before the reply.
         """
         if self._limited:
@@ -140,34 +156,34 @@ class PublishRoute:
         channel = claims.channel
         if self._widget_keys is not None:
             self._check_widget_key(envelope, self._widget_keys)
-        if self.access.decides:
+        if self._access.decides:
             user_id = None if claims.anonymous else claims.user_id
             # A request asks the history permission (HISTORY_ACTION) as a publish: with
             # anonymous_publish as well, which a resume does not ask.
             action = cast(Action, publish_type(envelope))
-            await self.access.authorize(user_id, channel, action)
+            await self._access.authorize(user_id, channel, action)
         if isinstance(envelope, WebhookBody) and not url_allowed(
-            envelope.url, self.engine.settings.webhook_urls
+            envelope.url, self._engine.settings.webhook_urls
         ):
             raise Forbidden("The webhook URL is not under an allowed prefix (webhook_urls)")
-        if self.hooks.on_publish:
+        if self._hooks.on_publish:
             connection = Connection(claims.user_id, channel, claims.connection_id)
             message = await self._run_publish_hooks(envelope, connection)
             if message is not None and not isinstance(envelope, RequestBody):
                 envelope.message = message
         if isinstance(envelope, BroadcastBody):  # the usual case, first
-            event_id = await self.engine.broadcast(
+            event_id = await self._engine.broadcast(
                 channel, envelope.message, author_id=claims.user_id, timestamp=envelope.timestamp
             )
             return Reply(200, _OK_BROADCAST, event_id)
         if local is not None and isinstance(envelope, RequestBody):
-            local.put_control(REQUEST)
+            local.request_history()
             return Reply(200, _OK_REQUEST_HERE)
         return await self._act(envelope, claims)
 
     def _check_rate(self, user_id: str, client: str | None) -> None:
         """Refuse with 429 when a limit is exceeded; a refused publish spends nothing."""
-        checks = [(self.user_limit, user_id), (self.ip_limit, client)]
+        checks = [(self._user_limit, user_id), (self._ip_limit, client)]
         active = [(limit, key) for limit, key in checks if limit is not None and key is not None]
         wait = max((limit.wait(key) for limit, key in active), default=0)
         if wait:
@@ -198,7 +214,7 @@ class PublishRoute:
             message=None if raw is None else msgspec.json.decode(raw),
             timestamp=body.timestamp,
         )
-        for hook in self.hooks.on_publish:
+        for hook in self._hooks.on_publish:
             await self._run_publish_hook(hook, envelope, connection)
         if raw is None:
             return None
@@ -212,7 +228,7 @@ class PublishRoute:
     async def _run_publish_hook(
         self, hook: PublishHook, envelope: Envelope, connection: Connection
     ) -> None:
-        timeout = self.engine.settings.hook_timeout
+        timeout = self._engine.settings.hook_timeout
         try:
             with anyio.fail_after(timeout):
                 await hook(envelope, connection)
@@ -228,7 +244,7 @@ class PublishRoute:
         """The other publish types (a broadcast is handled in :meth:`handle`)."""
         channel = claims.channel
         if isinstance(envelope, PrivateBody):
-            await self.engine.private(
+            await self._engine.private(
                 channel,
                 envelope.message,
                 to_user_id=envelope.to_user_id,
@@ -238,7 +254,7 @@ class PublishRoute:
             )
             return Reply(200, _OK_PRIVATE)
         if isinstance(envelope, RequestBody):
-            await self.engine.request(channel, claims.connection_id)
+            await self._engine.request_history(channel, claims.connection_id)
             return Reply(200, _OK_REQUEST)
         assert isinstance(envelope, WebhookBody)
         data = encode(
@@ -250,6 +266,6 @@ class PublishRoute:
             )
         )
         event = cloud_event("channel_asgi.webhook", channel, data)
-        timeout = self.engine.settings.webhook_timeout
-        status = await call_webhook(self.http(), envelope.url, event, timeout)
+        timeout = self._engine.settings.webhook_timeout
+        status = await call_webhook(self._http(), envelope.url, event, timeout)
         return Reply(200, _OK_WEBHOOK, status=status)

@@ -7,7 +7,7 @@ reply frame, ``{"type": "ack", "code": 200, "message", "id"?}`` or ``{"type": "e
 "message"}``, echoing the frame's ``"ref"`` when it had one.
 
 As for SSE, the connection's task is the writer and a second task reads the client's frames (and
-notices it leaving); see ``connection.live``. Replies go through the connection's mailbox, so a
+notices it leaving); see ``writer``. Replies go through the connection's mailbox, so a
 single task writes to the socket and a ``request``'s history always arrives before its ``ack``.
 Refusals before the upgrade are HTTP JSON replies (ASGI's ``websocket.http.response``
 extension), or a close with code 1008 where the server lacks the extension. A connection too
@@ -19,25 +19,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import MutableMapping
+from collections.abc import AsyncGenerator, MutableMapping
 from typing import Any, Final
 
 import anyio
 import msgspec
 
 from .access import Access
-from .connection import live
+from .connection import Framing
 from .cors import CorsPolicy
-from .engine import Engine, Session
+from .engine import Engine, Opening
 from .errors import ChannelError, Forbidden
-from .http import Headers, Receive, Scope, Send, header
-from .mailbox import REQUEST, Close, Subscriber, Transport
+from .http import Headers, Receive, Scope, Send, client_address, header
+from .mailbox import Close, Mailbox
 from .numbers import fits
 from .protocol import Reply, encode, with_id
-from .publish import PublishRoute, client_address
+from .publish import PublishRoute
+from .ratelimit import ConnectionLimit
+from .subscribe import admit
 from .tokens import PublishClaims
+from .writer import pump, serving
 
-__all__ = ["Ack", "Error", "WebSocketRoute"]
+__all__ = ["Ack", "Error", "WebSocketRoute", "refuse"]
 
 logger = logging.getLogger("channel_asgi")
 
@@ -71,56 +74,83 @@ class Error(msgspec.Struct, omit_defaults=True, tag_field="type", tag="error"):
     ref: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
+async def refuse(scope: Scope, send: Send, exc: ChannelError) -> None:
+    """Answer a connection attempt with an HTTP JSON reply (or a plain close)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = encode(Reply(exc.status, exc.message))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send(
+            {"type": "websocket.http.response.start", "status": exc.status, "headers": headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+
+
 class WebSocketRoute:
-    """Serve WebSocket connections for one app."""
+    """Serve WebSocket connections to ``/ws/{channel}`` for one app.
+
+    Args:
+        engine: the app's engine.
+        access: identity and authorisation.
+        limit: subscriber connections per client address.
+        publish: runs the frames the client sends as publishes.
+        cors: the origins whose pages may connect.
+    """
 
     def __init__(
-        self, engine: Engine, access: Access, publish: PublishRoute, cors: CorsPolicy
+        self,
+        engine: Engine,
+        access: Access,
+        limit: ConnectionLimit,
+        publish: PublishRoute,
+        cors: CorsPolicy,
     ) -> None:
-        self.engine = engine
-        self.access = access
-        self.publish = publish
-        self.cors = cors
+        self._engine = engine
+        self._access = access
+        self._limit = limit
+        self._publish = publish
+        self._cors = cors
 
-    async def refuse(self, scope: Scope, send: Send, exc: ChannelError) -> None:
-        """Answer a connection attempt with an HTTP JSON reply (or a plain close)."""
-        if "websocket.http.response" in scope.get("extensions", {}):
-            body = encode(Reply(exc.status, exc.message))
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ]
-            await send(
-                {"type": "websocket.http.response.start", "status": exc.status, "headers": headers}
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
-
-    async def open(self, scope: Scope, headers: Headers, channel: str) -> Session:
-        """Run the subscribe checks and join the connection to ``channel``.
+    async def serve(
+        self,
+        scope: Scope,
+        headers: Headers,
+        receive: Receive,
+        send: Send,
+        channel: str,
+        reply_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Check the handshake, then accept, stream events and answer frames until either ends.
 
         Raises:
-            ChannelError: the same refusals as ``GET /subscribe``, in the same order, and 403
-                for a browser page from an origin that is neither this host nor allowed.
+            ChannelError: refused before the upgrade: the same refusals as ``GET /subscribe``,
+                in the same order, and 403 for a browser page from an origin that is neither
+                this host nor allowed.
         """
-        await self.engine.ensure_open(channel)
-        self._check_origin(headers)
-        user_id, anonymous = await self.access.identify(scope, channel)
-        last_event_id = header(headers, b"last-event-id")
-        if last_event_id is None:
-            query = scope.get("query_string", b"").decode("latin-1")
-            for part in query.split("&"):
-                if part.startswith("last_event_id="):
-                    last_event_id = part[len("last_event_id=") :] or None
-        return await self.engine.open_session(
-            channel,
-            user_id,
-            anonymous=anonymous,
-            transport=Transport.TEXT,
-            last_event_id=last_event_id,
-            may_replay=await self.access.may_replay(user_id, anonymous, channel, last_event_id),
-        )
+        held = self._limit.take(client_address(scope))
+        try:
+            mailbox, opening = await admit(
+                self._engine,
+                self._access,
+                scope,
+                headers,
+                channel,
+                Framing.TEXT,
+                check=lambda: self._check_origin(headers),
+            )
+            try:
+                await self._run(scope, receive, send, mailbox, opening)
+            except OSError as exc:  # ASGI's word for "the client has gone" (from send)
+                connection_id = mailbox.connection_id
+                logger.debug("WebSocket %s: the client left mid-send (%r)", connection_id, exc)
+            except Exception:  # accepted already: log it, never answer again
+                logger.exception("WebSocket %s failed", mailbox.connection_id)
+        finally:
+            self._limit.release(held)
 
     def _check_origin(self, headers: Headers) -> None:
         """Refuse cross-site WebSocket hijacking.
@@ -138,85 +168,72 @@ class WebSocketRoute:
         if host is not None and origin.partition("://")[2].lower() == host.lower():
             return
         credentials = b"cookie" in headers or b"authorization" in headers
-        if self.cors.is_allowed_origin(origin, credentials=credentials):
+        if self._cors.is_allowed_origin(origin, credentials=credentials):
             return
-        if credentials and self.cors.allow_all:
+        if credentials and self._cors.allow_all:
             raise Forbidden(
                 f"Origin {origin} may not open a WebSocket with credentials (cookies): "
                 'cors_origins=["*"] admits other sites only without them; list the origin'
             )
         raise Forbidden(f"Origin {origin} is not allowed")
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send, session: Session) -> None:
-        """Accept, then stream events and answer frames until either side ends."""
-        subscriber = session.subscriber
-        connection = session.connection
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, mailbox: Mailbox, opening: Opening
+    ) -> None:
+        engine = self._engine
+        connection = opening.connection
         claims = PublishClaims(
             connection.channel,
             connection.user_id,
             connection.connection_id,
             math.inf,
-            session.anonymous,
+            opening.anonymous,
         )
         await send({"type": "websocket.accept"})
-        reader = self._read(receive, subscriber, claims, client_address(scope))
-        async with live(self.engine, session, reader):
-            await send({"type": "websocket.send", "text": session.init.decode()})
-            session.init = b""
-            async with contextlib.aclosing(self.engine.replay(session)) as pages:
+        reader = self._read(receive, mailbox, claims, client_address(scope))
+        async with serving(engine, mailbox, opening, reader):
+            await send({"type": "websocket.send", "text": opening.take_init().decode()})
+            async with contextlib.aclosing(engine.replay(mailbox, opening)) as pages:
                 async for events in pages:  # a page at a time, as the client takes them
                     for event in events:
                         text = with_id(event.payload, event.id).decode()
                         await send({"type": "websocket.send", "text": text})
             try:
-                await self.engine.go_live(session)
-                await self._pump(session, send)
+                await engine.go_live(mailbox, opening)
+                channel, user_id = connection.channel, connection.user_id
+                await pump(
+                    mailbox,
+                    _TextSink(send),
+                    lambda: engine.history.request_reply(channel, user_id),
+                )
             except ChannelError as exc:
-                logger.warning("Ending WebSocket %s: %s", subscriber.connection_id, exc)
-                subscriber.closed = subscriber.closed or Close.SHUTDOWN
-            code = _CLOSE_CODES.get(subscriber.closed or Close.SHUTDOWN)
+                logger.warning("Ending WebSocket %s: %s", mailbox.connection_id, exc)
+                mailbox.close(Close.SHUTDOWN)
+            code = _CLOSE_CODES.get(mailbox.closed or Close.SHUTDOWN)
             if code is not None:
                 await send({"type": "websocket.close", "code": code})
-        if subscriber.closed is Close.SLOW:
+        if mailbox.closed is Close.SLOW:
             with anyio.move_on_after(1.0), contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1008})
 
-    async def _pump(self, session: Session, send: Send) -> None:
-        subscriber = session.subscriber
-        while True:
-            if not subscriber._items:
-                if subscriber.closed is not None:
-                    return
-                await subscriber.until_ready()
-                continue
-            for item in subscriber.drain():
-                if item is REQUEST:  # read page by page, each frame sent before the next is read
-                    connection = session.connection
-                    reply = self.engine.request_reply(connection.channel, connection.user_id)
-                    async with contextlib.aclosing(reply):
-                        async for event in reply:
-                            await send({"type": "websocket.send", "text": event.decode()})
-                else:
-                    await send({"type": "websocket.send", "text": item})
-
     async def _read(
-        self, receive: Receive, subscriber: Subscriber, claims: PublishClaims, client: str | None
+        self, receive: Receive, mailbox: Mailbox, claims: PublishClaims, client: str | None
     ) -> None:
         while True:
             message = await receive()
             kind = message["type"]
             if kind == "websocket.disconnect":
-                subscriber.close(Close.GONE)
+                mailbox.close(Close.GONE)
                 return
             if kind != "websocket.receive":
                 continue
-            reply = await self._answer(message, subscriber, claims, client)
-            subscriber.put_reply(encode(reply).decode())
+            reply = await self._answer(message, mailbox, claims, client)
+            mailbox.put_reply(encode(reply).decode())
 
     async def _answer(
         self,
         message: MutableMapping[str, Any],
-        subscriber: Subscriber,
+        mailbox: Mailbox,
         claims: PublishClaims,
         client: str | None,
     ) -> Ack | Error:
@@ -225,7 +242,7 @@ class WebSocketRoute:
         if text is None:
             return Error(400, "Send publish bodies as text frames")
         body = text.encode()
-        limit = self.engine.settings.max_body_bytes
+        limit = self._engine.settings.max_body_bytes
         if len(body) > limit:  # before parsing it (a ref it may hold is not read)
             return Error(413, f"Frame is larger than {limit} bytes")
         try:
@@ -235,11 +252,30 @@ class WebSocketRoute:
         if ref is not msgspec.UNSET and not fits(bytes(ref)):  # never echo a number no one reads
             ref = msgspec.UNSET
         try:
-            await self.engine.ensure_open(claims.channel)
-            reply = await self.publish.handle(claims, body, client, local=subscriber)
+            await self._engine.ensure_open(claims.channel)
+            reply = await self._publish.handle(claims, body, client, local=mailbox)
         except ChannelError as exc:
             return Error(exc.status, exc.message, ref=ref)
         except Exception:
             logger.exception("Unexpected error answering a WebSocket frame")
             return Error(500, "Internal server error", ref=ref)
         return Ack(reply.code, reply.message, reply.id, reply.status, ref=ref)
+
+
+class _TextSink:
+    """Write a mailbox's batches as WebSocket text frames."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    async def events(self, frames: list[Any]) -> None:
+        send = self._send
+        for text in frames:
+            await send({"type": "websocket.send", "text": text})
+
+    async def history(self, reply: AsyncGenerator[bytes, None]) -> None:
+        send = self._send
+        async for event in reply:  # each frame sent before the next is read
+            await send({"type": "websocket.send", "text": event.decode()})

@@ -21,6 +21,7 @@ from channel_asgi import ChannelApp
 from channel_asgi.client import Client
 from channel_asgi.errors import UnprocessableEntity
 from channel_asgi.numbers import check_json, encode_checked, fits
+from channel_asgi.protocol import encode_event
 
 from .helpers import WAIT, publish, subscribe
 from .test_websocket import recv, ws_subscribe
@@ -229,10 +230,9 @@ async def test_server_side_subscribers_skip_an_event_stored_before_the_rule(
     caplog.set_level(logging.WARNING, logger="channel_asgi.subscription")
     channels = ChannelApp(secret=SECRET)
     async with channels:
-        # Straight into the engine, past the check, as an older release stored it.
-        bad_id = await channels.engine.broadcast(
-            "room", msgspec.Raw(NINES.encode()), author_id="0", timestamp=0.0
-        )
+        # Straight into the storage, past the check, as an older release stored it.
+        bad = encode_event("broadcast", "room", msgspec.Raw(NINES.encode()))
+        bad_id = await channels.storage.append("room", bad, keep=1000)
         good_id = await channels.publish("room", "after")
         async with channels.subscribe("room", last_event_id="0-0") as stream:
             with anyio.fail_after(WAIT):

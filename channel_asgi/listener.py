@@ -18,15 +18,15 @@ import anyio
 import msgspec
 
 from .engine import Engine
-from .mailbox import Close, Subscriber
+from .mailbox import Close, Mailbox
 from .protocol import Envelope, decode_envelope, skip_undecodable, with_id
 
-__all__ = ["Subscription"]
+__all__ = ["Listener"]
 
-logger = logging.getLogger("channel_asgi.subscription")
+logger = logging.getLogger("channel_asgi.subscription")  # its name since 0.1
 
 
-class Subscription:
+class Listener:
     """An async iterator of the events of one channel, as decoded envelopes.
 
     Args:
@@ -47,7 +47,7 @@ class Subscription:
         self._start = start
         self.channel = channel
         self._after = last_event_id
-        self._subscriber: Subscriber | None = None
+        self._mailbox: Mailbox | None = None
         self._pending: deque[bytes] = deque()
         self._ended = False
 
@@ -57,15 +57,15 @@ class Subscription:
         return self._after
 
     async def _attach(self, *, replay: bool) -> None:
-        subscriber, replay_events, newest = await self._engine.open_listener(
+        mailbox, replay_events, newest = await self._engine.attach_listener(
             self.channel, self._after, replay=replay
         )
-        self._subscriber = subscriber
+        self._mailbox = mailbox
         self._pending.extend(with_id(event.payload, event.id) for event in replay_events)
         if self._after is None:
             self._after = newest
 
-    async def __aenter__(self) -> Subscription:
+    async def __aenter__(self) -> Listener:
         await self._start()
         await self._engine.ensure_open(self.channel)
         await self._attach(replay=self._after is not None)
@@ -77,12 +77,12 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        subscriber, self._subscriber = self._subscriber, None
-        if subscriber is not None:
+        mailbox, self._mailbox = self._mailbox, None
+        if mailbox is not None:
             with anyio.CancelScope(shield=True):
-                await self._engine.close_listener(subscriber)
+                await self._engine.detach_listener(mailbox)
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> Listener:
         return self
 
     async def __anext__(self) -> Envelope:
@@ -103,15 +103,15 @@ class Subscription:
     async def _fill(self) -> None:
         """Wait until an event is pending; raise StopAsyncIteration when the channel ended."""
         while not self._pending:
-            subscriber = self._subscriber
-            if self._ended or subscriber is None:
+            mailbox = self._mailbox
+            if self._ended or mailbox is None:
                 raise StopAsyncIteration
-            items = await subscriber.take()
+            items = await mailbox.take()
             if items:
                 self._pending.extend(cast("list[bytes]", items))
-            elif subscriber.closed is Close.SLOW:
-                await self._engine.close_listener(subscriber)
-                self._subscriber = None
+            elif mailbox.closed is Close.SLOW:
+                await self._engine.detach_listener(mailbox)
+                self._mailbox = None
                 await self._attach(replay=True)
             else:
                 raise StopAsyncIteration
