@@ -12,7 +12,8 @@ from typing import Final
 
 __all__ = ["CorsPolicy"]
 
-Headers = list[tuple[bytes, bytes]]
+#: Response headers, as ASGI sends them (request headers are ``http.Headers``, a mapping).
+HeaderList = list[tuple[bytes, bytes]]
 
 _ALLOW_METHODS: Final = b"GET, POST, OPTIONS"
 _DEFAULT_ALLOW_HEADERS: Final = b"content-type, authorization, last-event-id"
@@ -58,7 +59,7 @@ class CorsPolicy:
             return True
         return self.allow_all and not credentials
 
-    def headers(self, origin: str | None) -> Headers:
+    def headers(self, origin: str | None) -> HeaderList:
         """CORS headers for an actual (non-preflight) reply to ``origin``; empty if not allowed."""
         if not self.is_allowed_origin(origin):
             return []
@@ -74,7 +75,7 @@ class CorsPolicy:
             (b"vary", b"Origin"),
         ]
 
-    def preflight_headers(self, origin: str | None, requested_headers: str | None) -> Headers:
+    def preflight_headers(self, origin: str | None, requested_headers: str | None) -> HeaderList:
         """Headers answering an allowed preflight (the caller refuses disallowed ones)."""
         headers = self.headers(origin)
         allow_headers = (
