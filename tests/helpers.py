@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,10 +175,18 @@ class Subscriber:
 
 @asynccontextmanager
 async def subscribe(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None
+    client: httpx.AsyncClient, url: str, headers: Mapping[str, str | None] | None = None
 ) -> AsyncIterator[Subscriber]:
-    """Open ``GET url`` as SSE, read ``init``, and yield the subscriber."""
-    async with client.stream("GET", url, headers=headers, timeout=WAIT) as response:
+    """Open ``GET url`` as SSE, read ``init``, and yield the subscriber.
+
+    ``headers`` may be typed with optional values (event ids from ``channels.publish``), but each
+    must be a string.
+    """
+    sent = None
+    if headers is not None:
+        sent = {name: value for name, value in headers.items() if value is not None}
+        assert len(sent) == len(headers), headers
+    async with client.stream("GET", url, headers=sent, timeout=WAIT) as response:
         assert response.status_code == 200, (response.status_code, await response.aread())
         stream = EventStream(response, sse.lines(response.aiter_bytes()))
         init = await stream.next()

@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 from channel_asgi import ChannelApp, Request
+from channel_asgi.client import Transport
 
 from .helpers import WAIT, publish, subscribe
 
@@ -73,7 +74,9 @@ BAD_TOKENS = {
     "no audience": lambda: jwt.encode({"sub": "m", "exp": time.time() + 60}, SECRET),
     "no expiry": lambda: jwt.encode({"sub": "m", "aud": "channel_asgi"}, SECRET),
     "alg none": lambda: jwt.encode(
-        {"sub": "m", "aud": "channel_asgi", "exp": time.time() + 60}, None, algorithm="none"
+        {"sub": "m", "aud": "channel_asgi", "exp": time.time() + 60},
+        None,  # type: ignore[arg-type]  # PyJWT takes no key for "none"
+        algorithm="none",
     ),
     "HS512": lambda: forge({}, key="x" * 64, algorithm="HS512"),
     "empty sub": lambda: forge({"sub": ""}),
@@ -266,7 +269,12 @@ def _history_rules(channels: ChannelApp) -> None:
 )
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_resume_replays_only_with_the_history_permission(
-    serve, client: httpx.AsyncClient, channel: str, user: str | None, replayed: bool, transport: str
+    serve,
+    client: httpx.AsyncClient,
+    channel: str,
+    user: str | None,
+    replayed: bool,
+    transport: Transport,
 ) -> None:
     """A resume is a read of the history: refused ``request``, no replay, ``recovered: false``."""
     channels = ChannelApp(secret=SECRET)

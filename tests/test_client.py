@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from channel_asgi import ChannelApp
-from channel_asgi.client import ChannelError, Client, Envelope
+from channel_asgi.client import ChannelError, Client, Envelope, Transport
 
 from .helpers import WAIT, asgi_body, free_port, subscribe
 
@@ -21,7 +21,7 @@ SECRET = "c" * 40
 pytestmark = pytest.mark.parametrize("transport", ["sse", "ws"])
 
 
-async def next_event(sub, kind: str | None = None) -> Envelope:  # type: ignore[no-untyped-def]
+async def next_event(sub, kind: str | None = None) -> Envelope:
     """The next iterated event (of ``kind``), within WAIT."""
     with anyio.fail_after(WAIT):
         async for event in sub:
@@ -30,7 +30,7 @@ async def next_event(sub, kind: str | None = None) -> Envelope:  # type: ignore[
     raise AssertionError("the subscription ended")
 
 
-async def test_subscribe_gives_user_token_and_events(serve, transport: str) -> None:
+async def test_subscribe_gives_user_token_and_events(serve, transport: Transport) -> None:
     """user_id and token come from init; iteration yields envelopes, never init."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
@@ -49,7 +49,7 @@ async def test_subscribe_gives_user_token_and_events(serve, transport: str) -> N
         )
 
 
-async def test_publish_returns_the_id_and_reaches_everyone(serve, transport: str) -> None:
+async def test_publish_returns_the_id_and_reaches_everyone(serve, transport: Transport) -> None:
     """A broadcast returns its id; a private reaches its user and echoes to the sender."""
     base = await serve(ChannelApp(secret=SECRET, widget_keys={"wk"}))
     async with Client(base, transport=transport, widget_key="wk") as client:
@@ -68,7 +68,7 @@ async def test_publish_returns_the_id_and_reaches_everyone(serve, transport: str
                 assert (event.message, event.to_user_id) == ("psst", bob.user_id)
 
 
-async def test_request_returns_the_history_and_is_not_iterated(serve, transport: str) -> None:
+async def test_request_returns_the_history_and_is_not_iterated(serve, transport: Transport) -> None:
     """request() gives the retained broadcasts, oldest first, even split over several events."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
@@ -81,7 +81,7 @@ async def test_request_returns_the_history_and_is_not_iterated(serve, transport:
         assert (await next_event(sub)).id == later  # no request event was iterated
 
 
-async def test_refused_subscribe_raises_at_async_with(serve, transport: str) -> None:
+async def test_refused_subscribe_raises_at_async_with(serve, transport: Transport) -> None:
     """A bad name, a closed channel or a bad identity token: ChannelError with code and message."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
@@ -100,7 +100,7 @@ async def test_refused_subscribe_raises_at_async_with(serve, transport: str) -> 
         assert refused.value.code == 401
 
 
-async def test_refused_publish_raises_with_code_and_message(serve, transport: str) -> None:
+async def test_refused_publish_raises_with_code_and_message(serve, transport: Transport) -> None:
     """The server's refusal becomes a ChannelError."""
     base = await serve(ChannelApp(secret=SECRET, widget_keys={"good"}))
     async with Client(base, transport=transport, widget_key="bad") as client:
@@ -113,7 +113,7 @@ async def test_refused_publish_raises_with_code_and_message(serve, transport: st
             )
 
 
-async def test_identity_token_subscribes_as_its_user(serve, transport: str) -> None:
+async def test_identity_token_subscribes_as_its_user(serve, transport: Transport) -> None:
     """Client(token=...) runs the subscription as the token's user."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
@@ -122,7 +122,9 @@ async def test_identity_token_subscribes_as_its_user(serve, transport: str) -> N
             assert sub.user_id == "ann"
 
 
-async def test_iteration_ends_after_the_end_of_a_closed_channel(serve, transport: str) -> None:
+async def test_iteration_ends_after_the_end_of_a_closed_channel(
+    serve, transport: Transport
+) -> None:
     """end is the last event; no reconnect follows."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
@@ -135,7 +137,7 @@ async def test_iteration_ends_after_the_end_of_a_closed_channel(serve, transport
 
 
 async def test_resumes_without_gap_across_a_server_restart_on_redis(
-    server_process, transport: str, redis_url: str, redis_prefix: str
+    server_process, transport: Transport, redis_url: str, redis_prefix: str
 ) -> None:
     """Stop the server, publish on its successor, and the client catches up exactly."""
     port = free_port()
@@ -171,7 +173,9 @@ async def test_resumes_without_gap_across_a_server_restart_on_redis(
         assert (await next_event(sub, "broadcast")).id == live
 
 
-async def test_client_and_raw_sse_agree(serve, client: httpx.AsyncClient, transport: str) -> None:
+async def test_client_and_raw_sse_agree(
+    serve, client: httpx.AsyncClient, transport: Transport
+) -> None:
     """What the client iterates is what a raw SSE subscriber receives."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
@@ -183,7 +187,7 @@ async def test_client_and_raw_sse_agree(serve, client: httpx.AsyncClient, transp
             assert [(await raw.stream.until("broadcast")).id for _ in range(3)] == ids
 
 
-async def test_errors_in_the_block_come_out_unchanged(serve, transport: str) -> None:
+async def test_errors_in_the_block_come_out_unchanged(serve, transport: Transport) -> None:
     """A ChannelError raised by publish inside `async with` is not wrapped in a group."""
     base = await serve(ChannelApp(secret=SECRET, widget_keys={"good"}))
     async with Client(base, transport=transport, widget_key="bad") as client:
@@ -196,7 +200,7 @@ async def test_errors_in_the_block_come_out_unchanged(serve, transport: str) -> 
                 raise KeyError("mine")
 
 
-async def test_unreachable_server_is_a_channel_error(transport: str) -> None:
+async def test_unreachable_server_is_a_channel_error(transport: Transport) -> None:
     """Connection failures are ChannelError(503), on either transport."""
     async with Client(f"http://127.0.0.1:{free_port()}", transport=transport) as client:
         with pytest.raises(ChannelError) as refused:
@@ -239,7 +243,7 @@ class ForeignServer:
         bad = '{"id":"1-0","type":"broadcast","stream_id":"room","message":' + "9" * 5000 + "}"
         return '{"type":"request","stream_id":"room","message":[' + bad + "," + good + "]}"
 
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
@@ -251,7 +255,7 @@ class ForeignServer:
         else:
             await self._publish(receive, send)
 
-    async def _sse(self, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def _sse(self, receive, send) -> None:
         self.connections += 1
         headers = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -278,7 +282,7 @@ class ForeignServer:
                 pass
             tasks.cancel_scope.cancel()
 
-    async def _publish(self, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def _publish(self, receive, send) -> None:
         body = await asgi_body(receive)
         if json.loads(body)["type"] == "request":
             for requested in self._requests:
@@ -292,7 +296,7 @@ class ForeignServer:
         )
         await send({"type": "http.response.body", "body": b'{"code":200,"message":"OK"}'})
 
-    async def _websocket(self, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def _websocket(self, receive, send) -> None:
         await receive()  # websocket.connect
         self.connections += 1
         await send({"type": "websocket.accept"})
@@ -307,7 +311,7 @@ class ForeignServer:
 
 
 async def test_undecodable_events_from_any_server_are_logged_and_skipped(
-    serve, transport: str, caplog: pytest.LogCaptureFixture
+    serve, transport: Transport, caplog: pytest.LogCaptureFixture
 ) -> None:
     """SPEC 6.1: a warning names the event id; no reconnect, no replay; line separators kept."""
     caplog.set_level(logging.WARNING, logger="channel_asgi.client")
@@ -328,7 +332,9 @@ async def test_undecodable_events_from_any_server_are_logged_and_skipped(
     assert "1-0" in skipped[2] and "request reply" in skipped[2]
 
 
-async def test_raw_unicode_line_separators_reach_the_client_whole(serve, transport: str) -> None:
+async def test_raw_unicode_line_separators_reach_the_client_whole(
+    serve, transport: Transport
+) -> None:
     """U+2028, U+2029 and U+0085 are not SSE line ends: the event arrives in one piece."""
     base = await serve(ChannelApp(secret=SECRET))
     text = "x\u2028y\u2029z\u0085!"

@@ -17,7 +17,7 @@ def test_bad_arguments_are_refused_at_once() -> None:
         _ = Client("http://127.0.0.1:1").http
 
 
-def _server(handler):  # type: ignore[no-untyped-def]
+def _server(handler):
     """An HTTP client whose requests ``handler`` answers (no stream is opened)."""
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 

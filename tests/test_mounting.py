@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import anyio
@@ -146,7 +146,7 @@ async def test_lifespan_protocol_messages(anyio_backend: str) -> None:
     """startup.complete then shutdown.complete, driven message by message."""
     channels = ChannelApp()
     inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
     running: list[bool] = []
 
     async def receive() -> dict[str, Any]:
@@ -154,7 +154,7 @@ async def test_lifespan_protocol_messages(anyio_backend: str) -> None:
             running.append(channels._runner.running)
         return inbox.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     with anyio.fail_after(5):

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from channel_asgi import ChannelApp
-from channel_asgi.client import Client
+from channel_asgi.client import Client, Transport
 from channel_asgi.errors import UnprocessableEntity
 from channel_asgi.numbers import check_json, encode_checked, fits
 from channel_asgi.protocol import encode_event
@@ -199,7 +199,9 @@ async def test_a_hook_that_sets_a_bad_number_is_a_500(serve, client: httpx.Async
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
-async def test_the_client_goes_on_after_a_refused_poison_publish(serve, transport: str) -> None:
+async def test_the_client_goes_on_after_a_refused_poison_publish(
+    serve, transport: Transport
+) -> None:
     """The report's reproduction: the poison is refused, and "after" still arrives."""
     base = await serve(ChannelApp(secret=SECRET))
     async with (

@@ -267,7 +267,7 @@ async def test_a_publish_redis_took_but_never_answered_is_504_and_may_have_been_
             # Redis ran what it had received once it woke: the 504 was right not to say 503.
             after = await publish(client, url, sub.token, chat("after"))
             assert after.status_code == 200, after.text
-            texts = []
+            texts: list[str] = []
             while not texts or texts[-1] != "after":
                 texts.append((await sub.stream.until("broadcast")).json["message"]["text"])
             assert texts == ["paused", "after"]  # once: the publisher did not retry it

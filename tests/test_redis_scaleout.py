@@ -139,18 +139,18 @@ async def test_one_pubsub_connection_per_process_and_constant_cost_per_publish(
     """50 subscribers share one Redis subscription; a publish costs the same with 1 or 50."""
     sent: list[str] = []
 
-    class CountingRedis(redis.asyncio.Redis):  # type: ignore[type-arg]
+    class CountingRedis(redis.asyncio.Redis):
         """Counts the commands the storage sends (pub/sub has connections of its own)."""
 
         async def execute_command(self, *args: object, **options: object) -> object:
             sent.append(str(args[0]))
             return await super().execute_command(*args, **options)
 
-        def pipeline(self, transaction: bool = True, shard_hint: object = None) -> Any:
+        def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Any:
             pipe = super().pipeline(transaction, shard_hint)
             queue = pipe.execute_command
 
-            def counting(*args: object, **options: object) -> object:
+            def counting(*args: Any, **options: Any) -> Any:
                 sent.append(str(args[0]))
                 return queue(*args, **options)
 

@@ -46,7 +46,7 @@ async def settle(until: Callable[[], bool]) -> None:
 
 async def test_a_wake_up_happens_at_the_end_of_the_loop_iteration_and_in_order() -> None:
     """Light load: nothing waits, every writer woken once, in the order asked."""
-    clock, log = Clock(), []
+    clock, log = Clock(), list[str]()
     scheduler = WriteScheduler(clock)
     writers = [Writer(f"w{n}", clock, log) for n in range(3)]
     scheduler.dispatched()
@@ -60,7 +60,7 @@ async def test_a_wake_up_happens_at_the_end_of_the_loop_iteration_and_in_order()
 
 async def test_after_a_busy_batch_the_next_one_waits_as_long_as_its_writes_took() -> None:
     """Several events in one batch: the gap becomes the batch's writing time, within bounds."""
-    clock, log = Clock(), []
+    clock, log = Clock(), list[str]()
     scheduler = WriteScheduler(clock)
     writers = [Writer(f"w{n}", clock, log, takes=0.01) for n in range(3)]
     for _ in range(3):
@@ -84,7 +84,7 @@ async def test_after_a_busy_batch_the_next_one_waits_as_long_as_its_writes_took(
 
 async def test_a_long_batch_is_woken_in_slices_with_the_loop_served_in_between() -> None:
     """After a slice's worth of writing, what the loop had waiting runs before the rest."""
-    clock, log = Clock(), []
+    clock, log = Clock(), list[str]()
     scheduler = WriteScheduler(clock)
     takes = 2 * WRITE_SLICE / SLICE_CHECK  # SLICE_CHECK writers fill more than a slice
     writers = [Writer(f"w{n}", clock, log, takes) for n in range(2 * SLICE_CHECK)]
@@ -99,7 +99,7 @@ async def test_a_long_batch_is_woken_in_slices_with_the_loop_served_in_between()
 
 async def test_what_arrives_while_a_batch_is_written_goes_in_the_next_one() -> None:
     """A wake-up asked while the batch's writers run is not lost: it leaves after the gap."""
-    clock, log = Clock(), []
+    clock, log = Clock(), list[str]()
     scheduler = WriteScheduler(clock)
     late = Writer("late", clock, log)
 
@@ -115,7 +115,7 @@ async def test_what_arrives_while_a_batch_is_written_goes_in_the_next_one() -> N
 
 def test_off_asyncio_a_wake_up_happens_at_once() -> None:
     """Without a running asyncio loop (trio), there is no batching."""
-    clock, log = Clock(), []
+    clock, log = Clock(), list[str]()
     scheduler = WriteScheduler(clock)
     scheduler.wake_soon(Writer("w", clock, log))
     assert log == ["w"]

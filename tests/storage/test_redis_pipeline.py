@@ -21,9 +21,9 @@ async def counted(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[Runn
 
     class CountingConnection(redis.asyncio.Connection):
         def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
-            commands = [tuple(command) for command in commands]
-            sent.extend(str(command[0]) for command in commands)
-            return super().pack_commands(commands)
+            listed = [tuple(command) for command in commands]
+            sent.extend(str(command[0]) for command in listed)
+            return super().pack_commands(listed)
 
     client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
     try:
