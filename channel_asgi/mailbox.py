@@ -178,21 +178,27 @@ class Mailbox:
             waiter.set()
 
     async def take(self) -> list[Item]:
-        """Wait for queued items and return all of them; an empty list once closed and taken.
+        """Wait for queued items and return all of them; an empty list once closed and taken."""
+        while (items := self.take_nowait()) is None:
+            await self.ready()
+        return items
 
-        This is the one loop that drains a mailbox: every writer (SSE, WebSocket, server-side
-        subscriber) takes its batches here.
+    def take_nowait(self) -> list[Item] | None:
+        """Return everything queued; an empty list once closed and taken; None: wait first.
+
+        With :meth:`ready`, the writer's loop without a coroutine of its own per batch (it runs
+        once per write of every connection).
         """
-        while not self._items:
-            if self._closed is not None:
-                return []
-            await self._until_ready()
-        items, self._items = self._items, []
+        items = self._items
+        if not items:
+            return [] if self._closed is not None else None
+        self._items = []
         self._size = 0
         self._controls = 0
         return items
 
-    def _until_ready(self) -> Awaitable[object]:
+    def ready(self) -> Awaitable[object]:
+        """Return what to await until something is queued or the mailbox closes (one waiter)."""
         # On asyncio a bare future is the cheapest wake-up there is (it runs once per write of
         # every connection); elsewhere an anyio Event does the same job.
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol
 
@@ -33,10 +33,13 @@ CLEANUP_TIMEOUT: Final = 10.0
 class Sink(Protocol):
     """Where a connection's writer writes: the transport's framing of a batch."""
 
-    async def events(self, frames: list[Any]) -> None:
-        """Write framed events (``bytes`` for SSE, ``str`` for WebSocket), in order."""
+    def events(self, frames: list[Any]) -> Awaitable[None]:
+        """Write framed events (``bytes`` for SSE, ``str`` for WebSocket), in order.
 
-    async def history(self, reply: AsyncGenerator[bytes, None]) -> None:
+        It may return the transport's own ``send`` awaitable (no coroutine of its own).
+        """
+
+    def history(self, reply: AsyncGenerator[bytes, None]) -> Awaitable[None]:
         """Write a ``request`` reply as it is read (each event written before the next read)."""
 
 
@@ -50,9 +53,16 @@ async def pump(
         sink: the transport.
         reply: returns the ``request`` reply to write for a :data:`SEND_HISTORY` item.
     """
-    while items := await mailbox.take():
+    write_events = sink.events
+    while True:
+        items = mailbox.take_nowait()
+        if items is None:
+            await mailbox.ready()
+            continue
+        if not items:
+            return
         if SEND_HISTORY not in items:  # the hot path: one write for everything taken
-            await sink.events(items)
+            await write_events(items)
             continue
         pending: list[Any] = []
         for item in items:
