@@ -6,17 +6,32 @@
 
 from __future__ import annotations
 
-from .base import Deliver, Delivery, History, PresenceTotals, Storage, StoredEvent
+from .base import (
+    Deliver,
+    Delivery,
+    DeliveryKind,
+    History,
+    Presence,
+    PresenceTotals,
+    Storage,
+    StoredEvent,
+    decode_delivery,
+    encode_delivery,
+)
 from .memory import MemoryStorage
 from .redis import RedisStorage
 
 __all__ = [
     "Deliver",
     "Delivery",
+    "DeliveryKind",
     "History",
     "MemoryStorage",
+    "Presence",
     "PresenceTotals",
     "RedisStorage",
     "Storage",
     "StoredEvent",
+    "decode_delivery",
+    "encode_delivery",
 ]

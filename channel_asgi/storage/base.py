@@ -8,13 +8,27 @@ and passes the conformance suite in ``tests/storage/test_conformance.py`` (``doc
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-__all__ = ["Deliver", "Delivery", "History", "PresenceTotals", "Storage", "StoredEvent"]
+__all__ = [
+    "Deliver",
+    "Delivery",
+    "DeliveryKind",
+    "History",
+    "Presence",
+    "PresenceTotals",
+    "Storage",
+    "StoredEvent",
+    "decode_delivery",
+    "encode_delivery",
+]
+
+#: What a delivery asks of the processes that get it (see :class:`Delivery`).
+DeliveryKind = Literal["event", "request", "end"]
 
 
 class Delivery(msgspec.Struct, array_like=True, gc=False):
@@ -33,7 +47,7 @@ class Delivery(msgspec.Struct, array_like=True, gc=False):
     """
 
     channel: str
-    kind: str
+    kind: DeliveryKind
     payload: bytes = b""
     id: str | None = None
     to_user: str | None = None
@@ -43,6 +57,11 @@ class Delivery(msgspec.Struct, array_like=True, gc=False):
 
 #: The callback a storage calls, in the process's event loop, for each delivery.
 Deliver = Callable[[Delivery], None]
+
+#: Encode a delivery for a backend that carries it between processes (compact MessagePack);
+#: :data:`decode_delivery` reads it back, checking every field (``msgspec.DecodeError``).
+encode_delivery: Final[Callable[[Delivery], bytes]] = msgspec.msgpack.Encoder().encode
+decode_delivery: Final[Callable[[bytes], Delivery]] = msgspec.msgpack.Decoder(Delivery).decode
 
 
 class StoredEvent(msgspec.Struct, array_like=True, gc=False):
@@ -81,7 +100,45 @@ class PresenceTotals(msgspec.Struct, frozen=True, gc=False):
 
 
 @runtime_checkable
-class Storage(Protocol):
+class Presence(Protocol):
+    """**Protocol**: who is connected, in every process (a part of :class:`Storage`).
+
+    Connections are counted by id: joining twice counts once, and leaving an id that is not
+    counted changes nothing. A process that stops without leaving (a crash) has its
+    connections dropped by the backend within its own lease (Redis: ``presence_ttl``).
+    """
+
+    async def join(self, channel: str, connection_id: str) -> int:
+        """Count a live connection on ``channel``; return the channel's viewer count after it."""
+        ...
+
+    async def leave(self, channel: str, connection_id: str) -> int:
+        """Stop counting a connection; return the channel's viewer count after it."""
+        ...
+
+    async def viewer_count(self, channel: str) -> int:
+        """Return the number of live connections on ``channel`` across all processes."""
+        ...
+
+    async def is_connected(self, connection_id: str) -> bool:
+        """Return whether the connection is live, in whichever process holds it."""
+        ...
+
+    async def coalesce_presence(
+        self, channel: str, joined: int, left: int, *, interval: float
+    ) -> PresenceTotals | None:
+        """Record joins and leaves of a large channel; return what to announce now, if anything.
+
+        Across all processes, at most one call per ``interval`` seconds returns totals (all the
+        joins and leaves recorded since the previous announcement); other calls return None and
+        keep what they recorded for the next one. A call with nothing recorded anywhere returns
+        None.
+        """
+        ...
+
+
+@runtime_checkable
+class Storage(Presence, Protocol):
     """**Protocol**: channel history and presence, and delivery of events to every process.
 
     Event ids are short strings of printable ASCII (no quote, backslash or line break), unique per
@@ -101,16 +158,28 @@ class Storage(Protocol):
         """Call ``deliver`` for every delivery of a listened channel, until cancelled.
 
         ``task_status.started()`` is called once deliveries flow. Events of one channel are
-        delivered in the order they were published.
+        delivered in the order they were appended or sent, whichever method carried them
+        (conformance: ``test_send_and_append_keep_their_order``). ``deliver`` runs in the
+        event loop and must not be awaited; a backend calls it for listened channels only.
         """
         ...
 
     async def listen(self, channel: str) -> None:
-        """Start delivering ``channel``'s events to this process; return once they flow."""
+        """Start delivering ``channel``'s events to this process; return once they flow.
+
+        An app's hub calls this when the first of its connections of ``channel`` attaches, and
+        never twice at once for one channel; it counts its own connections. A backend that
+        several apps of one process share (``MemoryStorage``) counts the calls, one per app.
+        Events appended or sent before it returned need not be delivered.
+        """
         ...
 
     async def unlisten(self, channel: str) -> None:
-        """Stop delivering ``channel``'s events to this process (calls are counted)."""
+        """Stop delivering ``channel``'s events to this process (the hub's last connection left).
+
+        After it, ``deliver`` is not called for the channel's events (conformance:
+        ``test_delivery_stops_after_unlisten``).
+        """
         ...
 
     async def append(
@@ -150,34 +219,6 @@ class Storage(Protocol):
             limit: return at most this many (the oldest of those that qualify), when given. A
                 reader pages through a long history by passing the last id of one page as the
                 next page's ``after``; ``recovered`` is as it would be without ``limit``.
-        """
-        ...
-
-    async def join(self, channel: str, connection_id: str) -> int:
-        """Count a live connection on ``channel``; return the channel's viewer count after it."""
-        ...
-
-    async def leave(self, channel: str, connection_id: str) -> int:
-        """Stop counting a connection; return the channel's viewer count after it."""
-        ...
-
-    async def viewer_count(self, channel: str) -> int:
-        """Return the number of live connections on ``channel`` across all processes."""
-        ...
-
-    async def is_connected(self, connection_id: str) -> bool:
-        """Return whether the connection is live, in whichever process holds it."""
-        ...
-
-    async def coalesce_presence(
-        self, channel: str, joined: int, left: int, *, interval: float
-    ) -> PresenceTotals | None:
-        """Record joins and leaves of a large channel; return what to announce now, if anything.
-
-        Across all processes, at most one call per ``interval`` seconds returns totals (all the
-        joins and leaves recorded since the previous announcement); other calls return None and
-        keep what they recorded for the next one. A call with nothing recorded anywhere returns
-        None.
         """
         ...
 

@@ -51,6 +51,7 @@ __all__ = [
     "test_channel_names_with_every_allowed_character",
     "test_close_and_open_span_processes",
     "test_closed_state_reaches_every_process",
+    "test_delivery_stops_after_unlisten",
     "test_history_after_a_retained_id_is_recovered",
     "test_history_after_an_unknown_id_is_not_recovered",
     "test_history_after_the_newest_id_is_recovered_and_empty",
@@ -61,10 +62,11 @@ __all__ = [
     "test_history_ttl_ignores_old_broadcasts",
     "test_is_connected_spans_processes",
     "test_large_and_unusual_payloads_round_trip",
-    "test_listen_is_counted",
     "test_presence_is_announced_once_per_interval_across_processes",
     "test_presence_totals_carry_the_viewer_count",
     "test_request_deliveries_cross_processes",
+    "test_run_signals_started_once_deliveries_flow",
+    "test_send_and_append_keep_their_order",
     "test_send_delivers_without_retaining",
     "test_viewer_count_spans_processes",
 ]
@@ -251,14 +253,49 @@ async def test_request_deliveries_cross_processes(storage: Running, peer: Runnin
     await peer.storage.unlisten("c")
 
 
-async def test_listen_is_counted(storage: Running) -> None:
-    """Two listens need two unlistens; deliveries flow until the last."""
+async def test_delivery_stops_after_unlisten(storage: Running) -> None:
+    """After the last unlisten of a channel, its events are not delivered to the process."""
     await storage.storage.listen("c")
-    await storage.storage.listen("c")
-    await storage.storage.unlisten("c")
-    await storage.storage.append("c", payload(1), keep=1)
+    await storage.storage.append("c", payload(1), keep=10)
     await storage.inbox.wait_for(1, "c")
     await storage.storage.unlisten("c")
+    await storage.storage.append("c", payload(2), keep=10)
+    await storage.storage.send(Delivery("c", "event", payload(3)))
+    await storage.storage.listen("d")  # a marker: delivered after whatever "c" would have had
+    await storage.storage.append("d", payload(4), keep=10)
+    await storage.inbox.wait_for(1, "d")
+    assert [d.payload for d in storage.inbox.deliveries if d.channel == "c"] == [payload(1)]
+    await storage.storage.unlisten("d")
+
+
+async def test_run_signals_started_once_deliveries_flow(
+    make_storage: Callable[[], Storage],
+) -> None:
+    """``run`` calls ``task_status.started()``; from then on a listened event is delivered."""
+    backend = make_storage()
+    inbox = Inbox()
+    async with anyio.create_task_group() as group:
+        with anyio.fail_after(WAIT):
+            await group.start(backend.run, inbox)
+        await backend.listen("c")
+        await backend.append("c", payload(1), keep=10)
+        assert [d.payload for d in await inbox.wait_for(1, "c")] == [payload(1)]
+        await backend.unlisten("c")
+        group.cancel_scope.cancel()
+
+
+async def test_send_and_append_keep_their_order(storage: Running, peer: Running) -> None:
+    """Events of one channel arrive in the order they were sent, retained or not."""
+    await peer.storage.listen("c")
+    expected = []
+    for n in range(20):
+        if n % 3:
+            await storage.storage.append("c", payload(n), keep=100)
+        else:
+            await storage.storage.send(Delivery("c", "event", payload(n)))
+        expected.append(payload(n))
+    assert [d.payload for d in await peer.inbox.wait_for(20, "c")] == expected
+    await peer.storage.unlisten("c")
 
 
 async def test_viewer_count_spans_processes(storage: Running, peer: Running) -> None:

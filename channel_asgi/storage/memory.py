@@ -280,7 +280,10 @@ class MemoryStorage:
             self._consumers.remove(deliver)
 
     async def listen(self, channel: str) -> None:
-        """Count a listener: a watched channel is evicted last (deliveries need nothing)."""
+        """Deliver ``channel``'s events; a watched channel is also evicted last.
+
+        Calls are counted: every app sharing this storage in the process listens for itself.
+        """
         state = self._state(channel)
         state.listeners += 1
         self._settle(channel, state)
@@ -324,9 +327,10 @@ class MemoryStorage:
         limit = self.max_history_bytes
         if limit is not None and self._bytes > limit:
             self._enforce_budget()
-        delivery = Delivery(channel, "event", payload, event_id)
-        for deliver in self._consumers:
-            deliver(delivery)
+        if state.listeners:
+            delivery = Delivery(channel, "event", payload, event_id)
+            for deliver in self._consumers:
+                deliver(delivery)
         return event_id
 
     def _append(
@@ -356,8 +360,10 @@ class MemoryStorage:
         return event_id
 
     async def send(self, delivery: Delivery) -> None:
-        """Deliver an event that is not retained."""
-        self._deliver(delivery)
+        """Deliver an event that is not retained (to the apps listening on its channel)."""
+        state = self._channels.get(delivery.channel)
+        if state is not None and state.listeners:
+            self._deliver(delivery)
 
     async def history(
         self,

@@ -45,7 +45,15 @@ from anyio.abc import TaskStatus
 
 from ..errors import ChannelClosed, StorageUnavailable
 from . import redis_scripts as scripts
-from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
+from .base import (
+    Deliver,
+    Delivery,
+    History,
+    PresenceTotals,
+    StoredEvent,
+    decode_delivery,
+    encode_delivery,
+)
 from .redis_pipeline import AutoPipeline, Call, unavailable
 
 if TYPE_CHECKING:
@@ -63,8 +71,6 @@ _BACKOFF_MAX: Final = 5.0
 #: pipeline in flight (see redis_pipeline), so a handful is plenty; a burst waits its turn.
 _MAX_CONNECTIONS: Final = 32
 _SOCKET_TIMEOUT: Final = 2.0
-_encode_delivery: Final = msgspec.msgpack.Encoder().encode
-_decode_delivery: Final = msgspec.msgpack.Decoder(Delivery).decode
 
 
 def _stream_id(event_id: str) -> tuple[int, int]:
@@ -115,7 +121,7 @@ class RedisStorage:
         self.process_id = uuid.uuid4().hex
         self._deliver: Deliver | None = None
         self._pubsub: PubSub | None = None
-        self._listening: dict[str, int] = {}
+        self._listening: set[str] = set()
         self._confirmed: dict[str, anyio.Event] = {}
         self._connected: anyio.Event | _NotYet
         #: Closed channels, kept current over pub/sub while connected (None: ask Redis).
@@ -308,7 +314,7 @@ class RedisStorage:
                 self._broadcast(channel, event_id, parts[index + 1])
         elif data[:1] == b"D":
             try:
-                delivery = _decode_delivery(data[1:])
+                delivery = decode_delivery(data[1:])
             except msgspec.DecodeError:
                 logger.warning("Ignoring a malformed delivery on channel %r", channel)
                 return
@@ -348,12 +354,16 @@ class RedisStorage:
     # -- the Storage protocol ------------------------------------------------------------------
 
     async def listen(self, channel: str) -> None:
-        """Subscribe this process to ``channel``'s deliveries; return once Redis confirmed."""
-        count = self._listening.get(channel, 0)
-        self._listening[channel] = count + 1
+        """Subscribe this process to ``channel``'s deliveries; return once Redis confirmed.
+
+        The hub calls this once per channel and process (see :class:`Storage`); a second call
+        while listening only waits for the confirmation.
+        """
+        first = channel not in self._listening
+        self._listening.add(channel)
         try:
             event = self._confirmed.setdefault(channel, anyio.Event())
-            if count == 0:
+            if first:
                 pubsub = self._pubsub
                 if pubsub is None:
                     raise StorageUnavailable("Redis is unavailable (not connected)")
@@ -363,7 +373,7 @@ class RedisStorage:
                 await event.wait()
             if not event.is_set():
                 raise StorageUnavailable("Redis did not confirm the subscription in time")
-            if count == 0 and channel not in self._last_seen:
+            if first and channel not in self._last_seen:
                 # Where to catch up from if the pub/sub connection drops before a broadcast.
                 last = await self._pipeline.command("GET", self._key("last", channel), writes=False)
                 self._last_seen.setdefault(channel, last.decode() if last else "0-0")
@@ -372,12 +382,8 @@ class RedisStorage:
             raise
 
     async def unlisten(self, channel: str) -> None:
-        """Drop one listener of ``channel``; unsubscribe with the last."""
-        count = self._listening.get(channel, 0) - 1
-        if count > 0:
-            self._listening[channel] = count
-            return
-        self._listening.pop(channel, None)
+        """Unsubscribe this process from ``channel``'s deliveries."""
+        self._listening.discard(channel)
         self._confirmed.pop(channel, None)
         self._last_seen.pop(channel, None)
         self._floor.pop(channel, None)
@@ -406,7 +412,7 @@ class RedisStorage:
 
     async def send(self, delivery: Delivery) -> None:
         """Publish a delivery that is not retained."""
-        data = b"D" + _encode_delivery(delivery)
+        data = b"D" + encode_delivery(delivery)
         await self._pipeline.command("PUBLISH", self._topic(delivery.channel), data)
 
     async def history(
@@ -489,7 +495,7 @@ class RedisStorage:
 
     async def close_channel(self, channel: str, end_payload: bytes) -> None:
         """Mark the channel closed and publish its ``end`` to every process."""
-        delivery = b"D" + _encode_delivery(Delivery(channel, "end", end_payload))
+        delivery = b"D" + encode_delivery(Delivery(channel, "end", end_payload))
         with unavailable("close_channel"):
             async with self._redis().pipeline(transaction=True) as pipe:
                 pipe.sadd(self._key("closed"), channel)
