@@ -4,9 +4,11 @@ Routes, relative to wherever the app is mounted::
 
     GET  /subscribe/{channel}   Server-Sent Events (init, system, broadcasts, private, request, end)
     POST /publish/{channel}     a JSON envelope, authorised by the token from ``init``
+    WS   /ws/{channel}          the same events as text frames; client frames are publishes
 
-This module is the only place where errors become HTTP replies: a :class:`ChannelError` becomes
-``{"code", "message"}`` with its status; anything unexpected is logged and answered with a 500.
+This module is where a refused request becomes its reply: a :class:`ChannelError` becomes
+``{"code", "message"}`` with its status (before a WebSocket upgrade, through
+``websocket.refuse``); anything else an HTTP route raises is logged and answered with a 500.
 """
 
 from __future__ import annotations

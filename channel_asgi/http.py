@@ -1,10 +1,9 @@
 """Small ASGI helpers for the HTTP routes: routing, channel names, bodies and JSON replies.
 
 A body's read is bounded in time by :class:`BodyDeadlines`, not by a cancel scope per request:
-every publish reads a body, and ``anyio.fail_after`` around that read cost about 9 µs a publish
-(more than the rest of a publish together), where a dictionary entry and a sweep every fraction
-of the timeout cost about one. The sweep cancels a read found overdue, and the reader turns that
-cancellation into a 408.
+every publish reads a body, and a cancel scope around each read costs more than a dictionary
+entry per read and one sweep every fraction of the timeout. The sweep cancels a read found
+overdue, and the reader turns that cancellation into a 408.
 """
 
 from __future__ import annotations

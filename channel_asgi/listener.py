@@ -23,7 +23,7 @@ from .protocol import Envelope, decode_envelope, skip_undecodable, with_id
 
 __all__ = ["Listener"]
 
-logger = logging.getLogger("channel_asgi.subscription")  # its name since 0.1
+logger = logging.getLogger("channel_asgi.subscription")  # documented (docs/client.md)
 
 
 class Listener:
@@ -91,7 +91,7 @@ class Listener:
             data = self._pending.popleft()
             try:
                 envelope = decode_envelope(data)
-            except msgspec.DecodeError as exc:  # stored by an older release, before the number rule
+            except msgspec.DecodeError as exc:  # breaks the number rule (an older writer's)
                 self._skip(data, exc)
                 continue
             if envelope.id is not None:

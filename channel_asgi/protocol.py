@@ -201,8 +201,8 @@ decode_envelope: Final = _envelope_decoder.decode
 class Outline(msgspec.Struct):
     """What can still be read of an event that does not decode as an :class:`Envelope`.
 
-    ``message`` stays raw JSON, so a number no reader can hold (one the server refuses today,
-    but an older server or another implementation may have relayed) does not stop the rest.
+    ``message`` stays raw JSON, so a number no reader can hold (one this server refuses, but
+    an older server or another implementation may have relayed) does not stop the rest.
     """
 
     type: str = ""

@@ -6,9 +6,10 @@ the current loop iteration, and the next batch waits at least ``WAKE_GAP`` secon
 previous batch's writes are done. When that batch carried more than one event, events are
 arriving faster than they are written: the next one then waits as long as the writes took (at
 most ``MAX_WAKE_GAP``). Under load, every event that arrives meanwhile leaves in the same write,
-even when events come one per loop iteration (as they do from Redis), and writing never takes
-more than about half of the process's time, so publishes keep flowing in. At light load (one
-event per batch) nothing waits.
+even when events come one per loop iteration (as they do from Redis), and while a batch's writes
+take less than ``MAX_WAKE_GAP``, writing takes at most about half of the loop's time, so
+publishes keep flowing in. At light load (one event per batch, events further apart than
+``WAKE_GAP``) nothing waits.
 
 A batch is woken in slices of about ``WRITE_SLICE``, the loop serving what arrived between two
 of them, so a publish, or a round trip to the storage, is not held back for a whole batch of

@@ -8,7 +8,7 @@ connection's own business and ends here. Whatever happens, the cleanup (leave, a
 the hooks) runs shielded, with a deadline so that a storage outage cannot hold the task forever.
 
 These are plain asyncio tasks rather than an anyio task group: a task group per connection
-costs about 5 KiB, and idle connections should stay small.
+would add to the memory every idle connection holds, and idle connections should stay small.
 """
 
 from __future__ import annotations
