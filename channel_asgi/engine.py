@@ -265,10 +265,12 @@ class Engine:
         self._hub.detach(mailbox)
         try:
             count = await self.storage.leave(connection.channel, connection.connection_id)
-            await self._hub.unlisten(connection.channel)
-            await self.announcer.announce(connection, "leave", count)
         except ChannelError as exc:
             logger.warning("Could not record the leave of %s: %s", connection.connection_id, exc)
+        else:
+            await _quietly(self.announcer.announce(connection, "leave", count))
+        finally:  # whatever the storage did: this process's count of the channel drops
+            await _quietly(self._hub.unlisten(connection.channel))
         for hook in self._hooks.on_disconnect:
             await self.run_hook(hook, connection)
 

@@ -299,8 +299,9 @@ class Hub:
         never silent for more than a third of an interval past its heartbeat.
         """
         for room in self._rooms.values():
-            for mailbox in room.by_framing[Framing.SSE].values():
-                mailbox.beat(sse.PING, HEARTBEAT_TICKS)
+            for mailbox in list(room.by_framing[Framing.SSE].values()):
+                if not mailbox.beat(sse.PING, HEARTBEAT_TICKS):
+                    _too_slow(mailbox)
 
     def close_all(self, reason: Close) -> None:
         """Close every mailbox (the app is stopping)."""

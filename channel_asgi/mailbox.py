@@ -136,12 +136,16 @@ class Mailbox:
             self._controls += 1
             self.wake()
 
-    def beat(self, ping: bytes, ticks: int) -> None:
-        """Count a heartbeat tick; queue ``ping`` after ``ticks`` ticks with nothing queued."""
+    def beat(self, ping: bytes, ticks: int) -> bool:
+        """Count a heartbeat tick; queue ``ping`` after ``ticks`` ticks with nothing queued.
+
+        Returns:
+            False if the ping made the mailbox overflow (as :meth:`put`).
+        """
         if self._quiet >= ticks:
-            self.put(ping)
-        else:
-            self._quiet += 1
+            return self.put(ping)
+        self._quiet += 1
+        return True
 
     def close(self, reason: Close) -> None:
         """Close the mailbox: the writer takes what is queued (unless too slow), then stops.

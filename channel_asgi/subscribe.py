@@ -152,8 +152,10 @@ class SubscribeRoute:
     ) -> None:
         engine = self._engine
         async with serving(engine, mailbox, opening, _watch_disconnect(receive, mailbox)):
-            await self._open(mailbox, opening, send, reply_headers)
+            headers = [*_SSE_HEADERS, *reply_headers]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             try:
+                await self._open(mailbox, opening, send)
                 await engine.go_live(mailbox, opening)
                 if self._budget is not None:
                     send = _budgeted(send, mailbox, self._budget)
@@ -168,20 +170,12 @@ class SubscribeRoute:
             if mailbox.closed is not Close.GONE:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _open(
-        self,
-        mailbox: Mailbox,
-        opening: Opening,
-        send: Send,
-        reply_headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        """Send the headers, ``retry:``, ``init`` and the replay.
+    async def _open(self, mailbox: Mailbox, opening: Opening, send: Send) -> None:
+        """Send ``retry:``, ``init`` and the replay.
 
         A function of its own so that what it builds is freed once sent: the connection's frame
         lives as long as the connection, and idle connections should stay small.
         """
-        headers = [*_SSE_HEADERS, *reply_headers]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
         reconnect_ms = int(self._engine.settings.reconnect_delay * 1000)
         head = [sse.retry(reconnect_ms) + sse.event(opening.take_init())]
         async with contextlib.aclosing(self._engine.replay(mailbox, opening)) as pages:

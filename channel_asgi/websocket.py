@@ -189,16 +189,21 @@ class WebSocketRoute:
             math.inf,
             opening.anonymous,
         )
-        await send({"type": "websocket.accept"})
+        try:
+            await send({"type": "websocket.accept"})
+        except BaseException:  # the client left (or the task was cancelled) before it began
+            with anyio.CancelScope(shield=True):
+                await engine.disconnect(mailbox, opening)
+            raise
         reader = self._read(receive, mailbox, claims, client_address(scope))
         async with serving(engine, mailbox, opening, reader):
             await send({"type": "websocket.send", "text": opening.take_init().decode()})
-            async with contextlib.aclosing(engine.replay(mailbox, opening)) as pages:
-                async for events in pages:  # a page at a time, as the client takes them
-                    for event in events:
-                        text = with_id(event.payload, event.id).decode()
-                        await send({"type": "websocket.send", "text": text})
             try:
+                async with contextlib.aclosing(engine.replay(mailbox, opening)) as pages:
+                    async for events in pages:  # a page at a time, as the client takes them
+                        for event in events:
+                            text = with_id(event.payload, event.id).decode()
+                            await send({"type": "websocket.send", "text": text})
                 await engine.go_live(mailbox, opening)
                 channel, user_id = connection.channel, connection.user_id
                 await pump(

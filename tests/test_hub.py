@@ -318,3 +318,14 @@ async def test_a_failed_first_listen_counts_nothing() -> None:
     await hub.listen("a")
     assert storage.calls == [("listen", "a"), ("listen", "a")]
     assert hub.listening("a") == 1
+
+
+def test_a_heartbeat_that_overflows_a_mailbox_closes_it_as_slow() -> None:
+    """A ping counts against the limit like any event: past it the connection is cut."""
+    hub = new_hub()
+    sub = subscriber(limit=len(sse.PING))
+    live(hub, sub)
+    sub.put(b"x")
+    for _ in range(HEARTBEAT_TICKS + 1):
+        hub.heartbeat()
+    assert sub.closed is Close.SLOW

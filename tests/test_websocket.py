@@ -7,7 +7,7 @@ import json
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -365,3 +365,21 @@ async def test_a_client_leaving_mid_send_is_logged_at_debug_not_error(
     [left] = [r for r in records.records if r.getMessage().startswith("WebSocket")]
     assert left.levelno == logging.DEBUG
     assert "left" in left.getMessage()
+
+
+async def test_a_client_gone_before_the_accept_is_not_left_counted() -> None:
+    """The accept fails (the client left after the checks): the join is undone."""
+    channels = ChannelApp(secret=SECRET)
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "websocket.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "websocket.accept":
+            raise OSError("gone")
+
+    scope = {"type": "websocket", "path": "/ws/room", "headers": [], "query_string": b""}
+    async with channels:
+        await channels(scope, receive, send)  # logged as a client that left mid-send
+        assert await channels.viewer_count("room") == 0
