@@ -856,19 +856,7 @@ def write_doc(markdown: str) -> None:
     DOC.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
 
 
-def write_mounts_doc(markdown: str) -> None:
-    start, end = "<!-- mounts-results:start -->", "<!-- mounts-results:end -->"
-    text = DOC.read_text()
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    DOC.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
-
-
 def main() -> None:
-    import mounts  # benchmarks/mounts.py, beside this script (its first entry on sys.path)
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a small run, for a smoke test")
     parser.add_argument("--subs", default="100,1000,5000", help="subscriber counts (saturated)")
@@ -893,15 +881,6 @@ def main() -> None:
     parser.add_argument(
         "--servers-only", action="store_true", help="run only the servers part (docs/servers.md)"
     )
-    parser.add_argument(
-        "--before", help="a git ref: also serve that commit, for the this-release ratios (mounts)"
-    )
-    parser.add_argument("--mounts-subs", type=int, default=1000, help="subscribers, mounts part")
-    parser.add_argument("--mounts-count", type=int, default=200, help="publishes per light run")
-    parser.add_argument("--mounts-rounds", type=int, default=3, help="rounds of the mounts part")
-    parser.add_argument(
-        "--mounts-only", action="store_true", help="run only the mounts part (FastAPI vs bare)"
-    )
     parser.add_argument("--no-write", action="store_true", help="print only; keep docs as they are")
     parser.add_argument(
         "--from-json", type=Path, help="only redraw the table and chart from a results file"
@@ -920,15 +899,6 @@ def main() -> None:
         args.latency_count, args.publish_rounds, args.idle_subs = 60, 3, [500, 1000]
         args.redis_rounds = args.check_rounds = 1
         args.servers_rounds, args.servers_count = 1, 300
-        args.mounts_rounds, args.mounts_count = 1, 60
-    if args.mounts_only:
-        part = mounts.mounts(sys.modules[__name__], build_loadgen(), args)
-        print(mounts.mounts_table(part))
-        if not args.no_write and not args.quick:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "mounts.json").write_text(json.dumps(part, indent=2) + "\n")
-            write_mounts_doc(mounts.mounts_table(part))
-        return
     servers = servers_light_load(build_loadgen(), args)
     servers_markdown = servers_table(servers)
     print(servers_markdown)
@@ -939,9 +909,6 @@ def main() -> None:
     if args.servers_only:
         return
     results = run(args)
-    results["mounts"] = mounts.mounts(sys.modules[__name__], build_loadgen(), args)
-    mounts_markdown = mounts.mounts_table(results["mounts"])
-    print(mounts_markdown)
     results["params"] = {
         "rate": args.rate,
         "latency_subs": args.latency_subs,
@@ -961,7 +928,6 @@ def main() -> None:
     (RESULTS / name).write_text(json.dumps(results, indent=2, default=str) + "\n")
     if not args.quick:
         write_doc(markdown)
-        write_mounts_doc(mounts_markdown)
         chart(results)
 
 
