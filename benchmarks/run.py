@@ -117,6 +117,7 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     token_from_init: bool
+    client_args: tuple[str, ...] = ()  # for the load client: its paths, when mounted
 
     @property
     def pid(self) -> int:
@@ -149,7 +150,8 @@ class Target:
     token_from_init: bool = True
     env: dict[str, str] = field(default_factory=dict)
     processes: int = 1  # the server and its workers, once it is ready
-    cwd: Path = ROOT  # another checkout serves an earlier release (see mounts)
+    cwd: Path = ROOT  # its channel_asgi is the one in this directory (python -m puts it first)
+    client_args: tuple[str, ...] = ()
 
     @contextlib.contextmanager
     def start(self) -> Iterator[Server]:
@@ -174,7 +176,7 @@ class Target:
                     if process.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"{self.name} did not start") from None
                     time.sleep(0.05)
-            server = Server(self.name, process, port, self.token_from_init)
+            server = Server(self.name, process, port, self.token_from_init, self.client_args)
             while len(server.pids()) < self.processes:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} did not start its workers")
@@ -371,7 +373,7 @@ def loadgen_command(binary: Path, server: Server, *args: str) -> list[str]:
     command = [str(binary), "--port", str(server.port)]
     for pid in server.pids() or [server.pid]:
         command += ["--cpu-pid", str(pid)]
-    command += args
+    command += [*server.client_args, *args]
     if not server.token_from_init:
         command.append("--no-init")
     return command
