@@ -815,6 +815,7 @@ def mounts_part(binary: Path, args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.mounts_rounds,
         "seconds": round(time.monotonic() - started),
     }
+    print(f"mounts part: {params['seconds']} s", file=sys.stderr, flush=True)
     return mounts_results(codes, runs, params)
 
 
@@ -861,7 +862,11 @@ def mounts_results(
 def mounts_table(part: dict[str, Any]) -> str:
     """The "Mounted app and direct write" section of the results: what runs, rows and ratios."""
     params, codes = part["params"], part["codes"]
-    rounds = "1 round" if params["rounds"] == 1 else f"{params['rounds']} rounds"
+    rounds = (
+        "one round"
+        if params["rounds"] == 1
+        else f"each of {params['rounds']} rounds (in the reverse order every other round)"
+    )
     lines = ["### Mounted app and direct write", ""]
     if "separate" in part:
         lines += [
@@ -875,8 +880,8 @@ def mounts_table(part: dict[str, Any]) -> str:
         "as `channel-asgi serve` serves it, or mounted in FastAPI at `/channel` as in the "
         "README's first example; with the direct write as the code has it, turned off, or "
         "forced on through the wrappers Starlette puts around `send` (`benchmarks/mounts_app.py`, "
-        f"never a way to run the library). In each of {rounds} the variants run in turn (in "
-        "the reverse order every other round), each on a fresh server: first "
+        f"never a way to run the library). In {rounds} the variants run in turn, each on a "
+        "fresh server: first "
         f"the light load, {params['rate']:g} broadcasts/s to {params['subs']} subscribers "
         f"({params['publishes']} broadcasts; server CPU per delivery, p50 / p99 latency), then "
         f"saturated fan-out to {params['subs']} subscribers (deliveries/s). A ratio is the median "
