@@ -1314,6 +1314,7 @@ def main() -> None:
     parser.add_argument("--mounts-rounds", type=int, default=3, help="rounds of the mounts part")
     parser.add_argument(
         "--mounts-ref",
+        "--before",
         metavar="REF",
         help="also serve channel_asgi as of git REF in the mounts part (e.g. the last commit "
         "with the direct write), side by side with this checkout",
