@@ -27,24 +27,35 @@ Scenarios, for each server:
   uvicorn and gunicorn with two uvicorn workers (RedisStorage), paced at ``--servers-rate``
   publishes per second to ``--servers-subs`` subscribers: server CPU per delivery (every process
   of the server, its workers included) against uvicorn on the same storage, in ``--servers-rounds``
-  alternating rounds (the median of the paired ratios). ``--servers-only`` runs just these.
+  alternating rounds (the median of the paired ratios). ``--servers-only`` runs just these;
+* **the mount and the direct write**: the same ChannelApp on the same uvicorn, bare and mounted
+  in FastAPI (``benchmarks/mounts_app.py``), each with its direct write and without it (when the
+  code has one), at ``--mounts-subs`` subscribers: server CPU per delivery and p50 / p99 at
+  ``--rate`` broadcasts/s, and saturated deliveries/s, in ``--mounts-rounds`` rounds that run
+  every variant in turn (the median of the paired ratios). ``--mounts-ref REF`` adds the same
+  variants of channel_asgi as of git ``REF`` (e.g. the last commit with the direct write) to the
+  same rounds; ``--mounts-only`` runs just these.
 
 Usage (from the repository root, after ``scripts/setup``)::
 
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python benchmarks/run.py            # the full run (several minutes)
     .venv/bin/python benchmarks/run.py --quick    # smaller, for a smoke test
+    .venv/bin/python benchmarks/run.py --mounts-only --mounts-ref e3ab96d  # the mount rows
 
 It writes ``benchmarks/results/latest.json``, the table between the markers in
 ``docs/benchmarks.md`` and the chart ``docs/benchmarks.png`` (a ``--quick`` run writes only
 ``benchmarks/results/quick.json``; ``--no-write`` only prints). The servers part writes
-``benchmarks/results/servers.json`` and its table in ``docs/servers.md``.
+``benchmarks/results/servers.json`` and its table in ``docs/servers.md``. The mounts part writes
+its rows into ``latest.json`` and the table of ``docs/benchmarks.md``, with the rest of a full
+run, or on their own (``--mounts-only``: marked as measured apart from the rest).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -54,6 +65,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -117,6 +129,7 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     token_from_init: bool
+    client_args: tuple[str, ...] = ()  # for the load client: its paths, when mounted
 
     @property
     def pid(self) -> int:
@@ -149,7 +162,8 @@ class Target:
     token_from_init: bool = True
     env: dict[str, str] = field(default_factory=dict)
     processes: int = 1  # the server and its workers, once it is ready
-    cwd: Path = ROOT  # another checkout serves an earlier release (see mounts)
+    cwd: Path = ROOT  # its channel_asgi is the one in this directory (python -m puts it first)
+    client_args: tuple[str, ...] = ()
 
     @contextlib.contextmanager
     def start(self) -> Iterator[Server]:
@@ -174,7 +188,7 @@ class Target:
                     if process.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"{self.name} did not start") from None
                     time.sleep(0.05)
-            server = Server(self.name, process, port, self.token_from_init)
+            server = Server(self.name, process, port, self.token_from_init, self.client_args)
             while len(server.pids()) < self.processes:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} did not start its workers")
@@ -371,7 +385,7 @@ def loadgen_command(binary: Path, server: Server, *args: str) -> list[str]:
     command = [str(binary), "--port", str(server.port)]
     for pid in server.pids() or [server.pid]:
         command += ["--cpu-pid", str(pid)]
-    command += args
+    command += [*server.client_args, *args]
     if not server.token_from_init:
         command.append("--no-init")
     return command
@@ -573,6 +587,386 @@ def drop_redis_keys(url: str, prefix: str) -> None:
         client.close()
 
 
+# The mounted app and the direct write (issue 15): bare and FastAPI-mounted, with and without.
+
+MOUNTS_APP = "benchmarks.mounts_app:create"
+#: The load client's paths when the ChannelApp is mounted at ``mounts_app.PREFIX``.
+MOUNTED_PATHS = ("--sub-path", "/channel/subscribe/bench", "--pub-path", "/channel/publish/bench")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _pythonpath() -> dict[str, str]:
+    """``benchmarks.mounts_app`` importable from any directory (``channel_asgi`` from ``cwd``)."""
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
+@dataclass(frozen=True)
+class Code:
+    """One channel_asgi the mount rows serve: this checkout's, or one exported from a git ref."""
+
+    key: str  # "checkout" or "ref"
+    label: str
+    cwd: Path  # holds the channel_asgi/ the servers import
+    direct_write: bool  # it has the direct write (``channel_asgi.stream._direct_writer``)
+
+
+def probe_code(key: str, label: str, cwd: Path) -> Code:
+    """Ask a server's interpreter which channel_asgi it imports from ``cwd``, and what it has."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.mounts_app", "--probe"],
+        cwd=cwd,
+        env={**os.environ, **_pythonpath()},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{label}: benchmarks.mounts_app --probe failed: {result.stderr}")
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = (cwd / "channel_asgi").resolve()
+    if Path(found["file"]).resolve().parent != expected:
+        raise RuntimeError(f"{label}: the servers would import {found['file']}, not {expected}")
+    return Code(key, label, cwd, bool(found["direct_write"]))
+
+
+def checkout_code() -> Code:
+    try:
+        commit = _git("rev-parse", "--short", "HEAD")
+        changed = _git("status", "--porcelain", "--", "channel_asgi")
+        label = f"this checkout ({commit}{', modified' if changed else ''})"
+    except (OSError, subprocess.CalledProcessError):
+        label = "this checkout"
+    return probe_code("checkout", label, ROOT)
+
+
+def code_at(ref: str) -> Code:
+    """channel_asgi as of git ``ref``, exported once into ``benchmarks/build/``."""
+    commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    dest = BUILD / f"channel_asgi-{commit[:12]}"
+    if not (dest / "channel_asgi").is_dir():
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit, "channel_asgi"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+                tar.extractall(partial, filter="data")
+            else:
+                tar.extractall(partial)  # our own repository's archive
+        partial.rename(dest)
+    short = commit[:7]
+    return probe_code("ref", short if commit.startswith(ref) else f"{ref} ({short})", dest)
+
+
+#: How each variant's direct write is shown, and the mode ``mounts_app`` serves it with.
+DIRECT_WRITE = {
+    "on": ("on", "as-is"),
+    "off": ("off (turned off for the benchmark)", "off"),
+    "wrapped": ("off (Starlette wraps `send`)", "as-is"),
+    "forced": ("forced on through Starlette's `send` wrappers", "forced"),
+    "absent": ("none in this code", "as-is"),
+}
+APPS = {"bare": "bare ChannelApp", "fastapi": 'FastAPI, `app.mount("/channel", channels)`'}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server of the mount rows: a code, bare or mounted, and its direct write."""
+
+    code: Code
+    app: str  # a key of APPS
+    direct_write: str  # a key of DIRECT_WRITE
+
+    @property
+    def name(self) -> str:
+        return f"{self.code.key} {self.app} {self.direct_write}"
+
+    def target(self) -> Target:
+        options = {"secret": SECRET, "max_connections_per_ip": None}
+        return Target(
+            self.name,
+            ["-m", "uvicorn", MOUNTS_APP, "--factory", "--port", "{port}", *UVICORN],
+            env={
+                "CHANNEL_ASGI_CLI_OPTIONS": json.dumps(options),
+                "CHANNEL_ASGI_BENCH_MOUNT": self.app,
+                "CHANNEL_ASGI_BENCH_DIRECT_WRITE": DIRECT_WRITE[self.direct_write][1],
+                **_pythonpath(),
+            },
+            cwd=self.code.cwd,
+            client_args=MOUNTED_PATHS if self.app == "fastapi" else (),
+        )
+
+
+def variants_of(code: Code) -> list[Variant]:
+    if not code.direct_write:
+        return [Variant(code, "bare", "absent"), Variant(code, "fastapi", "absent")]
+    return [
+        Variant(code, "bare", "on"),
+        Variant(code, "bare", "off"),
+        Variant(code, "fastapi", "wrapped"),
+        Variant(code, "fastapi", "forced"),
+    ]
+
+
+def mount_ratios(
+    codes: list[Code], runs: dict[str, dict[str, list[dict[str, Any]]]]
+) -> list[dict[str, Any]]:
+    """The paired ratios of the mount rows: each a name, what it divides, and its rounds."""
+    out: list[dict[str, Any]] = []
+    light, deliveries = "server_cpu_us_per_delivery", "deliveries_per_s"
+    metrics = {light: "light", deliveries: "saturated"}
+
+    def add(name: str, key: str, of: Variant, over: Variant, metric: str) -> None:
+        values = {v.name: [r[metric] for r in runs[v.name][metrics[metric]]] for v in (of, over)}
+        out.append(
+            {
+                "key": key,
+                "name": name,
+                "code": of.code.key,
+                "of": of.name,
+                "over": over.name,
+                "metric": metric,
+                **paired(values[of.name], values[over.name]),
+            }
+        )
+
+    for code in codes:
+        by = {(v.app, v.direct_write): v for v in variants_of(code)}
+        shown = "on" if code.direct_write else "absent"  # as the code serves by default
+        bare = by["bare", shown]
+        mounted = by["fastapi", "wrapped" if code.direct_write else "absent"]
+        add("FastAPI mount / bare, light-load CPU per delivery", "mount_light_cpu",
+            mounted, bare, light)  # fmt: skip
+        add("FastAPI mount / bare, deliveries/s saturated", "mount_deliveries",
+            mounted, bare, deliveries)  # fmt: skip
+        if code.direct_write:
+            add("without / with direct write, bare, light-load CPU per delivery",
+                "direct_light_cpu", by["bare", "off"], bare, light)  # fmt: skip
+            add("without / with direct write, bare, deliveries/s saturated",
+                "direct_deliveries", by["bare", "off"], bare, deliveries)  # fmt: skip
+            add("FastAPI mount with the direct write forced on / bare, light-load CPU per "
+                "delivery", "forced_light_cpu", by["fastapi", "forced"], bare, light)  # fmt: skip
+    if len(codes) == 2:  # this checkout against the ref, each as it serves by default
+        ours, then = (Variant(c, "bare", "on" if c.direct_write else "absent") for c in codes)
+        label = codes[1].label
+        add(f"bare, this checkout / {label}, light-load CPU per delivery", "ref_light_cpu",
+            ours, then, light)  # fmt: skip
+        add(f"bare, this checkout / {label}, deliveries/s saturated", "ref_deliveries",
+            ours, then, deliveries)  # fmt: skip
+    return out
+
+
+def mounts_part(binary: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Bare and FastAPI-mounted, with and without the direct write, light and saturated.
+
+    Every variant runs ``args.mounts_rounds`` times: in each round the variants take the light
+    load in turn, then the saturated one (in the reverse order every other round), each on a
+    fresh server, so that the machine's drift hits them alike; a ratio is the median of the
+    rounds' ratios.
+    """
+    codes = [checkout_code()]
+    if args.mounts_ref:
+        codes.append(code_at(args.mounts_ref))
+    variants = [variant for code in codes for variant in variants_of(code)]
+    subs = args.mounts_subs
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        v.name: {"light": [], "saturated": []} for v in variants
+    }
+    started = time.monotonic()
+    for index in range(args.mounts_rounds):
+        order = variants if index % 2 == 0 else variants[::-1]
+        for variant in order:
+            report = latency(binary, variant.target(), subs, args.rate, args.mounts_count)
+            report["server_cpu_us_per_delivery"] = (
+                report["server_cpu_s"] / max(report["deliveries"], 1) * 1e6
+            )
+            runs[variant.name]["light"].append(report)
+            print(
+                f"mounts {variant.name}: {report['server_cpu_us_per_delivery']:.2f} us of server "
+                f"CPU per delivery, p99 {report['p99_ms']:.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+        for variant in order:
+            report = saturated(binary, variant.target(), subs, args.deliveries, args.window)
+            runs[variant.name]["saturated"].append(report)
+            print(
+                f"mounts {variant.name}: {report['deliveries_per_s']:,.0f} deliveries/s saturated",
+                file=sys.stderr,
+                flush=True,
+            )
+    params = {
+        "subs": subs,
+        "rate": args.rate,
+        "publishes": args.mounts_count,
+        "deliveries": args.deliveries,
+        "window": args.window,
+        "rounds": args.mounts_rounds,
+        "seconds": round(time.monotonic() - started),
+    }
+    print(f"mounts part: {params['seconds']} s", file=sys.stderr, flush=True)
+    return mounts_results(codes, runs, params)
+
+
+def mounts_results(
+    codes: list[Code], runs: dict[str, dict[str, list[dict[str, Any]]]], params: dict[str, Any]
+) -> dict[str, Any]:
+    """The mount rows from the load client's reports: ``runs[variant.name]["light"]`` etc."""
+    rows: dict[str, Any] = {}
+    for variant in (variant for code in codes for variant in variants_of(code)):
+        light = runs[variant.name]["light"]
+        full = runs[variant.name]["saturated"]
+        cpu = [r["server_cpu_us_per_delivery"] for r in light]
+        rate = [r["deliveries_per_s"] for r in full]
+        rows[variant.name] = {
+            "code": variant.code.key,
+            "app": variant.app,
+            "direct_write": variant.direct_write,
+            "light": {
+                "server_cpu_us_per_delivery": statistics.median(cpu),
+                "low": min(cpu),
+                "high": max(cpu),
+                "p50_ms": statistics.median(r["p50_ms"] for r in light),
+                "p99_ms": statistics.median(r["p99_ms"] for r in light),
+                "runs": light,
+            },
+            "saturated": {
+                "deliveries_per_s": statistics.median(rate),
+                "low": min(rate),
+                "high": max(rate),
+                "runs": full,
+            },
+            "lost": sum(int(r["lost"]) + int(r["duplicates"]) for r in [*light, *full]),
+        }
+    return {
+        "params": params,
+        "codes": {
+            code.key: {"label": code.label, "direct_write": code.direct_write} for code in codes
+        },
+        "variants": rows,
+        "ratios": mount_ratios(codes, runs),
+    }
+
+
+def mounts_table(part: dict[str, Any]) -> str:
+    """The "Mounted app and direct write" section of the results: what runs, rows and ratios."""
+    params, codes = part["params"], part["codes"]
+    rounds = (
+        "one round"
+        if params["rounds"] == 1
+        else f"each of {params['rounds']} rounds (in the reverse order every other round)"
+    )
+    lines = ["### Mounted app and direct write", ""]
+    if "separate" in part:
+        lines += [
+            f"Measured by `benchmarks/run.py --mounts-only` on {part['separate']}, apart from "
+            "the rows above.",
+            "",
+        ]
+    lines += [
+        "The same ChannelApp (memory storage) on the same uvicorn "
+        f"(`python -m uvicorn {MOUNTS_APP} --factory`, uvloop, httptools, no access log): bare, "
+        "as `channel-asgi serve` serves it, or mounted in FastAPI at `/channel` as in the "
+        "README's first example; with the direct write as the code has it, turned off, or "
+        "forced on through the wrappers Starlette puts around `send` (`benchmarks/mounts_app.py`, "
+        f"never a way to run the library). In {rounds} the variants run in turn, each on a "
+        "fresh server: first "
+        f"the light load, {params['rate']:g} broadcasts/s to {params['subs']} subscribers "
+        f"({params['publishes']} broadcasts; server CPU per delivery, p50 / p99 latency), then "
+        f"saturated fan-out to {params['subs']} subscribers (deliveries/s). A ratio is the median "
+        "of the rounds' ratios, with their range.",
+        "",
+        "- **FastAPI mount / bare**: what the mount costs, with each app's direct write as it "
+        "is (a mount has none: Starlette's middleware wraps `send`). Goal: at most 1.1x for the "
+        "light-load CPU per delivery.",
+        "- **without / with direct write**: the bare app with its direct write turned off over "
+        "the same app with it on. Above 1x for CPU per delivery (below 1x for deliveries/s) is "
+        "what the direct write saves.",
+        "- **FastAPI mount with the direct write forced on / bare**: what a direct write that "
+        "also served mounted apps would leave of the mount's cost.",
+    ]
+    if len(codes) == 2:
+        lines.append(
+            f"- **this checkout / {codes['ref']['label']}**: the bare app of this checkout over "
+            "the one of that commit (each with its direct write as it is), in the same rounds. "
+            "Goal: at least 0.95x of its deliveries/s."
+        )
+    missing = [code["label"] for code in codes.values() if not code["direct_write"]]
+    if missing:
+        lines.append(
+            f"- {' and '.join(missing)} has no direct write (no "
+            "`channel_asgi.stream._direct_writer`): its rows are the ones without it, and it has "
+            "no with / without ratio."
+        )
+    lines += [
+        "",
+        "| code | app | direct write | server CPU µs per delivery, light load (range) | "
+        "p50 / p99 ms, light load | deliveries/s saturated (range) | deliveries lost or "
+        "repeated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in part["variants"].values():
+        light, full = row["light"], row["saturated"]
+        lines.append(
+            f"| {codes[row['code']]['label']} | {APPS[row['app']]} | "
+            f"{DIRECT_WRITE[row['direct_write']][0]} | "
+            f"{light['server_cpu_us_per_delivery']:.2f} ({light['low']:.2f} to "
+            f"{light['high']:.2f}) | {light['p50_ms']:.1f} / {light['p99_ms']:.1f} | "
+            f"{full['deliveries_per_s'] / 1000:.0f}k ({full['low'] / 1000:.0f}k to "
+            f"{full['high'] / 1000:.0f}k) | {row['lost']} |"
+        )
+    lines += ["", "| ratio | code | median (range of rounds) |", "|---|---|---|"]
+    for ratio in part["ratios"]:
+        lines.append(
+            f"| {ratio['name']} | {codes[ratio['code']]['label']} | {ratio['median']:.2f}x "
+            f"({ratio['low']:.2f} to {ratio['high']:.2f}) |"
+        )
+    return "\n".join(lines)
+
+
+def mount_goals(part: dict[str, Any]) -> list[tuple[str, Any, str, Callable[[float], bool] | None]]:
+    """The goal lines of the mount rows: this checkout's, the direct write's from either code."""
+    codes = part["codes"]
+
+    def find(key: str, code: str | None = None) -> dict[str, Any] | None:
+        return next(
+            (r for r in part["ratios"] if r["key"] == key and code in (None, r["code"])), None
+        )
+
+    goals: list[tuple[str, Any, str, Callable[[float], bool] | None]] = [
+        ("FastAPI mount / bare, light-load CPU per delivery", find("mount_light_cpu", "checkout"),
+         "<= 1.1x", lambda v: v <= 1.1),
+        ("FastAPI mount / bare, deliveries/s saturated", find("mount_deliveries", "checkout"),
+         "reported", None),
+    ]  # fmt: skip
+    for key, name in (
+        ("direct_light_cpu", "without / with direct write, bare, light-load CPU per delivery"),
+        ("direct_deliveries", "without / with direct write, bare, deliveries/s saturated"),
+    ):
+        ratio = find(key)
+        if ratio is None:
+            labels = " or ".join(code["label"] for code in codes.values())
+            goals.append((name, f"n/a: no direct write in {labels}", "decides it", None))
+        else:
+            label = codes[ratio["code"]]["label"]
+            goals.append((f"{name} ({label})", ratio, "decides it", None))
+    ratio = find("ref_deliveries")
+    if ratio is not None:
+        goals.append((ratio["name"], ratio, ">= 0.95x", lambda v: v >= 0.95))
+    return goals
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every scenario, each measured on both servers back to back (machine drift hits both)."""
     binary = build_loadgen()
@@ -682,6 +1076,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         out["redis"] = next(iter(results["redis"].values()))["ratio"]
     connects = sorted((int(s), r["connect_s"]) for s, r in ours["idle"].items())
     out["connect_per_sub_ms"] = {s: c / s * 1000 for s, c in connects}
+    if "mounts" in results:  # issue 15: the mount and the direct write
+        out["mounts"] = {
+            f"{ratio['name']} ({ratio['code']})": {k: ratio[k] for k in ("median", "low", "high")}
+            for ratio in results["mounts"]["ratios"]
+        }
     return out
 
 
@@ -695,6 +1094,9 @@ def faults(results: dict[str, Any], name: str) -> int:
         if "number_check" in results:  # and the runs with the number check on and off
             for side in results["number_check"]["fan_out"]["runs"].values():
                 reports += side
+        for row in results.get("mounts", {}).get("variants", {}).values():
+            if row["code"] == "checkout":  # and this code's runs, bare and mounted
+                reports += [*row["light"]["runs"], *row["saturated"]["runs"]]
     return sum(int(report["lost"]) + int(report["duplicates"]) for report in reports)
 
 
@@ -742,7 +1144,7 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
         row("channel_asgi", ours),
         row("sse-starlette + broadcaster", base),
     ]
-    goals: list[tuple[str, Any, str, Callable[[float], bool]]] = [
+    goals: list[tuple[str, Any, str, Callable[[float], bool] | None]] = [
         (
             "deliveries/s at 1000 subscribers",
             r["deliveries"].get(1000) or r["deliveries"][middle],
@@ -774,6 +1176,8 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
                 lambda v: v >= 0.95,
             ),
         ]
+    if "mounts" in results:
+        goals += mount_goals(results["mounts"])
     if "redis" in r:
         goals.append(
             (
@@ -789,12 +1193,15 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for name, value, target, check in goals:
-        if isinstance(value, dict):  # paired rounds: their median, and their range
-            met = check(value["median"])
-            text = f"{value['median']:.2f}x (rounds {value['low']:.2f} to {value['high']:.2f})"
+        if isinstance(value, str):  # nothing measured (a part of the code is not there)
+            text, median = value, None
+        elif isinstance(value, dict):  # paired rounds: their median, and their range
+            median = value["median"]
+            text = f"{median:.2f}x (rounds {value['low']:.2f} to {value['high']:.2f})"
         else:
-            met, text = check(value), f"{value:.2f}x"
-        lines.append(f"| {name} | {text} | {target} | {'yes' if met else 'no'} |")
+            median, text = value, f"{value:.2f}x"
+        met = "—" if check is None or median is None else "yes" if check(median) else "no"
+        lines.append(f"| {name} | {text} | {target} | {met} |")
     lines.append(
         f"| KiB per idle subscriber | {r['kib_per_idle']:.1f} KiB | <= 16 KiB | "
         f"{'yes' if r['kib_per_idle'] <= 16 else 'no'} |"
@@ -806,6 +1213,8 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
     )
     connects = ", ".join(f"{s}: {ms:.2f} ms" for s, ms in r["connect_per_sub_ms"].items())
     lines += ["", f"Connect time per subscriber (channel_asgi, by channel size): {connects}."]
+    if "mounts" in results:
+        lines += ["", mounts_table(results["mounts"])]
     return "\n".join(lines)
 
 
@@ -856,19 +1265,24 @@ def write_doc(markdown: str) -> None:
     DOC.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
 
 
-def write_mounts_doc(markdown: str) -> None:
-    start, end = "<!-- mounts-results:start -->", "<!-- mounts-results:end -->"
-    text = DOC.read_text()
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    DOC.write_text(f"{head}{start}\n{markdown}\n{end}{tail}")
+def mounts_only(args: argparse.Namespace) -> None:
+    """``--mounts-only``: the mount rows, into the published results if there are some."""
+    part = mounts_part(build_loadgen(), args)
+    latest = RESULTS / "latest.json"
+    if args.no_write or args.quick or not latest.exists():
+        print(mounts_table(part))
+        return
+    part["separate"] = time.strftime("%Y-%m-%d")  # the rest of the results are another run's
+    results = json.loads(latest.read_text())
+    results["mounts"] = part
+    results["ratios"] = ratios(results)
+    markdown = table(results, results["ratios"])
+    print(markdown)
+    latest.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_doc(markdown)
 
 
 def main() -> None:
-    import mounts  # benchmarks/mounts.py, beside this script (its first entry on sys.path)
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a small run, for a smoke test")
     parser.add_argument("--subs", default="100,1000,5000", help="subscriber counts (saturated)")
@@ -893,14 +1307,23 @@ def main() -> None:
     parser.add_argument(
         "--servers-only", action="store_true", help="run only the servers part (docs/servers.md)"
     )
-    parser.add_argument(
-        "--before", help="a git ref: also serve that commit, for the this-release ratios (mounts)"
-    )
     parser.add_argument("--mounts-subs", type=int, default=1000, help="subscribers, mounts part")
-    parser.add_argument("--mounts-count", type=int, default=200, help="publishes per light run")
+    parser.add_argument(
+        "--mounts-count", type=int, default=200, help="broadcasts per light-load run, mounts part"
+    )
     parser.add_argument("--mounts-rounds", type=int, default=3, help="rounds of the mounts part")
     parser.add_argument(
-        "--mounts-only", action="store_true", help="run only the mounts part (FastAPI vs bare)"
+        "--mounts-ref",
+        "--before",
+        metavar="REF",
+        help="also serve channel_asgi as of git REF in the mounts part (e.g. the last commit "
+        "with the direct write), side by side with this checkout",
+    )
+    parser.add_argument(
+        "--mounts-only",
+        action="store_true",
+        help="run only the mounts part: bare and FastAPI-mounted, with and without the direct "
+        "write (its rows in latest.json and docs/benchmarks.md)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only; keep docs as they are")
     parser.add_argument(
@@ -922,12 +1345,7 @@ def main() -> None:
         args.servers_rounds, args.servers_count = 1, 300
         args.mounts_rounds, args.mounts_count = 1, 60
     if args.mounts_only:
-        part = mounts.mounts(sys.modules[__name__], build_loadgen(), args)
-        print(mounts.mounts_table(part))
-        if not args.no_write and not args.quick:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "mounts.json").write_text(json.dumps(part, indent=2) + "\n")
-            write_mounts_doc(mounts.mounts_table(part))
+        mounts_only(args)
         return
     servers = servers_light_load(build_loadgen(), args)
     servers_markdown = servers_table(servers)
@@ -939,9 +1357,7 @@ def main() -> None:
     if args.servers_only:
         return
     results = run(args)
-    results["mounts"] = mounts.mounts(sys.modules[__name__], build_loadgen(), args)
-    mounts_markdown = mounts.mounts_table(results["mounts"])
-    print(mounts_markdown)
+    results["mounts"] = mounts_part(build_loadgen(), args)
     results["params"] = {
         "rate": args.rate,
         "latency_subs": args.latency_subs,
@@ -961,7 +1377,6 @@ def main() -> None:
     (RESULTS / name).write_text(json.dumps(results, indent=2, default=str) + "\n")
     if not args.quick:
         write_doc(markdown)
-        write_mounts_doc(mounts_markdown)
         chart(results)
 
 

@@ -1,7 +1,8 @@
 """The benchmark's own pieces still work: its C load client builds and counts every delivery.
 
 The benchmark itself (``benchmarks/run.py``) takes minutes and is never run by the tests; this
-keeps its client from rotting, with a few seconds of load on a real server.
+keeps its client from rotting, with a few seconds of load on a real server, and its tables true
+to its results (the mount rows' from made-up reports, with and without a direct write).
 """
 
 from __future__ import annotations
@@ -107,3 +108,128 @@ def test_the_servers_table_is_the_one_the_servers_results_make() -> None:
     for name, row in results["servers"].items():  # the summary row quotes the same ratios
         if name != row["against"]:
             assert f"{row['ratio']['median']:.2f}x" in glance, name
+
+
+def test_every_mount_variant_delivers_everything(server_process: Any) -> None:
+    """The mount rows' servers (this checkout, bare and mounted in FastAPI) serve on their paths."""
+    bench = bench_module()
+    binary = bench.build_loadgen()
+    variants = bench.variants_of(bench.checkout_code())
+    assert {variant.app for variant in variants} == {"bare", "fastapi"}
+    for variant in variants:
+        target = variant.target()
+        server: ServerProcess = server_process(target.command, env=target.env)
+        port = server.base.rsplit(":", 1)[1]
+        command = [
+            str(binary), "--port", port, *target.client_args, "--timeout", str(WAIT),
+            "--subs", "20", "--publishes", "30", "--window", "8",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=WAIT * 2)
+        assert result.returncode == 0, (variant.name, result.stderr)
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert (report["deliveries"], report["lost"], report["duplicates"]) == (600, 0, 0)
+
+
+def mounts_app_module() -> ModuleType:
+    path = ROOT / "benchmarks" / "mounts_app.py"
+    spec = importlib.util.spec_from_file_location("bench_mounts_app", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_direct_write_is_turned_off_or_forced_only_where_there_is_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mounts_app = mounts_app_module()
+    stream = ModuleType("channel_asgi.stream")
+    monkeypatch.setitem(sys.modules, "channel_asgi.stream", stream)
+    mounts_app.set_direct_write("off")  # nothing to turn off: the app serves as it is
+    with pytest.raises(SystemExit, match="no direct write"):
+        mounts_app.set_direct_write("forced")
+
+    stream._direct_writer = lambda send: None  # type: ignore[attr-defined]
+    mounts_app.set_direct_write("off")
+    assert stream._direct_writer(object()) is None
+    mounts_app.set_direct_write("forced")
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(StopIteration):  # the hub steps it: it completes at once here
+        stream._direct_writer(send)(b"data: x\n\n").send(None)
+    assert sent == [{"type": "http.response.body", "body": b"data: x\n\n", "more_body": True}]
+
+
+def mount_results(bench: ModuleType, codes: list[Any], lost: str = "") -> dict[str, Any]:
+    """The mount rows as ``mounts_part`` makes them, from made-up reports of two rounds.
+
+    Server CPU per delivery: 10 µs bare with the direct write, 15 without, 12 mounted with it
+    forced on (deliveries/s: 1000k, 900k, 1100k); a mount without it costs 12 (950k) where the
+    code has a direct write, else 11 (1000k). ``lost``: the variant whose runs lose one.
+    """
+    figures = {"on": (10.0, 1e6), "off": (15.0, 9e5), "forced": (12.0, 1.1e6)}
+    runs = {}
+    for code in codes:
+        for variant in bench.variants_of(code):
+            if variant.app == "fastapi" and variant.direct_write != "forced":
+                cpu, rate = (12.0, 9.5e5) if code.direct_write else (11.0, 1e6)
+            else:
+                cpu, rate = figures.get(variant.direct_write, (10.0, 1e6))
+            report = {
+                "server_cpu_us_per_delivery": cpu, "deliveries_per_s": rate,
+                "p50_ms": 5.0, "p99_ms": 12.0, "lost": int(variant.name == lost), "duplicates": 0,
+            }  # fmt: skip
+            runs[variant.name] = {"light": [report, report], "saturated": [report, report]}
+    params = {"subs": 1000, "rate": 20.0, "publishes": 200, "deliveries": 2_000_000,
+              "window": 256, "rounds": 2, "seconds": 60}  # fmt: skip
+    return dict(bench.mounts_results(codes, runs, params))
+
+
+def test_the_mount_goals_say_when_the_code_has_no_direct_write() -> None:
+    bench = bench_module()
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    checkout = bench.Code("checkout", "this checkout (abc1234)", ROOT, False)
+    results["mounts"] = mount_results(bench, [checkout])
+    markdown = bench.table(results, bench.ratios(results))
+    assert (
+        "| FastAPI mount / bare, light-load CPU per delivery | 1.10x (rounds 1.10 to 1.10) "
+        "| <= 1.1x | yes |" in markdown
+    )
+    assert (
+        "| without / with direct write, bare, light-load CPU per delivery "
+        "| n/a: no direct write in this checkout (abc1234) | decides it | — |" in markdown
+    )
+    assert "| this checkout (abc1234) | bare ChannelApp | none in this code |" in markdown
+    assert "### Mounted app and direct write" in markdown
+    # a delivery lost in this checkout's mount runs fails the goal (two rounds, both loads)
+    results["mounts"] = mount_results(bench, [checkout], lost="checkout fastapi absent")
+    markdown = bench.table(results, bench.ratios(results))
+    assert "| deliveries lost or repeated, every channel_asgi run | 4 | 0 | no |" in markdown
+
+
+def test_the_mount_goals_take_the_direct_write_from_the_ref() -> None:
+    """With ``--mounts-ref``: the ref's with / without, and this checkout against the ref."""
+    bench = bench_module()
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    checkout = bench.Code("checkout", "this checkout (abc1234)", ROOT, False)
+    ref = bench.Code("ref", "e3ab96d", ROOT, True)
+    results["mounts"] = mount_results(bench, [checkout, ref], lost="ref fastapi forced")
+    r = bench.ratios(results)
+    markdown = bench.table(results, r)
+    lines = {
+        "without / with direct write, bare, light-load CPU per delivery (e3ab96d) | 1.50x",
+        "without / with direct write, bare, deliveries/s saturated (e3ab96d) | 0.90x",
+        "bare, this checkout / e3ab96d, deliveries/s saturated | 1.00x (rounds 1.00 to 1.00) "
+        "| >= 0.95x | yes |",
+    }
+    for line in lines:
+        assert f"| {line}" in markdown
+    assert "| FastAPI mount / bare, light-load CPU per delivery | e3ab96d | 1.20x" in markdown
+    forced = "FastAPI mount with the direct write forced on / bare, light-load CPU per delivery"
+    assert r["mounts"][f"{forced} (ref)"]["median"] == pytest.approx(1.2)
+    # the ref's lost delivery is in its own row, not in this checkout's goal
+    assert "| deliveries lost or repeated, every channel_asgi run | 0 | 0 | yes |" in markdown
+    assert "| forced on through Starlette's `send` wrappers |" in markdown
