@@ -1,4 +1,4 @@
-"""Shared fixtures: the anyio backend (asyncio, as uvicorn), a real server, an HTTP client."""
+"""Shared fixtures: the anyio backend (asyncio, as uvicorn), servers, an HTTP client, a clock."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from .helpers import WAIT, free_port, redis_answers, running_server
+import channel_asgi.clock
+
+from .helpers import WAIT, FakeClock, free_port, redis_answers, running_server
 
 
 class ServerProcess:
@@ -49,6 +51,19 @@ def anyio_backend() -> str:
 def _quiet_secret_warning(caplog: pytest.LogCaptureFixture) -> None:
     """Tests build many apps without a secret; the warning is tested on its own."""
     caplog.set_level(logging.ERROR, logger="channel_asgi")
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Stop the library's clock (``channel_asgi.clock``); the test moves it with ``advance``.
+
+    Rate limits refill, tokens expire and body deadlines pass when the test says so, not by
+    sleeping. Servers the test runs in this process (``serve``) read the same clock.
+    """
+    fake = FakeClock()
+    monkeypatch.setattr(channel_asgi.clock, "time", fake.time)
+    monkeypatch.setattr(channel_asgi.clock, "monotonic", fake.monotonic)
+    return fake
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
-"""Test helpers: a real uvicorn server on loopback, and an SSE reader with bounded waits."""
+"""Test helpers: a uvicorn server on loopback, an SSE reader with bounded waits, a fake clock."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,34 @@ async def eventually(
             if until(value):
                 return value
             await anyio.sleep(interval)
+
+
+class FakeClock:
+    """A time source that stands still until a test moves it (see :mod:`channel_asgi.clock`).
+
+    It starts at the real time, so tokens a test forges with ``time.time()`` stay comparable,
+    rounded down to a whole second, so that advancing it by whole seconds moves it exactly. The
+    ``clock`` fixture installs it for the library.
+    """
+
+    def __init__(self) -> None:
+        self._wall = float(int(time.time()))
+        self._monotonic = float(int(time.monotonic()))
+
+    def time(self) -> float:
+        """Unix seconds, as ``time.time()``."""
+        return self._wall
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that only moves forward, as ``time.monotonic()``."""
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks ``seconds`` forward."""
+        if seconds < 0:
+            raise ValueError(f"a clock does not go back, got {seconds!r}")
+        self._wall += seconds
+        self._monotonic += seconds
 
 
 def free_socket() -> socket.socket:
