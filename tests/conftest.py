@@ -6,11 +6,9 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -21,7 +19,15 @@ import pytest
 
 import channel_asgi.clock
 
-from .helpers import WAIT, FakeClock, free_port, redis_answers, running_server
+from .helpers import (
+    WAIT,
+    FakeClock,
+    eventually_blocking,
+    free_port,
+    listening,
+    redis_answers,
+    running_server,
+)
 
 
 class ServerProcess:
@@ -84,19 +90,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"server on port {port} did not start")
-
-
 def start_server_process(
     args: list[str], env: dict[str, str] | None = None, port: int | None = None
 ) -> ServerProcess:
@@ -117,7 +110,7 @@ def start_server_process(
     )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     try:
-        _wait_for_port(process, port)
+        eventually_blocking(lambda: listening(process, port))
     except BaseException:
         stop_server_process(server)
         raise
@@ -178,11 +171,10 @@ def redis_url() -> str:
     """The machine's Redis (started with DEVELOPERS.md's command if it is down)."""
     if not redis_answers():
         subprocess.run(REDIS_START, check=True, timeout=WAIT)
-        deadline = time.monotonic() + WAIT
-        while not redis_answers():
-            if time.monotonic() > deadline:
-                pytest.fail("Redis did not start on 127.0.0.1:6379")
-            time.sleep(0.1)
+        try:
+            eventually_blocking(redis_answers)
+        except TimeoutError:
+            pytest.fail("Redis did not start on 127.0.0.1:6379")
     return "redis://127.0.0.1:6379/0"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -32,7 +33,8 @@ async def eventually(
     The one bounded poll of the tests, for what no event announces (a viewer count in another
     process, a process exiting). Raises ``TimeoutError`` when ``timeout`` is up.
     """
-    with anyio.fail_after(timeout):
+    value: Any = None
+    with anyio.move_on_after(timeout):
         while True:
             value = check()
             if inspect.isawaitable(value):
@@ -40,6 +42,28 @@ async def eventually(
             if until(value):
                 return value
             await anyio.sleep(interval)
+    raise TimeoutError(f"still {value!r} after {timeout} s")
+
+
+def eventually_blocking(
+    check: Callable[[], Any],
+    until: Callable[[Any], object] = bool,
+    *,
+    timeout: float = WAIT,
+    interval: float = 0.05,
+) -> Any:
+    """:func:`eventually` for code outside the event loop (sync fixtures, sync tests).
+
+    ``check`` is called, never awaited, and the wait between checks blocks the thread.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if until(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"still {value!r} after {timeout} s")
+        time.sleep(interval)
 
 
 class FakeClock:
@@ -235,6 +259,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listening(process: subprocess.Popen[bytes], port: int, host: str = "127.0.0.1") -> bool:
+    """Return whether ``host:port`` accepts connections; raise if ``process`` has exited."""
+    if process.poll() is not None:
+        raise RuntimeError(f"server exited with {process.returncode}")
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def redis_answers(port: int = 6379) -> bool:
