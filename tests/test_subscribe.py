@@ -8,7 +8,7 @@ import pytest
 
 from channel_asgi import ChannelApp
 
-from .helpers import Subscriber, publish, subscribe
+from .helpers import WAIT, Subscriber, publish, subscribe
 
 
 async def test_subscribe_sends_sse_headers_and_init_first(serve, client: httpx.AsyncClient) -> None:
@@ -122,7 +122,7 @@ async def test_heartbeat_comments_arrive_at_the_configured_interval(
     """An idle stream carries ': ping' comments."""
     base = await serve(ChannelApp(heartbeat=0.1))
     async with subscribe(client, f"{base}/subscribe/quiet") as sub:
-        with anyio.fail_after(5):
+        with anyio.fail_after(WAIT):
             while sub.stream.comments.count("ping") < 2:
                 await sub.stream.next(comments=True)
 
