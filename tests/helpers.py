@@ -108,7 +108,8 @@ async def asgi_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
     body = b""
     while True:
         message = await receive()
-        body += message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
+        body += chunk
         if not message.get("more_body"):
             return body
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -333,7 +334,7 @@ async def test_body_over_the_limit_is_413(serve, client: httpx.AsyncClient) -> N
         reply = await publish(client, f"{base}/publish/s", sub.token, body)
         assert reply.status_code == 413
 
-        async def chunks():
+        async def chunks() -> AsyncIterator[bytes]:
             for _ in range(100):
                 yield b" " * 100
 

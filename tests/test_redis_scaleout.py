@@ -82,7 +82,9 @@ async def test_resume_on_another_worker_has_no_gap_and_no_duplicate(
         (await publish(client, f"{b}/publish/r", token, chat(f"late {n}"))).json()["id"]
         for n in range(4)
     ]
-    async with subscribe(client, f"{b}/subscribe/r", {"Last-Event-ID": seen[1]}) as resumed:
+    resume_from = seen[1]
+    assert resume_from is not None
+    async with subscribe(client, f"{b}/subscribe/r", {"Last-Event-ID": resume_from}) as resumed:
         assert resumed.init["message"]["recovered"] is True
         replayed = [(await resumed.stream.next()).id for _ in range(5)]
         assert replayed == [sent[2], *later]
@@ -144,7 +146,7 @@ async def test_one_pubsub_connection_per_process_and_constant_cost_per_publish(
 
         async def execute_command(self, *args: object, **options: object) -> object:
             sent.append(str(args[0]))
-            return await super().execute_command(*args, **options)
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
         def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Any:
             pipe = super().pipeline(transaction, shard_hint)

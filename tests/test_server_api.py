@@ -203,7 +203,7 @@ async def test_failing_or_hanging_hooks_do_not_break_the_channel(
     @channels.on_publish
     async def slow(envelope: Envelope, conn: Connection) -> None:
         if envelope.message == "hang":
-            await anyio.sleep(10)
+            await anyio.sleep_forever()
 
     base = await serve(channels)
     async with subscribe(client, f"{base}/subscribe/f") as sub:
