@@ -146,7 +146,7 @@ async def test_one_pubsub_connection_per_process_and_constant_cost_per_publish(
 
         async def execute_command(self, *args: object, **options: object) -> object:
             sent.append(str(args[0]))
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            return await super().execute_command(*args, **options)
 
         def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Any:
             pipe = super().pipeline(transaction, shard_hint)
