@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
+from . import clock
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 __all__ = [
@@ -182,7 +182,7 @@ class BodyDeadlines:
         if task is None:  # pragma: no cover - an ASGI app always runs in a task
             return await read_body(headers, receive, limit)
         reads = self._reads
-        reads[task] = time.monotonic() + self.timeout
+        reads[task] = clock.monotonic() + self.timeout
         try:
             return await read_body(headers, receive, limit)
         except asyncio.CancelledError:
@@ -203,7 +203,7 @@ class BodyDeadlines:
         """Cancel the reads that are past their deadline (call every :attr:`interval`)."""
         if not self._reads:
             return
-        now = time.monotonic()
+        now = clock.monotonic()
         for task, deadline in self._reads.items():
             if deadline <= now and task not in self._expired:
                 self._expired.add(task)

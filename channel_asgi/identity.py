@@ -5,17 +5,21 @@ which subscribes with ``?token=`` (or ``Authorization: Bearer``); the stream the
 user. Any service holding the secret can mint the same tokens with a JWT library: HS256, ``aud``
 ``"channel_asgi"``, ``sub`` the user id, ``exp`` and ``iat``, and optionally ``channels``, the
 channel names or patterns (``chats/{id}``) the token is limited to.
+
+The time claims (``exp``, ``nbf``, ``iat``) are checked here against :mod:`channel_asgi.clock`,
+the clock that issues them, rather than by PyJWT, which reads the wall clock itself. The checks
+and their messages are PyJWT's own.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterable
 from typing import Any, Final
 
 import jwt
 
+from . import clock
 from .errors import Forbidden, Unauthorized
 from .patterns import pattern_matches
 
@@ -49,7 +53,7 @@ class IdentityTokens:
             raise ValueError(f"user_id must be a non-empty string, got {user_id!r}")
         if not ttl > 0:
             raise ValueError(f"ttl must be > 0, got {ttl!r}")
-        now = int(time.time())
+        now = int(clock.time())
         claims: dict[str, Any] = {
             "sub": user_id,
             "aud": AUDIENCE,
@@ -81,8 +85,15 @@ class IdentityTokens:
                     self._key,
                     algorithms=[_ALGORITHM],
                     audience=AUDIENCE,
-                    options={"require": ["exp", "aud", "sub"]},
+                    # The signature, the audience and the required claims; the times below.
+                    options={
+                        "require": ["exp", "aud", "sub"],
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
                 )
+            _check_times(claims, clock.time())
         except jwt.ExpiredSignatureError:
             raise Unauthorized("Identity token expired") from None
         except jwt.InvalidTokenError as exc:
@@ -97,3 +108,27 @@ class IdentityTokens:
             if not any(pattern_matches(entry, channel) is not None for entry in allowed):
                 raise Forbidden("Identity token is not valid for this channel")
         return user_id
+
+
+def _check_times(claims: dict[str, Any], now: float) -> None:
+    """Raise what PyJWT raises for a bad ``iat``, ``nbf`` or ``exp`` at ``now`` (no leeway)."""
+    if "iat" in claims:
+        try:
+            issued = int(claims["iat"])
+        except (ValueError, TypeError, OverflowError):
+            raise jwt.InvalidIssuedAtError("Issued At claim (iat) must be an integer.") from None
+        if issued > now:
+            raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+    if "nbf" in claims:
+        try:
+            not_before = int(claims["nbf"])
+        except (ValueError, TypeError, OverflowError):
+            raise jwt.DecodeError("Not Before claim (nbf) must be an integer.") from None
+        if not_before > now:
+            raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+    try:
+        expires = int(claims["exp"])
+    except (ValueError, TypeError, OverflowError):
+        raise jwt.DecodeError("Expiration Time claim (exp) must be an integer.") from None
+    if expires <= now:
+        raise jwt.ExpiredSignatureError("Signature has expired")

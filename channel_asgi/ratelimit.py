@@ -9,10 +9,10 @@ forgotten as soon as its last connection ends, so the count is bounded by the co
 from __future__ import annotations
 
 import math
-import time
 from collections import OrderedDict
 from typing import Final
 
+from . import clock
 from .errors import TooManyConnections
 
 __all__ = ["ConnectionLimit", "RateLimiter"]
@@ -43,14 +43,14 @@ class RateLimiter:
 
     def wait(self, key: str) -> int:
         """Return 0 if ``key`` may publish now, else the whole seconds until it may."""
-        tokens = self._level(key, time.monotonic())
+        tokens = self._level(key, clock.monotonic())
         if tokens >= 1:
             return 0
         return max(1, math.ceil((1 - tokens) / self.rate))
 
     def take(self, key: str) -> None:
         """Spend one token of ``key`` (after :meth:`wait` said 0)."""
-        now = time.monotonic()
+        now = clock.monotonic()
         self._buckets[key] = (self._level(key, now) - 1, now)
         self._buckets.move_to_end(key)
         while len(self._buckets) > self._max:

@@ -11,11 +11,11 @@ import base64
 import binascii
 import hmac
 import math
-import time
 from typing import Final
 
 import msgspec
 
+from . import clock
 from .errors import Forbidden, Unauthorized
 
 __all__ = ["PublishClaims", "TokenSigner"]
@@ -79,7 +79,7 @@ class TokenSigner:
 
     def issue(self, channel: str, user_id: str, connection_id: str, *, anonymous: bool) -> str:
         """Return a token that lets ``user_id`` publish to ``channel`` from ``connection_id``."""
-        claims = PublishClaims(channel, user_id, connection_id, time.time() + self.ttl, anonymous)
+        claims = PublishClaims(channel, user_id, connection_id, clock.time() + self.ttl, anonymous)
         body = _b64encode(_encode_claims(claims))
         return (body + b"." + self._sign(body)).decode()
 
@@ -98,7 +98,7 @@ class TokenSigner:
             if len(self._verified) >= _CACHE_SIZE:
                 self._verified.clear()
             self._verified[token] = claims
-        if claims.expires < time.time():
+        if claims.expires < clock.time():
             raise Unauthorized("Token expired; subscribe again for a new one")
         if claims.channel != channel:
             raise Forbidden("Token was issued for another channel")

@@ -1,4 +1,4 @@
-"""Shared fixtures: the anyio backend (asyncio, as uvicorn), a real server, an HTTP client."""
+"""Shared fixtures: the anyio backend (asyncio, as uvicorn), servers, an HTTP client, a clock."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -19,7 +17,17 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from .helpers import WAIT, free_port, redis_answers, running_server
+import channel_asgi.clock
+
+from .helpers import (
+    WAIT,
+    FakeClock,
+    eventually_blocking,
+    free_port,
+    listening,
+    redis_answers,
+    running_server,
+)
 
 
 class ServerProcess:
@@ -52,6 +60,19 @@ def _quiet_secret_warning(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Stop the library's clock (``channel_asgi.clock``); the test moves it with ``advance``.
+
+    Rate limits refill, tokens expire and body deadlines pass when the test says so, not by
+    sleeping. Servers the test runs in this process (``serve``) read the same clock.
+    """
+    fake = FakeClock()
+    monkeypatch.setattr(channel_asgi.clock, "time", fake.time)
+    monkeypatch.setattr(channel_asgi.clock, "monotonic", fake.monotonic)
+    return fake
+
+
+@pytest.fixture
 async def serve() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     """Start ``app`` under uvicorn on a free loopback port; return its base URL."""
     async with AsyncExitStack() as stack:
@@ -67,19 +88,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for loopback servers (no proxies from the environment)."""
     async with httpx.AsyncClient(trust_env=False, timeout=10.0) as http:
         yield http
-
-
-def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"server on port {port} did not start")
 
 
 def start_server_process(
@@ -102,7 +110,7 @@ def start_server_process(
     )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     try:
-        _wait_for_port(process, port)
+        eventually_blocking(lambda: listening(process, port))
     except BaseException:
         stop_server_process(server)
         raise
@@ -163,11 +171,10 @@ def redis_url() -> str:
     """The machine's Redis (started with DEVELOPERS.md's command if it is down)."""
     if not redis_answers():
         subprocess.run(REDIS_START, check=True, timeout=WAIT)
-        deadline = time.monotonic() + WAIT
-        while not redis_answers():
-            if time.monotonic() > deadline:
-                pytest.fail("Redis did not start on 127.0.0.1:6379")
-            time.sleep(0.1)
+        try:
+            eventually_blocking(redis_answers)
+        except TimeoutError:
+            pytest.fail("Redis did not start on 127.0.0.1:6379")
     return "redis://127.0.0.1:6379/0"
 
 

@@ -1,10 +1,12 @@
-"""Test helpers: a real uvicorn server on loopback, and an SSE reader with bounded waits."""
+"""Test helpers: a uvicorn server on loopback, an SSE reader with bounded waits, a fake clock."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,7 +33,8 @@ async def eventually(
     The one bounded poll of the tests, for what no event announces (a viewer count in another
     process, a process exiting). Raises ``TimeoutError`` when ``timeout`` is up.
     """
-    with anyio.fail_after(timeout):
+    value: Any = None
+    with anyio.move_on_after(timeout):
         while True:
             value = check()
             if inspect.isawaitable(value):
@@ -39,6 +42,56 @@ async def eventually(
             if until(value):
                 return value
             await anyio.sleep(interval)
+    raise TimeoutError(f"still {value!r} after {timeout} s")
+
+
+def eventually_blocking(
+    check: Callable[[], Any],
+    until: Callable[[Any], object] = bool,
+    *,
+    timeout: float = WAIT,
+    interval: float = 0.05,
+) -> Any:
+    """:func:`eventually` for code outside the event loop (sync fixtures, sync tests).
+
+    ``check`` is called, never awaited, and the wait between checks blocks the thread.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if until(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"still {value!r} after {timeout} s")
+        time.sleep(interval)
+
+
+class FakeClock:
+    """A time source that stands still until a test moves it (see :mod:`channel_asgi.clock`).
+
+    It starts at the real time, so tokens a test forges with ``time.time()`` stay comparable,
+    rounded down to a whole second, so that advancing it by whole seconds moves it exactly. The
+    ``clock`` fixture installs it for the library.
+    """
+
+    def __init__(self) -> None:
+        self._wall = float(int(time.time()))
+        self._monotonic = float(int(time.monotonic()))
+
+    def time(self) -> float:
+        """Unix seconds, as ``time.time()``."""
+        return self._wall
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that only moves forward, as ``time.monotonic()``."""
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks ``seconds`` forward."""
+        if seconds < 0:
+            raise ValueError(f"a clock does not go back, got {seconds!r}")
+        self._wall += seconds
+        self._monotonic += seconds
 
 
 def free_socket() -> socket.socket:
@@ -55,7 +108,8 @@ async def asgi_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
     body = b""
     while True:
         message = await receive()
-        body += message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
+        body += chunk
         if not message.get("more_body"):
             return body
 
@@ -206,6 +260,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listening(process: subprocess.Popen[bytes], port: int, host: str = "127.0.0.1") -> bool:
+    """Return whether ``host:port`` accepts connections; raise if ``process`` has exited."""
+    if process.poll() is not None:
+        raise RuntimeError(f"server exited with {process.returncode}")
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def redis_answers(port: int = 6379) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import anyio
 import httpx
@@ -15,7 +15,7 @@ import websockets
 from channel_asgi import ChannelApp, Request
 from channel_asgi.client import Transport
 
-from .helpers import WAIT, publish, subscribe
+from .helpers import WAIT, FakeClock, publish, subscribe
 
 SECRET = "x" * 40
 
@@ -54,6 +54,22 @@ async def test_identity_token_works_as_a_bearer_header(serve, client: httpx.Asyn
         assert sub.user_id == "bob"
 
 
+async def test_identity_token_is_401_once_its_ttl_is_over(
+    serve, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    """A token subscribes until ``ttl`` seconds after issue, then is refused as expired."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    token = channels.issue_token("dave", ttl=60)
+    clock.advance(59)
+    async with subscribe(client, f"{base}/subscribe/room?token={token}") as sub:
+        assert sub.user_id == "dave"
+    clock.advance(1)
+    reply = await client.get(f"{base}/subscribe/room", params={"token": token})
+    assert reply.status_code == 401
+    assert "expired" in reply.json()["message"]
+
+
 def test_issue_token_is_a_standard_jwt() -> None:
     """HS256, aud channel_asgi, sub, exp, iat, and channels when given."""
     token = ChannelApp(secret=SECRET).issue_token("carol", channels=["chats/{id}"], ttl=60)
@@ -64,19 +80,21 @@ def test_issue_token_is_a_standard_jwt() -> None:
     assert 55 <= claims["exp"] - claims["iat"] <= 60
 
 
-BAD_TOKENS = {
+BAD_TOKENS: dict[str, Callable[[], str]] = {
     "garbage": lambda: "not-a-jwt",
     "tampered": lambda: ChannelApp(secret=SECRET).issue_token("alice")[:-3] + "AAA",
     "other secret": lambda: forge({}, key="y" * 40),
     "expired": lambda: forge({"exp": time.time() - 5}),
     "not yet valid": lambda: forge({"nbf": time.time() + 300}),
+    "issued in the future": lambda: forge({"iat": time.time() + 300}),
+    "exp not a number": lambda: forge({"exp": "soon"}),
+    "nbf not a number": lambda: forge({"nbf": "now"}),
+    "iat not a number": lambda: forge({"iat": [1]}),
     "wrong audience": lambda: forge({"aud": "someone-else"}),
     "no audience": lambda: jwt.encode({"sub": "m", "exp": time.time() + 60}, SECRET),
     "no expiry": lambda: jwt.encode({"sub": "m", "aud": "channel_asgi"}, SECRET),
     "alg none": lambda: jwt.encode(
-        {"sub": "m", "aud": "channel_asgi", "exp": time.time() + 60},
-        None,  # type: ignore[arg-type]  # PyJWT takes no key for "none"
-        algorithm="none",
+        {"sub": "m", "aud": "channel_asgi", "exp": time.time() + 60}, "", algorithm="none"
     ),
     "HS512": lambda: forge({}, key="x" * 64, algorithm="HS512"),
     "empty sub": lambda: forge({"sub": ""}),
@@ -320,6 +338,7 @@ async def test_request_and_resume_share_one_history_permission(
     channels = ChannelApp(secret=SECRET, auth=NoHistory())
     base = await serve(channels)
     first = await channels.publish("room", "old")
+    assert first is not None
     await channels.publish("room", "older still retained")
     async with subscribe(client, f"{base}/subscribe/room", {"Last-Event-ID": first}) as sub:
         assert sub.init["message"]["recovered"] is False
@@ -370,7 +389,7 @@ def test_bad_patterns_are_refused(pattern: str, kwargs: dict[str, object]) -> No
 
 
 async def test_rate_limit_per_user_is_429_with_retry_after(
-    serve, client: httpx.AsyncClient
+    serve, client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     """Past the burst: 429, Retry-After in whole seconds; the bucket refills."""
     base = await serve(ChannelApp(secret=SECRET, rate_limit=(2.0, 2)))
@@ -383,11 +402,13 @@ async def test_rate_limit_per_user_is_429_with_retry_after(
         refused = await publish(client, url, sub.token, chat())
         assert (refused.status_code, refused.json()["code"]) == (429, 429)
         assert refused.headers["retry-after"] == "1"
-        await anyio.sleep(0.6)
+        clock.advance(0.6)
         assert (await publish(client, url, sub.token, chat())).status_code == 200
 
 
-async def test_refused_publishes_spend_no_tokens(serve, client: httpx.AsyncClient) -> None:
+async def test_refused_publishes_spend_no_tokens(
+    serve, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
     """Hammering while limited does not push the next allowed publish further away."""
     base = await serve(ChannelApp(secret=SECRET, rate_limit=(1.0, 1)))
     async with subscribe(client, f"{base}/subscribe/r") as sub:
@@ -395,11 +416,13 @@ async def test_refused_publishes_spend_no_tokens(serve, client: httpx.AsyncClien
         assert (await publish(client, url, sub.token, chat())).status_code == 200
         for _ in range(10):
             assert (await publish(client, url, sub.token, chat())).status_code == 429
-        await anyio.sleep(1.0)
+        clock.advance(1.0)  # exactly one token's refill: the refusals took none
         assert (await publish(client, url, sub.token, chat())).status_code == 200
 
 
-async def test_rate_limit_comes_before_the_body_check(serve, client: httpx.AsyncClient) -> None:
+async def test_rate_limit_comes_before_the_body_check(
+    serve, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
     """A malformed body from a limited user is 429, not 400 (the documented order)."""
     base = await serve(ChannelApp(secret=SECRET, rate_limit=(0.1, 1)))
     async with subscribe(client, f"{base}/subscribe/r") as sub:
@@ -416,7 +439,7 @@ async def test_rate_limit_comes_before_the_body_check(serve, client: httpx.Async
 
 
 async def test_ip_rate_limit_is_shared_by_users_of_one_address(
-    serve, client: httpx.AsyncClient
+    serve, client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     """Two users from one address share its bucket."""
     base = await serve(ChannelApp(secret=SECRET, ip_rate_limit=(0.5, 2)))

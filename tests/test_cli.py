@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 import httpx
 import pytest
 
-from .helpers import WAIT, free_port, publish, subscribe
+from .helpers import WAIT, eventually_blocking, free_port, listening, publish, subscribe
 
 if TYPE_CHECKING:
     from .conftest import ServerProcess
@@ -50,18 +49,11 @@ def _running(command: list[str], host: str = "127.0.0.1") -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"exited with {process.returncode}: {log.read().decode()}")
-            try:
-                with socket.create_connection((host, port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nothing listens on {host}:{port}") from None
-                time.sleep(0.05)
+        try:
+            eventually_blocking(lambda: listening(process, port, host))
+        except RuntimeError:
+            log.seek(0)
+            raise RuntimeError(f"exited with {process.returncode}: {log.read().decode()}") from None
         yield f"http://{host}:{port}"
     finally:
         if process.poll() is None:

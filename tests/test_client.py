@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from channel_asgi import ChannelApp
-from channel_asgi.client import ChannelError, Client, Envelope, Transport
+from channel_asgi.client import ChannelError, Client, Envelope, Subscription, Transport
 
 from .helpers import WAIT, asgi_body, free_port, subscribe
 
@@ -21,7 +21,7 @@ SECRET = "c" * 40
 pytestmark = pytest.mark.parametrize("transport", ["sse", "ws"])
 
 
-async def next_event(sub, kind: str | None = None) -> Envelope:
+async def next_event(sub: Subscription, kind: str | None = None) -> Envelope:
     """The next iterated event (of ``kind``), within WAIT."""
     with anyio.fail_after(WAIT):
         async for event in sub:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
 
@@ -17,7 +19,7 @@ def test_bad_arguments_are_refused_at_once() -> None:
         _ = Client("http://127.0.0.1:1").http
 
 
-def _server(handler):
+def _server(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
     """An HTTP client whose requests ``handler`` answers (no stream is opened)."""
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 

@@ -8,14 +8,17 @@ import pytest
 from channel_asgi.errors import PayloadTooLarge, RequestTimeout
 from channel_asgi.http import BodyDeadlines, read_body
 
+from .helpers import FakeClock
+
 
 async def _never() -> dict[str, object]:
     await anyio.sleep_forever()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def test_a_body_past_its_deadline_is_408_at_the_next_sweep() -> None:
-    deadlines = BodyDeadlines(0.0)  # every read is overdue as soon as it starts
+async def test_a_body_past_its_deadline_is_408_at_the_next_sweep(clock: FakeClock) -> None:
+    """A read is cancelled into a 408 by the first sweep after its deadline, not before."""
+    deadlines = BodyDeadlines(5.0)
     outcome: list[BaseException] = []
 
     async def read() -> None:
@@ -28,6 +31,11 @@ async def test_a_body_past_its_deadline_is_408_at_the_next_sweep() -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(read)
         await anyio.wait_all_tasks_blocked()
+        clock.advance(4.0)
+        deadlines.sweep()  # not overdue yet
+        await anyio.wait_all_tasks_blocked()
+        assert outcome == []
+        clock.advance(1.5)
         deadlines.sweep()
     assert len(outcome) == 1 and "body_timeout" in str(outcome[0])
     deadlines.sweep()  # the read is forgotten: nothing left to cancel

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 
 from channel_asgi import ChannelApp, ChannelMiddleware
 
-from .helpers import publish, subscribe
+from .helpers import WAIT, publish, subscribe
 
 
 async def roundtrip(client: httpx.AsyncClient, base: str, channel: str = "15") -> None:
@@ -157,7 +157,7 @@ async def test_lifespan_protocol_messages(anyio_backend: str) -> None:
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(WAIT):
         await channels({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert running == [True]
@@ -171,7 +171,7 @@ async def test_async_with_starts_and_stops(anyio_backend: str) -> None:
         assert channels._runner.running
         async with channels.subscribe("x") as events:
             await channels.publish("x", "hello")
-            with anyio.fail_after(5):
+            with anyio.fail_after(WAIT):
                 event = await events.__anext__()
             assert event.message == "hello"
     assert not channels._runner.running
@@ -185,7 +185,7 @@ async def test_starts_on_first_use_without_lifespan(serve, client: httpx.AsyncCl
     assert not channels._runner.running
     async with subscribe(client, f"{base}/channel/subscribe/x") as sub:
         assert channels._runner.running
-        with anyio.fail_after(5):
+        with anyio.fail_after(WAIT):
             while "ping" not in sub.stream.comments:
                 await sub.stream.next(comments=True)
 

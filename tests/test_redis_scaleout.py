@@ -82,7 +82,9 @@ async def test_resume_on_another_worker_has_no_gap_and_no_duplicate(
         (await publish(client, f"{b}/publish/r", token, chat(f"late {n}"))).json()["id"]
         for n in range(4)
     ]
-    async with subscribe(client, f"{b}/subscribe/r", {"Last-Event-ID": seen[1]}) as resumed:
+    resume_from = seen[1]
+    assert resume_from is not None
+    async with subscribe(client, f"{b}/subscribe/r", {"Last-Event-ID": resume_from}) as resumed:
         assert resumed.init["message"]["recovered"] is True
         replayed = [(await resumed.stream.next()).id for _ in range(5)]
         assert replayed == [sent[2], *later]

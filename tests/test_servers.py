@@ -202,9 +202,9 @@ async def test_subscribe_publish_private_request_and_heartbeat(
             event = await second.stream.until("broadcast")
             assert (event.id, event.json["author_id"]) == (announced.json()["id"], "0")
 
-            ping = await second.stream.next(timeout=3.0, comments=True)
+            ping = await second.stream.next(comments=True)
             while ping.comment is None:
-                ping = await second.stream.next(timeout=3.0, comments=True)
+                ping = await second.stream.next(comments=True)
             assert ping.comment == "ping"
         leave = (await first.stream.until("system")).json["message"]
         assert (leave["status"], leave["viewer_count"]) == ("leave", 1)
@@ -275,7 +275,10 @@ async def test_a_malformed_multipart_body_is_refused(site: Site, http: httpx.Asy
         else:
             assert reply.status_code == 415, reply.text
             assert reply.json()["code"] == 415
-        assert await sub.stream.ended(timeout=0.5) is False  # the stream goes on
+        # The stream goes on: the next broadcast still reaches it.
+        reply = await publish(http, f"{site.base}/publish/{channel}", sub.token, chat("after"))
+        assert reply.status_code == 200, reply.text
+        assert (await sub.stream.until("broadcast")).json["message"]["text"] == "after"
 
 
 # -- WebSocket ---------------------------------------------------------------------------------
@@ -449,9 +452,8 @@ async def test_on_daphne_a_websocket_that_stalls_is_closed_by_its_keepalive(
         stalled = stalled_websocket(site.root, f"/ws/{channel}")
         try:
             async with subscribe(http, f"{site.root}/subscribe/{channel}") as reader:
-                with anyio.fail_after(WAIT):
-                    while reader.init["message"]["viewer_count"] < 2:
-                        await anyio.sleep(0.05)  # pragma: no cover - the handshake came first
+                if reader.init["message"]["viewer_count"] < 2:  # pragma: no cover
+                    await reader.stream.until("system")  # the stalled socket's join
                 url, pad = f"{site.root}/publish/{channel}", "x" * 32768
                 with anyio.fail_after(WAIT):
                     n = 0
@@ -538,9 +540,6 @@ def test_the_server_is_recognised_by_what_it_passes(receive: Any, send: Any, nam
 
 # -- stopping and restarting -------------------------------------------------------------------
 
-#: Seconds each server takes to exit on SIGTERM with streams open, at most (hypercorn waits
-#: for its 3 s graceful_timeout; see issue 19 for making every stop clean).
-EXIT_WITHIN: Final = {"uvicorn": 4, "hypercorn": 6, "granian": 4, "daphne": 4, "gunicorn": 6}
 #: Servers on which those streams end cleanly (a complete response), as they do on uvicorn.
 CLEAN_STOP: Final = frozenset({"uvicorn", "granian", "gunicorn"})
 
@@ -573,12 +572,9 @@ async def test_sigterm_with_streams_open_ends_them_and_exits(
                         assert await ended_cleanly(sub.stream), f"{server} cut the stream"
                     else:
                         assert await sub.stream.ended(), f"{server} left the stream open"
-        # A hang is the bug: a bounded wait, not a timed one.
-        await eventually(
-            lambda: process.process.poll(),
-            lambda code: code is not None,
-            timeout=EXIT_WITHIN[server],
-        )
+        # A hang is the bug: a bounded wait, not a timed one (hypercorn waits for its 3 s
+        # graceful_timeout; see issue 19 for making every stop clean).
+        await eventually(lambda: process.process.poll(), lambda code: code is not None)
     finally:
         stop_server_process(process)
 

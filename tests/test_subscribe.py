@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import httpx
 import pytest
 
 from channel_asgi import ChannelApp
 
-from .helpers import Subscriber, publish, subscribe
+from .helpers import WAIT, Subscriber, publish, subscribe
 
 
 async def test_subscribe_sends_sse_headers_and_init_first(serve, client: httpx.AsyncClient) -> None:
@@ -64,7 +66,7 @@ async def test_above_system_events_max_viewers_joins_and_leaves_are_coalesced_in
         """The count events until they add up to ``joined`` and ``left``; the last one."""
         seen = {"joined": 0, "left": 0}
         while seen["joined"] < joined or seen["left"] < left:
-            message = (await sub.stream.until("system")).json["message"]
+            message: dict[str, Any] = (await sub.stream.until("system")).json["message"]
             assert message["status"] == "count", message  # no single join or leave
             seen["joined"] += message["joined"]
             seen["left"] += message["left"]
@@ -122,7 +124,7 @@ async def test_heartbeat_comments_arrive_at_the_configured_interval(
     """An idle stream carries ': ping' comments."""
     base = await serve(ChannelApp(heartbeat=0.1))
     async with subscribe(client, f"{base}/subscribe/quiet") as sub:
-        with anyio.fail_after(5):
+        with anyio.fail_after(WAIT):
             while sub.stream.comments.count("ping") < 2:
                 await sub.stream.next(comments=True)
 
@@ -136,11 +138,13 @@ async def test_resume_replays_after_last_event_id_without_gap_or_duplicate(
     base = await serve(channels)
     ids = [await channels.publish("r", {"n": n}) for n in range(5)]
     url = f"{base}/subscribe/r"
+    resume_from = ids[1]
+    assert resume_from is not None
     headers = None
     if how == "header":
-        headers = {"Last-Event-ID": ids[1]}
+        headers = {"Last-Event-ID": resume_from}
     else:
-        url += f"?last_event_id={ids[1]}"
+        url += f"?last_event_id={resume_from}"
     async with subscribe(client, url, headers=headers) as sub:
         assert sub.init["message"]["recovered"] is True
         replayed = [await sub.stream.next() for _ in range(3)]
@@ -158,7 +162,9 @@ async def test_resume_from_unknown_id_replays_everything_and_says_not_recovered(
     channels = ChannelApp(history_size=3)
     base = await serve(channels)
     ids = [await channels.publish("r", n) for n in range(5)]
-    async with subscribe(client, f"{base}/subscribe/r", {"Last-Event-ID": ids[0]}) as sub:
+    evicted = ids[0]
+    assert evicted is not None
+    async with subscribe(client, f"{base}/subscribe/r", {"Last-Event-ID": evicted}) as sub:
         assert sub.init["message"]["recovered"] is False
         assert [(await sub.stream.next()).id for _ in range(3)] == ids[2:]
 
@@ -170,6 +176,7 @@ async def test_resume_from_newest_id_recovers_with_nothing_to_replay(
     channels = ChannelApp(history_size=0)
     base = await serve(channels)
     newest = await channels.publish("r", "x")
+    assert newest is not None
     async with subscribe(client, f"{base}/subscribe/r", {"Last-Event-ID": newest}) as sub:
         assert sub.init["message"]["recovered"] is True
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import string
-import time
 from collections.abc import Callable
 
 import pytest
@@ -13,27 +12,16 @@ from channel_asgi.errors import Forbidden, Unauthorized
 from channel_asgi.http import request_token
 from channel_asgi.tokens import PublishClaims, TokenSigner
 
+from .helpers import FakeClock
+
 SECRET = "s3cret-for-tests"
-NOW = 1_700_000_000.0
 TTL = 60.0
 B64URL = string.ascii_letters + string.digits + "-_"
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
-    """Freeze ``time.time`` at ``NOW``; call the fixture's value to move it."""
-    current = [NOW]
-    monkeypatch.setattr(time, "time", lambda: current[0])
-
-    def set_time(value: float) -> None:
-        current[0] = value
-
-    return set_time
-
-
-@pytest.fixture
-def signer(clock: Callable[[float], None]) -> TokenSigner:
-    """A signer whose tokens are issued at ``NOW``."""
+def signer(clock: FakeClock) -> TokenSigner:
+    """A signer on the stopped clock: its tokens expire when the test advances it."""
     return TokenSigner(SECRET, ttl=TTL)
 
 
@@ -48,14 +36,14 @@ def replace_char(token: str, index: int) -> str:
     return token[:index] + replacement + token[index + 1 :]
 
 
-def test_token_round_trips_its_claims(signer: TokenSigner) -> None:
+def test_token_round_trips_its_claims(signer: TokenSigner, clock: FakeClock) -> None:
     """Verifying a fresh token returns exactly the claims it was issued with."""
     token = signer.issue("chats/1", "ü-1", "conn-1", anonymous=True)
     assert signer.verify(token, "chats/1") == PublishClaims(
         channel="chats/1",
         user_id="ü-1",
         connection_id="conn-1",
-        expires=NOW + TTL,
+        expires=clock.time() + TTL,
         anonymous=True,
     )
 
@@ -68,7 +56,7 @@ def test_token_is_two_base64url_halves(signer: TokenSigner) -> None:
     assert set(claims + signature) <= set(B64URL)
 
 
-def test_token_from_another_secret_is_401(clock: Callable[[float], None]) -> None:
+def test_token_from_another_secret_is_401(clock: FakeClock) -> None:
     """A token signed with another key is refused as unauthorised."""
     forged = issue(TokenSigner("another-secret", ttl=TTL))
     with pytest.raises(Unauthorized) as caught:
@@ -108,11 +96,11 @@ def test_claims_spliced_onto_another_tokens_signature_are_401(signer: TokenSigne
     ],
 )
 def test_token_expires_after_its_ttl(
-    signer: TokenSigner, clock: Callable[[float], None], age: float, valid: bool
+    signer: TokenSigner, clock: FakeClock, age: float, valid: bool
 ) -> None:
     """A token verifies until ``ttl`` seconds after issue, then is 401 saying it expired."""
     token = issue(signer)
-    clock(NOW + age)
+    clock.advance(age)
     if valid:
         assert signer.verify(token, "chats/1").user_id == "u-1"
         return
@@ -138,7 +126,7 @@ def test_valid_token_for_another_channel_is_403(signer: TokenSigner) -> None:
     ],
 )
 def test_invalid_token_for_another_channel_is_401_not_403(
-    clock: Callable[[float], None], make_token: Callable[[], str]
+    clock: FakeClock, make_token: Callable[[], str]
 ) -> None:
     """The channel check only happens once the signature is valid, so it reveals nothing."""
     with pytest.raises(Unauthorized):
@@ -146,11 +134,11 @@ def test_invalid_token_for_another_channel_is_401_not_403(
 
 
 def test_expired_token_for_another_channel_is_401_not_403(
-    signer: TokenSigner, clock: Callable[[float], None]
+    signer: TokenSigner, clock: FakeClock
 ) -> None:
     """An expired token is refused as expired whatever channel it names."""
     token = issue(signer, "chats/1")
-    clock(NOW + TTL + 1)
+    clock.advance(TTL + 1)
     with pytest.raises(Unauthorized, match=r"(?i)expired"):
         signer.verify(token, "chats/2")
 

@@ -14,7 +14,7 @@ import websockets
 from channel_asgi import ChannelApp
 from channel_asgi.webhooks import url_allowed
 
-from .helpers import WAIT, asgi_body, free_port, publish, subscribe
+from .helpers import WAIT, asgi_body, eventually, free_port, publish, subscribe
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Listener:
     """An HTTP endpoint that records what it receives and answers as told."""
 
     status: int = 202
-    delay: float = 0.0
+    hold: anyio.Event | None = None  # when given, nothing is answered until it is set
     redirect_to: str | None = None
     fail_first: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
@@ -41,7 +41,8 @@ class Listener:
         )
         self.changed.set()
         self.changed = anyio.Event()
-        await anyio.sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         status, headers = self.status, []
         if self.fail_first:
             self.fail_first -= 1
@@ -145,8 +146,8 @@ async def test_unreachable_webhook_is_502_and_slow_one_504(
     serve, client: httpx.AsyncClient
 ) -> None:
     """Nothing listening: 502; no answer within webhook_timeout: 504."""
-    slow = Listener(delay=2.0)
-    slow_base = await serve(slow)
+    never = anyio.Event()
+    slow_base = await serve(Listener(hold=never))
     closed = f"http://127.0.0.1:{free_port()}"
     channels = ChannelApp(webhook_urls=[f"{closed}/", f"{slow_base}/"], webhook_timeout=0.3)
     base = await serve(channels)
@@ -157,6 +158,7 @@ async def test_unreachable_webhook_is_502_and_slow_one_504(
         with anyio.fail_after(WAIT):
             late = await publish(client, url, sub.token, webhook(f"{slow_base}/x"))
         assert (late.status_code, late.json()["code"]) == (504, 504)
+    never.set()
 
 
 @pytest.mark.parametrize(
@@ -265,9 +267,7 @@ async def test_bridge_posts_every_broadcast_of_matching_channels(
     assert events[0]["source"] == "chats/1"
     assert events[0]["data"]["message"] == {"text": "hello"}
     assert events[0]["data"]["id"] == first
-    with anyio.fail_after(WAIT):
-        while bridge.sent < 2:  # counted when the listener's reply arrives
-            await anyio.sleep(0.01)
+    await eventually(lambda: bridge.sent, lambda sent: sent >= 2)  # counted at the reply
     assert (bridge.sent, bridge.failed, bridge.dropped) == (2, 0, 0)
 
 
@@ -275,18 +275,22 @@ async def test_a_slow_bridge_drops_instead_of_slowing_publishes(
     serve, client: httpx.AsyncClient
 ) -> None:
     """With a full queue, broadcasts still go out at once and the bridge counts its drops."""
-    listener = Listener(delay=1.0)
-    hook_base = await serve(listener)
+    never = anyio.Event()  # the bridge's first POST is not answered during the test
+    hook_base = await serve(Listener(hold=never))
     channels = ChannelApp()
     bridge = channels.bridge("busy", f"{hook_base}/b", queue_size=2, retries=0)
     base = await serve(channels)
-    async with subscribe(client, f"{base}/subscribe/busy") as sub:
-        with anyio.fail_after(2):
-            for n in range(20):
-                await channels.publish("busy", n)
-        for _ in range(20):
-            await sub.stream.until("broadcast")
-    assert bridge.dropped >= 15
+    try:
+        async with subscribe(client, f"{base}/subscribe/busy") as sub:
+            with anyio.fail_after(WAIT):  # a publish that waited for the bridge would hang
+                for n in range(20):
+                    await channels.publish("busy", n)
+            for _ in range(20):
+                await sub.stream.until("broadcast")
+        assert bridge.sent == 0  # every publish returned while the bridge's POST hung
+        assert bridge.dropped >= 15
+    finally:
+        never.set()
 
 
 def test_bridges_are_registered_before_start_with_a_valid_url() -> None:

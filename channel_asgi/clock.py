@@ -1,0 +1,23 @@
+"""The time source of the edge: rate limits, body deadlines, publish and identity tokens.
+
+``monotonic()`` measures intervals (a rate limit's refill, a body's deadline). ``time()`` is
+Unix seconds, the time written into tokens and checked against their expiry.
+
+Callers look the functions up on this module each time (``from . import clock``, then
+``clock.monotonic()``; never ``from .clock import monotonic``). That lookup is the seam: a test
+replaces both attributes with a fake clock that it advances by hand, instead of sleeping until a
+bucket refills or a token expires (``tests/conftest.py``'s ``clock`` fixture). They are the
+standard functions themselves, not wrappers, so a publish, which reads the time for its rate
+limit and its token, pays what ``time.monotonic()`` and ``time.time()`` cost: one attribute
+lookup and a call each.
+
+Not read here: the event loop's clock (anyio's sleeps and timeouts, heartbeats, the presence
+interval, the body deadlines' sweep interval) and the storage backends, which take a ``clock=``
+of their own (``MemoryStorage``).
+"""
+
+from __future__ import annotations
+
+from time import monotonic, time
+
+__all__ = ["monotonic", "time"]
