@@ -35,7 +35,7 @@ from .mailbox import Close, Mailbox
 from .protocol import with_id
 from .ratelimit import ConnectionLimit
 from .servers import UNPACED
-from .writer import pump, serving
+from .writer import pump, run_connection
 
 __all__ = ["SubscribeRoute", "admit", "last_event_id"]
 
@@ -151,24 +151,28 @@ class SubscribeRoute:
         reply_headers: list[tuple[bytes, bytes]],
     ) -> None:
         engine = self._engine
-        async with serving(engine, mailbox, opening, _watch_disconnect(receive, mailbox)):
+
+        async def write() -> None:
             headers = [*_SSE_HEADERS, *reply_headers]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+            body_send = send
             try:
                 await self._open(mailbox, opening, send)
                 await engine.go_live(mailbox, opening)
                 if self._budget is not None:
-                    send = _budgeted(send, mailbox, self._budget)
+                    body_send = _budgeted(send, mailbox, self._budget)
                 channel, user_id = mailbox.channel, opening.connection.user_id
                 await pump(
                     mailbox,
-                    _SseSink(send),
+                    _SseSink(body_send),
                     lambda: engine.history.request_reply(channel, user_id),
                 )
             except ChannelError as exc:  # the storage failed mid-stream: end it; it reconnects
                 logger.warning("Ending stream %s: %s", mailbox.connection_id, exc)
             if mailbox.closed is not Close.GONE:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await run_connection(engine, mailbox, opening, write(), _watch_disconnect(receive, mailbox))
 
     async def _open(self, mailbox: Mailbox, opening: Opening, send: Send) -> None:
         """Send ``retry:``, ``init`` and the replay.

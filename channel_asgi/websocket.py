@@ -38,7 +38,7 @@ from .publish import PublishRoute
 from .ratelimit import ConnectionLimit
 from .subscribe import admit
 from .tokens import PublishClaims
-from .writer import pump, serving
+from .writer import pump, run_connection
 
 __all__ = ["Ack", "Error", "WebSocketRoute", "refuse"]
 
@@ -195,8 +195,8 @@ class WebSocketRoute:
             with anyio.CancelScope(shield=True):
                 await engine.disconnect(mailbox, opening)
             raise
-        reader = self._read(receive, mailbox, claims, client_address(scope))
-        async with serving(engine, mailbox, opening, reader):
+
+        async def write() -> None:
             await send({"type": "websocket.send", "text": opening.take_init().decode()})
             try:
                 async with contextlib.aclosing(engine.replay(mailbox, opening)) as pages:
@@ -217,6 +217,9 @@ class WebSocketRoute:
             code = _CLOSE_CODES.get(mailbox.closed or Close.SHUTDOWN)
             if code is not None:
                 await send({"type": "websocket.close", "code": code})
+
+        reader = self._read(receive, mailbox, claims, client_address(scope))
+        await run_connection(engine, mailbox, opening, write(), reader)
         if mailbox.closed is Close.SLOW:
             with anyio.move_on_after(1.0), contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1008})

@@ -1,11 +1,11 @@
 """The writer of a live connection (SSE or WebSocket), and what runs around it.
 
-The connection's own task is its writer: it takes what its mailbox holds and writes it, in
-:func:`pump`, the one writer loop of every transport. A second, bare asyncio task watches the
-client (for SSE, its disconnect; for a WebSocket, its frames too). A connection found too slow
-is interrupted by cancelling the writer, which may be stuck in a send; that cancellation is the
-connection's own business and ends here. Whatever happens, the cleanup (leave, announce it, run
-the hooks) runs shielded, with a deadline so that a storage outage cannot hold the task forever.
+A connection's writer is a task of its own: it takes what its mailbox holds and writes it, in
+:func:`pump`, the one writer loop of every transport. The ASGI task watches the client (for SSE,
+its disconnect; for a WebSocket, its frames too). A connection found too slow is interrupted by
+cancelling the writer, which may be stuck in a send; that cancellation is the connection's own
+business and ends here. Whatever happens, the cleanup (leave, announce it, run the hooks) runs
+shielded, with a deadline so that a storage outage cannot hold the task forever.
 
 These are plain asyncio tasks rather than an anyio task group: a task group per connection
 would add to the memory every idle connection holds, and idle connections should stay small.
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any, Final, Protocol
 
 import anyio
@@ -24,7 +23,7 @@ import anyio
 from .engine import Engine, Opening
 from .mailbox import SEND_HISTORY, Close, Mailbox
 
-__all__ = ["CLEANUP_TIMEOUT", "Sink", "pump", "serving"]
+__all__ = ["CLEANUP_TIMEOUT", "Sink", "pump", "run_connection"]
 
 #: How long the cleanup of a closed connection may take (it runs shielded).
 CLEANUP_TIMEOUT: Final = 10.0
@@ -78,33 +77,63 @@ async def pump(
             await sink.events(pending)
 
 
-@asynccontextmanager
-async def serving(
-    engine: Engine, mailbox: Mailbox, opening: Opening, watcher: Coroutine[Any, Any, None]
-) -> AsyncIterator[None]:
-    """Run the block as the connection's writer, with ``watcher`` beside it; clean up after.
+async def run_connection(
+    engine: Engine,
+    mailbox: Mailbox,
+    opening: Opening,
+    write: Coroutine[Any, Any, None],
+    watch: Coroutine[Any, Any, None],
+) -> None:
+    """Run ``write`` as the connection's writer task and ``watch`` in this task; clean up after.
 
-    The block ends early, without an error, when the connection is cut for being too slow
-    (``mailbox.closed`` is then ``Close.SLOW``).
+    The writer runs in a task of its own, created here, so that waking it resumes only its own
+    short stack, never the host framework's middleware that the ASGI task runs under (a wake-up
+    per write of every connection). This task watches the client. The first to end stops the
+    other: the watcher closes the mailbox (the client left), the writer's end cancels the watch.
+    A connection cut for being too slow ends without an error (``mailbox.closed`` is then
+    ``Close.SLOW``); any other error of the writer is raised here, after the cleanup.
     """
-    writer = asyncio.current_task()
-    if writer is None:  # pragma: no cover - an ASGI app always runs in a task
+    own = asyncio.current_task()
+    if own is None:  # pragma: no cover - an ASGI app always runs in a task
         raise RuntimeError("a connection must run in a task")
+    writer = asyncio.ensure_future(write)
     mailbox.interrupt_with(writer.cancel)
-    watching = asyncio.ensure_future(watcher)
+    watching = True
+    stopped = False
+
+    def writer_ended(_: object) -> None:
+        nonlocal stopped
+        if watching:
+            stopped = True
+            own.cancel()
+
+    writer.add_done_callback(writer_ended)
     try:
-        yield
+        await watch
     except asyncio.CancelledError:
-        if mailbox.closed is not Close.SLOW:
+        if not stopped:  # cancelled from outside: the server is dropping the connection
+            writer.cancel()
             raise
-        uncancel = getattr(writer, "uncancel", None)  # Python 3.11+
+        uncancel = getattr(own, "uncancel", None)  # Python 3.11+
         if uncancel is not None:
             uncancel()
     finally:
-        mailbox.interrupt_with(None)
-        watching.cancel()
+        watching = False
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-            await engine.disconnect(mailbox, opening)
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            try:
+                # The watcher saw the client leave (the mailbox is closed): the writer ends.
+                await asyncio.wait({writer}, timeout=CLEANUP_TIMEOUT / 2)
+            finally:
+                if not writer.done():
+                    writer.cancel()
+                    await asyncio.wait({writer}, timeout=CLEANUP_TIMEOUT / 2)
+                mailbox.interrupt_with(None)
+                await engine.disconnect(mailbox, opening)
+    if writer.cancelled():
+        if mailbox.closed is Close.SLOW:
+            return
+        raise asyncio.CancelledError
+    error = writer.exception()
+    if error is not None:
+        raise error
