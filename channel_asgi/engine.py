@@ -25,7 +25,7 @@ from .history import HistoryReader, Replay
 from .hub import Hub
 from .mailbox import Mailbox
 from .protocol import Envelope, InitMessage, encode, encode_event
-from .storage.base import Delivery, Storage, StoredEvent
+from .storage.base import Delivery, Storage, StorageError, StoredEvent
 from .tokens import TokenSigner
 
 __all__ = ["Engine", "Hooks", "Opening"]
@@ -267,7 +267,7 @@ class Engine:
             count = await self.storage.leave(connection.channel, connection.connection_id)
             await self._hub.unlisten(connection.channel)
             await self.announcer.announce(connection, "leave", count)
-        except ChannelError as exc:
+        except (ChannelError, StorageError) as exc:
             logger.warning("Could not record the leave of %s: %s", connection.connection_id, exc)
         for hook in self._hooks.on_disconnect:
             await self.run_hook(hook, connection)
@@ -334,5 +334,5 @@ class Engine:
 async def _quietly(awaitable: Awaitable[Any]) -> None:
     try:
         await awaitable
-    except ChannelError as exc:
+    except (ChannelError, StorageError) as exc:
         logger.warning("Cleanup step failed: %s", exc)

@@ -29,7 +29,7 @@ from typing import Final
 import anyio
 import pytest
 
-from .base import Delivery, Storage
+from .base import Delivery, Storage, StorageChannelClosed
 
 #: How long any single wait in the suite may take, in seconds.
 WAIT: Final = 10.0
@@ -345,19 +345,20 @@ async def test_presence_totals_carry_the_viewer_count(storage: Running, peer: Ru
 
 async def test_append_to_a_closed_channel_is_refused(storage: Running, peer: Running) -> None:
     """A broadcast to a channel another process closed is neither stored nor delivered."""
-    from ..errors import NotFound
-
+    await storage.storage.listen("shut")
     await peer.storage.close_channel("shut", b'{"type":"end"}')
-    try:
+    with pytest.raises(StorageChannelClosed) as refused:
         await storage.storage.append("shut", b"{}", keep=10)
-    except NotFound:
-        pass
-    else:
-        raise AssertionError("append to a closed channel must raise NotFound")
+    assert refused.value.channel == "shut"
     assert (await storage.storage.history("shut")).events == []
+    end = await storage.inbox.wait_for(1, "shut")  # the end, and no broadcast after it
+    assert [d.kind for d in end] == ["end"]
     await peer.storage.open_channel("shut")
     await _eventually(lambda: _not(storage.storage.is_closed("shut")))
-    await storage.storage.append("shut", b"{}", keep=10)
+    reopened = await storage.storage.append("shut", b"{}", keep=10)
+    got = await storage.inbox.wait_for(2, "shut")
+    assert [(d.kind, d.id) for d in got] == [("end", None), ("event", reopened)]
+    await storage.storage.unlisten("shut")
 
 
 async def test_closed_state_reaches_every_process(storage: Running, peer: Running) -> None:

@@ -35,8 +35,7 @@ import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ..errors import ChannelClosed
-from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
+from .base import Deliver, Delivery, History, PresenceTotals, StorageChannelClosed, StoredEvent
 
 __all__ = ["MemoryStorage"]
 
@@ -297,7 +296,7 @@ class MemoryStorage:
     ) -> str:
         """Retain a broadcast, deliver it, and return its id."""
         if channel in self._closed:
-            raise ChannelClosed(channel)
+            raise StorageChannelClosed(channel)
         state = self._channels.get(channel) or self._state(channel)
         events = state.events
         if (

@@ -22,9 +22,9 @@ that dies stops counting in ``viewer_count`` when its lease expires, and is prun
 
 When the pub/sub connection drops, the reader reconnects with backoff, subscribes again and first
 delivers, from the streams, the broadcasts published while it was away. A Redis failure at a
-call surfaces as :class:`~channel_asgi.errors.StorageUnavailable` (HTTP 503: nothing happened),
-or, when a change was sent and its reply never came, as
-:class:`~channel_asgi.errors.StorageTimeout` (HTTP 504: it may have happened; see
+call surfaces as :class:`~channel_asgi.storage.base.StorageUnreachable` (nothing happened), or,
+when a change was sent and its reply never came, as
+:class:`~channel_asgi.storage.base.StorageNoReply` (it may have happened; see
 ``redis_pipeline``). Redis Cluster is not supported (the scripts touch keys of several
 channels).
 """
@@ -43,9 +43,18 @@ import msgspec
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ..errors import ChannelClosed, StorageUnavailable
 from . import redis_scripts as scripts
-from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
+from .base import (
+    Deliver,
+    Delivery,
+    History,
+    PresenceTotals,
+    StorageChannelClosed,
+    StorageUnreachable,
+    StoredEvent,
+    decode_delivery,
+    encode_delivery,
+)
 from .redis_pipeline import AutoPipeline, Call, unavailable
 
 if TYPE_CHECKING:
@@ -63,8 +72,6 @@ _BACKOFF_MAX: Final = 5.0
 #: pipeline in flight (see redis_pipeline), so a handful is plenty; a burst waits its turn.
 _MAX_CONNECTIONS: Final = 32
 _SOCKET_TIMEOUT: Final = 2.0
-_encode_delivery: Final = msgspec.msgpack.Encoder().encode
-_decode_delivery: Final = msgspec.msgpack.Decoder(Delivery).decode
 
 
 def _stream_id(event_id: str) -> tuple[int, int]:
@@ -308,7 +315,7 @@ class RedisStorage:
                 self._broadcast(channel, event_id, parts[index + 1])
         elif data[:1] == b"D":
             try:
-                delivery = _decode_delivery(data[1:])
+                delivery = decode_delivery(data[1:])
             except msgspec.DecodeError:
                 logger.warning("Ignoring a malformed delivery on channel %r", channel)
                 return
@@ -356,13 +363,13 @@ class RedisStorage:
             if count == 0:
                 pubsub = self._pubsub
                 if pubsub is None:
-                    raise StorageUnavailable("Redis is unavailable (not connected)")
+                    raise StorageUnreachable("Redis is unavailable (not connected)")
                 with unavailable("subscribe"):
                     await pubsub.subscribe(self._topic(channel))
             with anyio.move_on_after(_LISTEN_WAIT):
                 await event.wait()
             if not event.is_set():
-                raise StorageUnavailable("Redis did not confirm the subscription in time")
+                raise StorageUnreachable("Redis did not confirm the subscription in time")
             if count == 0 and channel not in self._last_seen:
                 # Where to catch up from if the pub/sub connection drops before a broadcast.
                 last = await self._pipeline.command("GET", self._key("last", channel), writes=False)
@@ -401,12 +408,12 @@ class RedisStorage:
         call = Call("append", args, scripts.APPEND, item=payload)
         event_id = await self._pipeline.queue(call)
         if event_id is None:
-            raise ChannelClosed(channel)
+            raise StorageChannelClosed(channel)
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     async def send(self, delivery: Delivery) -> None:
         """Publish a delivery that is not retained."""
-        data = b"D" + _encode_delivery(delivery)
+        data = b"D" + encode_delivery(delivery)
         await self._pipeline.command("PUBLISH", self._topic(delivery.channel), data)
 
     async def history(
@@ -489,7 +496,7 @@ class RedisStorage:
 
     async def close_channel(self, channel: str, end_payload: bytes) -> None:
         """Mark the channel closed and publish its ``end`` to every process."""
-        delivery = b"D" + _encode_delivery(Delivery(channel, "end", end_payload))
+        delivery = b"D" + encode_delivery(Delivery(channel, "end", end_payload))
         with unavailable("close_channel"):
             async with self._redis().pipeline(transaction=True) as pipe:
                 pipe.sadd(self._key("closed"), channel)

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from channel_asgi import ChannelApp
-from channel_asgi.errors import ChannelClosed
-from channel_asgi.storage import History, MemoryStorage
+from channel_asgi.storage import History, MemoryStorage, StorageChannelClosed
 from channel_asgi.storage.conformance import WAIT, running
 from channel_asgi.storage.memory import _CHANNEL_BYTES, _EVENT_BYTES
 
@@ -232,7 +231,7 @@ async def test_a_closed_channel_stays_closed_when_its_history_is_dropped() -> No
     storage.sweep()
     await fill(storage, "flood", 50)
     assert await storage.is_closed("shut")
-    with pytest.raises(ChannelClosed):
+    with pytest.raises(StorageChannelClosed):
         await storage.append("shut", body(0), keep=10)
 
 
