@@ -44,6 +44,7 @@ __all__ = [
     "pytestmark",
     "running",
     "storage",
+    "test_a_second_listen_returns_and_deliveries_flow",
     "test_append_delivers_to_every_listening_process",
     "test_append_returns_distinct_ids_in_publication_order",
     "test_append_to_a_closed_channel_is_refused",
@@ -51,6 +52,7 @@ __all__ = [
     "test_channel_names_with_every_allowed_character",
     "test_close_and_open_span_processes",
     "test_closed_state_reaches_every_process",
+    "test_delivery_stops_after_the_last_unlisten",
     "test_history_after_a_retained_id_is_recovered",
     "test_history_after_an_unknown_id_is_not_recovered",
     "test_history_after_the_newest_id_is_recovered_and_empty",
@@ -61,11 +63,11 @@ __all__ = [
     "test_history_ttl_ignores_old_broadcasts",
     "test_is_connected_spans_processes",
     "test_large_and_unusual_payloads_round_trip",
-    "test_listen_is_counted",
     "test_presence_is_announced_once_per_interval_across_processes",
     "test_presence_totals_carry_the_viewer_count",
     "test_request_deliveries_cross_processes",
     "test_send_delivers_without_retaining",
+    "test_unlisten_leaves_other_processes_listening",
     "test_viewer_count_spans_processes",
 ]
 
@@ -84,10 +86,16 @@ class Inbox:
 
     async def wait_for(self, count: int, channel: str | None = None) -> list[Delivery]:
         """Wait until ``count`` deliveries (of ``channel``) arrived; return them."""
+        return await self.wait_until(lambda got: len(got) >= count, channel)
+
+    async def wait_until(
+        self, done: Callable[[list[Delivery]], bool], channel: str | None = None
+    ) -> list[Delivery]:
+        """Wait until ``done`` holds for the deliveries (of ``channel``); return them."""
         with anyio.fail_after(WAIT):
             while True:
                 got = [d for d in self.deliveries if channel is None or d.channel == channel]
-                if len(got) >= count:
+                if done(got):
                     return got
                 await self.changed.wait()
 
@@ -251,13 +259,40 @@ async def test_request_deliveries_cross_processes(storage: Running, peer: Runnin
     await peer.storage.unlisten("c")
 
 
-async def test_listen_is_counted(storage: Running) -> None:
-    """Two listens need two unlistens; deliveries flow until the last."""
+async def test_delivery_stops_after_the_last_unlisten(storage: Running) -> None:
+    """After unlisten nothing of the channel is delivered, until it is listened to again."""
+    first = await storage.storage.append("c", payload(0), keep=100)  # before listen: not delivered
     await storage.storage.listen("c")
-    await storage.storage.listen("c")
-    await storage.storage.unlisten("c")
-    await storage.storage.append("c", payload(1), keep=1)
+    second = await storage.storage.append("c", payload(1), keep=100)
     await storage.inbox.wait_for(1, "c")
+    await storage.storage.unlisten("c")
+    await storage.storage.append("c", payload(2), keep=100)
+    await storage.storage.send(Delivery("c", "event", payload(3)))
+    await storage.storage.listen("c")
+    last = await storage.storage.append("c", payload(4), keep=100)
+    # Deliveries of a channel keep their order: any delivered while unlistened comes before.
+    got = await storage.inbox.wait_until(lambda got: any(d.id == last for d in got), "c")
+    assert [d.id for d in got] == [second, last], (first, got)
+    await storage.storage.unlisten("c")
+
+
+async def test_unlisten_leaves_other_processes_listening(storage: Running, peer: Running) -> None:
+    """One process's unlisten stops nothing in another process that listens to the channel."""
+    await storage.storage.listen("c")
+    await peer.storage.listen("c")
+    await storage.storage.unlisten("c")
+    event_id = await storage.storage.append("c", payload(1), keep=10)
+    assert [d.id for d in await peer.inbox.wait_for(1, "c")] == [event_id]
+    await peer.storage.unlisten("c")
+
+
+async def test_a_second_listen_returns_and_deliveries_flow(storage: Running) -> None:
+    """listen of a channel already listened to returns (a no-op); deliveries keep flowing."""
+    await storage.storage.listen("c")
+    with anyio.fail_after(WAIT):
+        await storage.storage.listen("c")
+    event_id = await storage.storage.append("c", payload(1), keep=10)
+    assert [d.id for d in await storage.inbox.wait_for(1, "c")] == [event_id]
     await storage.storage.unlisten("c")
 
 

@@ -1,7 +1,11 @@
 """``MemoryStorage``: the embedded default, for one process.
 
-Several apps in one process may share one instance; each gets every delivery, which is how the
-tests model several workers without Redis.
+Several apps in one process may share one instance; each gets every delivery of the channels
+listened to, which is how the tests model several workers without Redis. Such an instance is
+every app's view at once and cannot tell their calls apart, so it keeps, per channel, how many
+``listen`` calls are not undone yet: each app's hub listens once per channel (``base``), so that
+is the number of apps listening, and one app's ``unlisten`` does not stop the others'
+deliveries. With one app, as the protocol says, ``unlisten`` stops the channel's deliveries.
 
 Memory is bounded as a whole, not only per channel (``docs/storage.md``, "Memory bounds"):
 
@@ -72,7 +76,7 @@ class _Channel:
         self.last_id: str | None = None  # the newest id ever appended (until it expires)
         self.last_at = 0.0  # when it was appended
         self.viewers: set[str] | None = None
-        self.listeners = 0
+        self.listeners = 0  # the apps listening (see the module docstring)
         self.ttl: float | None = None  # of the newest append
         self.expires_at: float | None = None  # the deadline of its entry in the expiry heap
 
@@ -259,6 +263,9 @@ class MemoryStorage:
         return bool(heap) and heap[0][0] < now
 
     def _deliver(self, delivery: Delivery) -> None:
+        state = self._channels.get(delivery.channel)
+        if state is None or not state.listeners:
+            return
         for deliver in self._consumers:
             deliver(delivery)
 
@@ -279,13 +286,13 @@ class MemoryStorage:
             self._consumers.remove(deliver)
 
     async def listen(self, channel: str) -> None:
-        """Count a listener: a watched channel is evicted last (deliveries need nothing)."""
+        """Deliver ``channel``; a watched channel is evicted last (see the module docstring)."""
         state = self._state(channel)
         state.listeners += 1
         self._settle(channel, state)
 
     async def unlisten(self, channel: str) -> None:
-        """Drop one listener (see :meth:`listen`)."""
+        """Stop delivering ``channel`` at once, unless another app sharing this still listens."""
         state = self._channels.get(channel)
         if state is not None and state.listeners:
             state.listeners -= 1
@@ -323,9 +330,10 @@ class MemoryStorage:
         limit = self.max_history_bytes
         if limit is not None and self._bytes > limit:
             self._enforce_budget()
-        delivery = Delivery(channel, "event", payload, event_id)
-        for deliver in self._consumers:
-            deliver(delivery)
+        if state.listeners:
+            delivery = Delivery(channel, "event", payload, event_id)
+            for deliver in self._consumers:
+                deliver(delivery)
         return event_id
 
     def _append(

@@ -21,12 +21,14 @@ for all the channels it serves. A process renews its lease every ``presence_ttl 
 that dies stops counting in ``viewer_count`` when its lease expires, and is pruned then.
 
 When the pub/sub connection drops, the reader reconnects with backoff, subscribes again and first
-delivers, from the streams, the broadcasts published while it was away. A Redis failure at a
-call surfaces as :class:`~channel_asgi.storage.base.StorageUnreachable` (nothing happened), or,
-when a change was sent and its reply never came, as
-:class:`~channel_asgi.storage.base.StorageNoReply` (it may have happened; see
-``redis_pipeline``). Redis Cluster is not supported (the scripts touch keys of several
-channels).
+delivers, from the streams, the broadcasts published while it was away. A channel's messages are
+delivered only while its subscription is confirmed: from the ``subscribe`` reply that ``listen``
+waits for until ``unlisten``, which therefore stops delivery at once, even of messages already
+on their way. A Redis failure at a call surfaces as
+:class:`~channel_asgi.storage.base.StorageUnreachable` (nothing happened), or, when a change was
+sent and its reply never came, as :class:`~channel_asgi.storage.base.StorageNoReply` (it may
+have happened; see ``redis_pipeline``). Redis Cluster is not supported (the scripts touch keys
+of several channels).
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ class RedisStorage:
         self.process_id = uuid.uuid4().hex
         self._deliver: Deliver | None = None
         self._pubsub: PubSub | None = None
-        self._listening: dict[str, int] = {}
+        self._listening: set[str] = set()
+        #: Per listened channel, set once Redis confirmed its subscription: messages of a
+        #: channel are delivered only while its event is set.
         self._confirmed: dict[str, anyio.Event] = {}
         self._connected: anyio.Event | _NotYet
         #: Closed channels, kept current over pub/sub while connected (None: ask Redis).
@@ -303,6 +307,9 @@ class RedisStorage:
             self._closed.discard(name)
 
     def _receive(self, channel: str, data: bytes) -> None:
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None or not confirmed.is_set():
+            return  # unlistened (a message already on its way), or not confirmed again yet
         if data[:1] == b"B":  # broadcasts: "<id>\n<payload>" pairs joined by "\n"
             parts = data[1:].split(b"\n")
             for index in range(0, len(parts) - 1, 2):
@@ -355,22 +362,24 @@ class RedisStorage:
     # -- the Storage protocol ------------------------------------------------------------------
 
     async def listen(self, channel: str) -> None:
-        """Subscribe this process to ``channel``'s deliveries; return once Redis confirmed."""
-        count = self._listening.get(channel, 0)
-        self._listening[channel] = count + 1
+        """Subscribe this process to ``channel``'s deliveries; return once Redis confirmed.
+
+        A channel already listened to is not subscribed again: the call waits for its
+        subscription to be confirmed (at once, unless the connection is being restored).
+        """
+        if channel in self._listening:
+            await self._confirmation(channel)
+            return
+        self._listening.add(channel)
         try:
-            event = self._confirmed.setdefault(channel, anyio.Event())
-            if count == 0:
-                pubsub = self._pubsub
-                if pubsub is None:
-                    raise StorageUnreachable("Redis is unavailable (not connected)")
-                with unavailable("subscribe"):
-                    await pubsub.subscribe(self._topic(channel))
-            with anyio.move_on_after(_LISTEN_WAIT):
-                await event.wait()
-            if not event.is_set():
-                raise StorageUnreachable("Redis did not confirm the subscription in time")
-            if count == 0 and channel not in self._last_seen:
+            self._confirmed.setdefault(channel, anyio.Event())
+            pubsub = self._pubsub
+            if pubsub is None:
+                raise StorageUnreachable("Redis is unavailable (not connected)")
+            with unavailable("subscribe"):
+                await pubsub.subscribe(self._topic(channel))
+            await self._confirmation(channel)
+            if channel not in self._last_seen:
                 # Where to catch up from if the pub/sub connection drops before a broadcast.
                 last = await self._pipeline.command("GET", self._key("last", channel), writes=False)
                 self._last_seen.setdefault(channel, last.decode() if last else "0-0")
@@ -378,13 +387,17 @@ class RedisStorage:
             await self.unlisten(channel)
             raise
 
+    async def _confirmation(self, channel: str) -> None:
+        """Wait until Redis confirmed the subscription to ``channel`` (bounded)."""
+        event = self._confirmed.setdefault(channel, anyio.Event())
+        with anyio.move_on_after(_LISTEN_WAIT):
+            await event.wait()
+        if not event.is_set():
+            raise StorageUnreachable("Redis did not confirm the subscription in time")
+
     async def unlisten(self, channel: str) -> None:
-        """Drop one listener of ``channel``; unsubscribe with the last."""
-        count = self._listening.get(channel, 0) - 1
-        if count > 0:
-            self._listening[channel] = count
-            return
-        self._listening.pop(channel, None)
+        """Stop delivering ``channel`` at once; unsubscribe (best effort: never raises)."""
+        self._listening.discard(channel)
         self._confirmed.pop(channel, None)
         self._last_seen.pop(channel, None)
         self._floor.pop(channel, None)

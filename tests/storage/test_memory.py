@@ -129,6 +129,7 @@ async def test_a_watched_channel_whose_history_expired_keeps_its_viewers() -> No
     storage = MemoryStorage(clock=clock)
     async with running(storage) as live:
         await storage.join("live", "c1")
+        await storage.listen("live")  # as the app does for its connections
         await fill(storage, "live", 3, ttl=5.0)
         clock.now += 6
         storage.sweep()
@@ -164,6 +165,7 @@ async def test_watched_channels_are_evicted_last_and_keep_working() -> None:
     storage = MemoryStorage(max_history_bytes=budget)
     async with running(storage) as live:
         await storage.join("viewed", "c1")
+        await storage.listen("viewed")  # as the app does for its connections
         await storage.listen("listened")
         viewed = await fill(storage, "viewed", 10)
         await fill(storage, "idle", 5)
