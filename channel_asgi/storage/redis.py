@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -69,6 +69,7 @@ logger = logging.getLogger("channel_asgi.redis")
 
 _CONNECT_WAIT: Final = 2.0  # how long connecting waits for Redis to confirm the subscriptions
 _LISTEN_WAIT: Final = 10.0  # how long a new channel's subscription may take (a busy reader)
+_BACKOFF_FIRST: Final = 0.1  # the reconnect delay after a connection that worked
 _BACKOFF_MAX: Final = 5.0
 #: Connections to Redis per process, besides the pub/sub one. Most calls go through the one
 #: pipeline in flight (see redis_pipeline), so a handful is plenty; a burst waits its turn.
@@ -137,6 +138,9 @@ class RedisStorage:
         self._emptied: set[str] = set()  # channels left since the last lease renewal
         self._pipeline = AutoPipeline(self._redis)
         self._connected = _NotYet()
+        # The reconnect backoff's sleep and jitter (0 <= jitter() < 1); tests replace them.
+        self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+        self._jitter: Callable[[], float] = random.random
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -220,11 +224,17 @@ class RedisStorage:
             await client.aclose(close_connection_pool=True)
 
     async def _read_forever(self) -> None:
-        delay = 0.1
+        """Hold the pub/sub connection; after a failure, reconnect with a jittered backoff.
+
+        The delay before an attempt doubles from ``_BACKOFF_FIRST`` up to ``_BACKOFF_MAX``
+        seconds, each one scaled by a random factor in [0.5, 1.5); a connection that worked
+        starts it again from ``_BACKOFF_FIRST``.
+        """
+        delay = _BACKOFF_FIRST
         while True:
             try:
                 await self._connect()
-                delay = 0.1
+                delay = _BACKOFF_FIRST
                 await self._pump()
             except Exception as exc:
                 if self._connected.is_set():
@@ -242,7 +252,7 @@ class RedisStorage:
             if pubsub is not None:
                 with anyio.move_on_after(1.0), _ignore_errors():
                     await _untyped(pubsub).aclose()
-            await anyio.sleep(delay * (0.5 + random.random()))
+            await self._sleep(delay * (0.5 + self._jitter()))
             delay = min(delay * 2, _BACKOFF_MAX)
 
     async def _connect(self) -> None:
