@@ -15,7 +15,7 @@ from .config import Settings
 from .connection import Connection
 from .errors import ChannelError
 from .protocol import CountMessage, PresenceMessage, encode, encode_event
-from .storage.base import Delivery, Storage
+from .storage.base import Delivery, Storage, StorageError
 
 __all__ = ["Announcer"]
 
@@ -73,7 +73,7 @@ class Announcer:
         interval = self._settings.presence_interval
         try:
             totals = await self._storage.coalesce_presence(channel, joined, left, interval=interval)
-        except ChannelError as exc:  # keep the tallies for the next flush
+        except (ChannelError, StorageError) as exc:  # keep the tallies for the next flush
             logger.warning("Could not record the presence of %r: %s", channel, exc)
             pending = self._pending.setdefault(channel, [0, 0])
             pending[0] += joined

@@ -40,6 +40,8 @@ from .errors import (
     StorageUnavailable,
     TooManyRequests,
     UnprocessableEntity,
+    http_error,
+    maps_storage_errors,
 )
 from .http import (
     Headers,
@@ -64,7 +66,7 @@ from .publish import PublishRoute
 from .ratelimit import ConnectionLimit
 from .scheduler import WriteScheduler
 from .servers import GRANIAN, UNPACED, identify, warn_unpaced
-from .storage.base import Storage
+from .storage.base import Storage, StorageError
 from .storage.memory import MemoryStorage
 from .subscribe import SubscribeRoute
 from .tokens import TokenSigner
@@ -313,7 +315,8 @@ class ChannelApp:
             if not self._runner.running:
                 await self._runner.ensure_started()
             await route.serve(scope, headers, receive, send, channel, cors)
-        except ChannelError as exc:
+        except (ChannelError, StorageError) as caught:
+            exc = http_error(caught)
             body = encode(Reply(exc.status, exc.message))
             await send_json(send, exc.status, body, cors + _error_headers(exc))
         except Exception:
@@ -366,8 +369,8 @@ class ChannelApp:
             channel = validate_channel(path[len("/ws/") :])
             await self._runner.ensure_started()
             await self._websocket.serve(scope, headers_of(scope), receive, send, channel, [])
-        except ChannelError as exc:  # refused before the upgrade
-            await refuse(scope, send, exc)
+        except (ChannelError, StorageError) as exc:  # refused before the upgrade
+            await refuse(scope, send, http_error(exc))
 
     # -- identity, authorisation, channel patterns and bridges ---------------------------------
 
@@ -442,6 +445,7 @@ class ChannelApp:
 
     # -- server-side API -----------------------------------------------------------------------
 
+    @maps_storage_errors
     async def publish(
         self,
         channel: str,
@@ -508,10 +512,12 @@ class ChannelApp:
             self._engine, self._runner.ensure_started, _checked_channel(channel), last_event_id
         )
 
+    @maps_storage_errors
     async def viewer_count(self, channel: str) -> int:
         """Return the number of live subscriber connections on ``channel``, in every process."""
         return await self.storage.viewer_count(_checked_channel(channel))
 
+    @maps_storage_errors
     async def close_channel(self, channel: str) -> None:
         """End a channel: subscribers get ``end`` and are disconnected; then it answers 404.
 
@@ -520,6 +526,7 @@ class ChannelApp:
         await self._runner.ensure_started()
         await self._engine.close_channel(_checked_channel(channel))
 
+    @maps_storage_errors
     async def open_channel(self, channel: str) -> None:
         """Make a closed channel usable again."""
         await self.storage.open_channel(_checked_channel(channel))

@@ -25,7 +25,7 @@ from .history import HistoryReader, Replay
 from .hub import Hub
 from .mailbox import Mailbox
 from .protocol import Envelope, InitMessage, encode, encode_event
-from .storage.base import Delivery, Storage, StoredEvent
+from .storage.base import Delivery, Storage, StorageError, StoredEvent
 from .tokens import TokenSigner
 
 __all__ = ["Engine", "Hooks", "Opening"]
@@ -265,7 +265,7 @@ class Engine:
         self._hub.detach(mailbox)
         try:
             count = await self.storage.leave(connection.channel, connection.connection_id)
-        except ChannelError as exc:
+        except (ChannelError, StorageError) as exc:
             logger.warning("Could not record the leave of %s: %s", connection.connection_id, exc)
         else:
             await _quietly(self.announcer.announce(connection, "leave", count))
@@ -336,5 +336,5 @@ class Engine:
 async def _quietly(awaitable: Awaitable[Any]) -> None:
     try:
         await awaitable
-    except ChannelError as exc:
+    except (ChannelError, StorageError) as exc:
         logger.warning("Cleanup step failed: %s", exc)

@@ -24,9 +24,26 @@ Every refusal the server gives is one of these; ``app.py`` turns them into the J
 
 ``ChannelError`` itself carries the statuses of hooks and webhooks: 500 (a hook failed), 502 (the
 webhook could not be reached) and 504 (a hook or the webhook took too long).
+
+Storage backends know nothing of HTTP: they raise the storage-level errors of
+``channel_asgi.storage.base`` (``StorageUnreachable``, ``StorageNoReply``,
+``StorageChannelClosed``), and :func:`http_error` is the one place that turns them into the
+refusals above, :class:`StorageUnavailable` (503, with ``Retry-After``), :class:`StorageTimeout`
+(504) and :class:`ChannelClosed` (404). The routes apply it where they answer, and the server-side
+API (``channels.publish()`` and the rest) through :func:`maps_storage_errors`, so that its callers
+keep catching ``channel_asgi.StorageUnavailable``. Each of those three refusals is also a subclass
+of the storage-level error it stands for: ``except StorageUnreachable`` catches an outage from a
+storage call and from the server-side API alike, and a backend written before the storage-level
+errors existed (raising ``StorageUnavailable`` itself) still satisfies the protocol.
 """
 
 from __future__ import annotations
+
+import functools
+import typing  # as a module: this module's public names are its errors (tests/test_public_api)
+from collections import abc
+
+from .storage import base as storage_base
 
 __all__ = [
     "BadRequest",
@@ -46,7 +63,13 @@ __all__ = [
     "Unauthorized",
     "UnprocessableEntity",
     "UnsupportedMediaType",
+    "http_error",
+    "maps_storage_errors",
 ]
+
+_P = typing.ParamSpec("_P")
+_T = typing.TypeVar("_T")
+_Method = abc.Callable[_P, abc.Coroutine[typing.Any, typing.Any, _T]]
 
 
 class ChannelError(Exception):
@@ -63,7 +86,8 @@ class ChannelError(Exception):
         if status is not None:
             self.status = status
         self.message = message or type(self).__name__
-        super().__init__(self.status, self.message)
+        # Not super(): the storage-level bases of some subclasses take arguments of their own.
+        Exception.__init__(self, self.status, self.message)
 
     @property
     def code(self) -> int:
@@ -105,11 +129,16 @@ class NotFound(_Fixed):
     status = 404
 
 
-class ChannelClosed(NotFound):
-    """The channel was closed (``close_channel``) and not opened again."""
+class ChannelClosed(NotFound, storage_base.StorageChannelClosed):
+    """The channel was closed (``close_channel``) and not opened again.
+
+    Args:
+        channel: the closed channel.
+    """
 
     def __init__(self, channel: str) -> None:
         super().__init__(f"Channel {channel!r} is closed")
+        self.channel = channel
 
 
 class MethodNotAllowed(_Fixed):
@@ -183,7 +212,7 @@ class TooManyConnections(TooManyRequests):
         self.limit = limit
 
 
-class StorageUnavailable(_Fixed):
+class StorageUnavailable(_Fixed, storage_base.StorageUnreachable):
     """The storage backend cannot be reached; nothing was stored or delivered.
 
     Retrying is safe: the call never reached the backend (or only read from it).
@@ -192,7 +221,7 @@ class StorageUnavailable(_Fixed):
     status = 503
 
 
-class StorageTimeout(_Fixed):
+class StorageTimeout(_Fixed, storage_base.StorageNoReply):
     """The storage received a change but no reply came: it may have been applied.
 
     Raised when the command left for the backend and then the connection timed out or broke
@@ -219,3 +248,39 @@ class Reject(ChannelError):
                 f"Reject status must be an HTTP error status (400-599), got {status!r}"
             )
         super().__init__(status, message)
+
+
+def http_error(exc: ChannelError | storage_base.StorageError) -> ChannelError:
+    """Return the refusal that answers ``exc``: a storage failure's, or ``exc`` itself.
+
+    The one place where storage-level errors become HTTP ones: ``StorageChannelClosed`` is a
+    404 (:class:`ChannelClosed`), ``StorageNoReply`` a 504 (:class:`StorageTimeout`), and
+    ``StorageUnreachable`` or any other ``StorageError`` a 503 (:class:`StorageUnavailable`,
+    whose reply carries ``Retry-After``). The message is the storage's. A ``ChannelError``
+    (already a refusal) is returned as it is.
+    """
+    if isinstance(exc, ChannelError):
+        return exc
+    if isinstance(exc, storage_base.StorageChannelClosed):
+        return ChannelClosed(exc.channel)
+    if isinstance(exc, storage_base.StorageNoReply):
+        return StorageTimeout(str(exc))
+    return StorageUnavailable(str(exc))
+
+
+def maps_storage_errors(method: _Method[_P, _T]) -> _Method[_P, _T]:
+    """Decorate an async API method to raise :func:`http_error`'s refusal for a storage error.
+
+    The storage's error stays attached as the refusal's ``__cause__``.
+    """
+
+    @functools.wraps(method)
+    async def mapped(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except storage_base.StorageError as exc:
+            if isinstance(exc, ChannelError):  # already a refusal
+                raise
+            raise http_error(exc) from exc
+
+    return mapped

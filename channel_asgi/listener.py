@@ -18,6 +18,7 @@ import anyio
 import msgspec
 
 from .engine import Engine
+from .errors import maps_storage_errors
 from .mailbox import Close, Mailbox
 from .protocol import Envelope, decode_envelope, skip_undecodable, with_id
 
@@ -65,6 +66,7 @@ class Listener:
         if self._after is None:
             self._after = newest
 
+    @maps_storage_errors
     async def __aenter__(self) -> Listener:
         await self._start()
         await self._engine.ensure_open(self.channel)
@@ -100,6 +102,7 @@ class Listener:
                 self._ended = True
             return envelope
 
+    @maps_storage_errors
     async def _fill(self) -> None:
         """Wait until an event is pending; raise StopAsyncIteration when the channel ended."""
         while not self._pending:

@@ -35,6 +35,7 @@ from .mailbox import Close, Mailbox
 from .protocol import with_id
 from .ratelimit import ConnectionLimit
 from .servers import UNPACED
+from .storage.base import StorageError
 from .writer import pump, run_connection
 
 __all__ = ["SubscribeRoute", "admit", "last_event_id"]
@@ -167,7 +168,7 @@ class SubscribeRoute:
                     _SseSink(body_send),
                     lambda: engine.history.request_reply(channel, user_id),
                 )
-            except ChannelError as exc:  # the storage failed mid-stream: end it; it reconnects
+            except (ChannelError, StorageError) as exc:  # the storage failed mid-stream: end it
                 logger.warning("Ending stream %s: %s", mailbox.connection_id, exc)
             if mailbox.closed is not Close.GONE:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -29,13 +29,14 @@ from .access import Access
 from .connection import Framing
 from .cors import CorsPolicy
 from .engine import Engine, Opening
-from .errors import ChannelError, Forbidden
+from .errors import ChannelError, Forbidden, http_error
 from .http import Headers, Receive, Scope, Send, client_address, header
 from .mailbox import Close, Mailbox
 from .numbers import fits
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute
 from .ratelimit import ConnectionLimit
+from .storage.base import StorageError
 from .subscribe import admit
 from .tokens import PublishClaims
 from .writer import pump, run_connection
@@ -211,7 +212,7 @@ class WebSocketRoute:
                     _TextSink(send),
                     lambda: engine.history.request_reply(channel, user_id),
                 )
-            except ChannelError as exc:
+            except (ChannelError, StorageError) as exc:
                 logger.warning("Ending WebSocket %s: %s", mailbox.connection_id, exc)
                 mailbox.close(Close.SHUTDOWN)
             code = _CLOSE_CODES.get(mailbox.closed or Close.SHUTDOWN)
@@ -262,7 +263,8 @@ class WebSocketRoute:
         try:
             await self._engine.ensure_open(claims.channel)
             reply = await self._publish.handle(claims, body, client, local=mailbox)
-        except ChannelError as exc:
+        except (ChannelError, StorageError) as caught:
+            exc = http_error(caught)
             return Error(exc.status, exc.message, ref=ref)
         except Exception:
             logger.exception("Unexpected error answering a WebSocket frame")

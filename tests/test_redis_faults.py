@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx
 import msgspec
 import pytest
 
-from channel_asgi import ChannelApp, StorageTimeout, StorageUnavailable
-from channel_asgi.storage import RedisStorage
+from channel_asgi import ChannelApp
+from channel_asgi.storage import RedisStorage, StorageNoReply, StorageUnreachable
 from channel_asgi.storage.conformance import running
 
 from .helpers import WAIT, eventually, free_port, publish, redis_answers, subscribe
@@ -74,22 +75,92 @@ def chat(text: str) -> dict[str, object]:
     return {"type": "broadcast", "message": {"text": text}}
 
 
+#: The reconnect delays of RedisStorage's pub/sub reader without jitter: from 0.1 s, doubling,
+#: up to 5 s.
+BACKOFF = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+
+
+class Backoff:
+    """Stands in for the reader's sleep: records each delay, and holds the last one.
+
+    The first ``len(BACKOFF) - 1`` delays return at once (the reader tries again); the next one
+    waits for :meth:`release`, so that an outage costs a fixed number of attempts whatever the
+    test does meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.recorded = anyio.Event()
+        self._released = anyio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        if len(self.delays) < len(BACKOFF):
+            await anyio.lowlevel.checkpoint()
+            return
+        self.recorded.set()
+        await self._released.wait()
+
+    def release(self) -> None:
+        self._released.set()
+
+
+async def reconnect_delays(jitter: float, outcomes: list[bool]) -> list[float]:
+    """The delays the pub/sub reader sleeps, given whether each connect attempt works.
+
+    Each connection that works drops at once; the reader is stopped after the last attempt.
+    """
+    storage = RedisStorage("redis://127.0.0.1:1/0", prefix="backoff")
+    attempts = iter(outcomes)
+    delays: list[float] = []
+    done = anyio.Event()
+
+    async def connect() -> None:
+        if not next(attempts):
+            raise ConnectionError("refused")
+
+    async def pump() -> None:
+        raise ConnectionError("the connection worked, then dropped")
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == len(outcomes):
+            done.set()
+            await anyio.sleep_forever()
+        await anyio.lowlevel.checkpoint()
+
+    storage._connect = connect  # type: ignore[method-assign]
+    storage._pump = pump  # type: ignore[method-assign]
+    storage._sleep = sleep
+    storage._jitter = lambda: jitter
+    async with anyio.create_task_group() as group:
+        group.start_soon(storage._read_forever)
+        with anyio.fail_after(WAIT):
+            await done.wait()
+        group.cancel_scope.cancel()
+    return delays
+
+
+@pytest.mark.parametrize(("jitter", "factor"), [(0.5, 1.0), (0.0, 0.5), (0.999, 1.499)])
+async def test_the_reconnect_backoff_doubles_to_its_cap_and_starts_again_after_a_connection(
+    jitter: float, factor: float
+) -> None:
+    """The pub/sub reader waits 0.1, 0.2, 0.4 ... up to 5 s between attempts, times [0.5, 1.5)."""
+    # eight failures (doubling, capped), a connection that works (starts again), two failures
+    delays = await reconnect_delays(jitter, [False] * 8 + [True] + [False] * 2)
+    assert delays == pytest.approx([base * factor for base in [*BACKOFF, 0.1, 0.2, 0.4]])
+
+
 @pytest.mark.slow
 async def test_publish_is_503_while_redis_is_down_and_flows_again_after(
     serve, client: httpx.AsyncClient, own_redis: OwnRedis
 ) -> None:
-    """Streams survive an outage, publishes fail fast with 503, and recovery needs no restart."""
+    """Streams survive an outage, publishes fail with 503, and recovery needs no restart."""
     storage = RedisStorage(own_redis.url, prefix="faults", presence_ttl=3.0)
     channels = ChannelApp(storage=storage, secret="s", heartbeat=0.2)
-    attempts = 0
-    connect = storage._connect
-
-    async def counted_connect() -> None:
-        nonlocal attempts
-        attempts += 1
-        await connect()
-
-    storage._connect = counted_connect  # type: ignore[method-assign]
+    backoff = Backoff()
+    storage._sleep = backoff
+    storage._jitter = lambda: 0.5  # no jitter: each delay is the schedule's
     base = await serve(channels)
     url = f"{base}/publish/f"
     async with (
@@ -102,14 +173,13 @@ async def test_publish_is_503_while_redis_is_down_and_flows_again_after(
             assert (await sub.stream.until("broadcast")).id == before.json()["id"]
 
         own_redis.kill()
-        attempts = 0
-        with anyio.fail_after(1.0):
+        with anyio.fail_after(WAIT):
             down = await publish(client, url, one.token, chat("lost"))
         # The pooled connection may have taken the command before it saw Redis gone: then
         # Redis cannot have confirmed it, which is a 504 (see the next test); after that,
         # every connection is refused and nothing is sent: 503.
         assert (down.status_code, down.json()["code"]) in ((503, 503), (504, 504)), down.text
-        with anyio.fail_after(1.0):
+        with anyio.fail_after(WAIT):
             down = await publish(client, url, one.token, chat("lost"))
         assert (down.status_code, down.json()["code"]) == (503, 503), down.text
         assert "connecting" in down.json()["message"]
@@ -124,17 +194,19 @@ async def test_publish_is_503_while_redis_is_down_and_flows_again_after(
                 while len(sub.stream.comments) < pings + 3:
                     event = await sub.stream.next(comments=True)
                     assert event.comment == "ping", event
-        await anyio.sleep(2.5)
-        assert 2 <= attempts <= 12, f"{attempts} reconnect attempts in ~3 s: no backoff?"
+        with anyio.fail_after(WAIT):
+            await backoff.recorded.wait()
+        assert backoff.delays == pytest.approx(BACKOFF)  # the reader backs off, up to 5 s
         assert list(storage._listening) == ["f"]
         assert len(list(channels._hub.mailboxes("f"))) == 2
 
         own_redis.start()
-        with anyio.fail_after(WAIT):
-            while (
-                after := await publish(client, url, one.token, chat("after"))
-            ).status_code != 200:
-                await anyio.sleep(0.1)
+        backoff.release()
+        after = await eventually(
+            lambda: publish(client, url, one.token, chat("after")),
+            lambda reply: reply.status_code == 200,
+            interval=0.1,
+        )
         for sub in (one, two):
             event = await sub.stream.until("broadcast", timeout=WAIT * 1.5)
             assert event.id == after.json()["id"]
@@ -153,14 +225,15 @@ async def test_a_storage_outage_at_startup_answers_503_until_redis_is_up(
     reply = await client.get(f"{base}/subscribe/b")
     assert (reply.status_code, reply.json()["code"]) == (503, 503)
     own_redis.start()
-    with anyio.fail_after(WAIT * 1.5):
-        while True:
-            try:
-                async with subscribe(client, f"{base}/subscribe/b") as sub:
-                    assert sub.init["message"]["viewer_count"] == 1
-                    break
-            except AssertionError:
-                await anyio.sleep(0.2)
+
+    async def subscribed() -> bool:
+        try:
+            async with subscribe(client, f"{base}/subscribe/b") as sub:
+                return bool(sub.init["message"]["viewer_count"] == 1)
+        except AssertionError:  # refused (503) while the storage reconnects
+            return False
+
+    await eventually(subscribed, timeout=WAIT * 1.5, interval=0.2)
 
 
 async def test_broadcasts_made_while_the_pubsub_connection_was_down_are_delivered(
@@ -184,10 +257,14 @@ async def test_broadcasts_made_while_the_pubsub_connection_was_down_are_delivere
         ids = [await writer.storage.append("quiet", b'{"n":%d}' % n, keep=10) for n in range(3)]
         got = await reader.inbox.wait_for(3, "quiet")
         assert [delivery.id for delivery in got] == ids
-        await writer.storage.append("quiet", b'{"n":3}', keep=10)
-        assert len(await reader.inbox.wait_for(4, "quiet")) == 4  # and no duplicates after
-        await anyio.sleep(0.3)
-        assert len([d for d in reader.inbox.deliveries if d.channel == "quiet"]) == 4
+        ids.append(await writer.storage.append("quiet", b'{"n":3}', keep=10))
+        # and no duplicates after: any would arrive before the next broadcast (one channel's
+        # deliveries keep their order)
+        ids.append(await writer.storage.append("quiet", b'{"n":4}', keep=10))
+        got = await reader.inbox.wait_until(
+            lambda got: bool(got) and got[-1].id == ids[-1], "quiet"
+        )
+        assert [delivery.id for delivery in got] == ids
         await reader.storage.unlisten("quiet")
 
 
@@ -256,13 +333,13 @@ async def test_a_publish_redis_took_but_never_answered_is_504_and_may_have_been_
             try:
                 with anyio.fail_after(WAIT):
                     paused = await publish(client, url, sub.token, chat("paused"))
-                    with pytest.raises(StorageUnavailable) as read:  # a read changed nothing
+                    with pytest.raises(StorageUnreachable) as read:  # a read changed nothing
                         await storage.history("p")
             finally:
                 own_redis.resume()
             assert (paused.status_code, paused.json()["code"]) == (504, 504), paused.text
             assert "may have been applied" in paused.json()["message"]
-            assert not isinstance(read.value, StorageTimeout)
+            assert not isinstance(read.value, StorageNoReply)
 
             # Redis ran what it had received once it woke: the 504 was right not to say 503.
             after = await publish(client, url, sub.token, chat("after"))
@@ -278,9 +355,9 @@ async def test_a_publish_redis_took_but_never_answered_is_504_and_may_have_been_
         own_redis.kill()
         refused = RedisStorage(own_redis.url, prefix="paused")
         try:  # nothing pooled: the append needs a connection, which is refused: nothing sent
-            with pytest.raises(StorageUnavailable, match="connecting") as down:
+            with pytest.raises(StorageUnreachable, match="connecting") as down:
                 await refused.append("p", b'{"n":1}', keep=10)
-            assert not isinstance(down.value, StorageTimeout)
+            assert not isinstance(down.value, StorageNoReply)
         finally:
             await refused.aclose()
     finally:

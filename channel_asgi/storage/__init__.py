@@ -1,5 +1,9 @@
 """Storage backends: where history, presence and cross-process delivery live.
 
+``base`` holds the protocols every backend follows (:class:`Storage`, which includes
+:class:`Presence`), the errors they raise and the types they take and return; ``conformance``
+is the test suite that checks a backend against them.
+
 ``RedisStorage`` imports without the ``redis`` package installed; constructing it without the
 ``redis`` extra raises an ``ImportError`` that says what to install.
 """
@@ -14,6 +18,10 @@ from .base import (
     Presence,
     PresenceTotals,
     Storage,
+    StorageChannelClosed,
+    StorageError,
+    StorageNoReply,
+    StorageUnreachable,
     StoredEvent,
     decode_delivery,
     encode_delivery,
@@ -31,6 +39,10 @@ __all__ = [
     "PresenceTotals",
     "RedisStorage",
     "Storage",
+    "StorageChannelClosed",
+    "StorageError",
+    "StorageNoReply",
+    "StorageUnreachable",
     "StoredEvent",
     "decode_delivery",
     "encode_delivery",

@@ -1,8 +1,27 @@
-"""The ``Storage`` protocol: history, presence, closed channels and delivery to every process.
+"""The ``Storage`` protocol: every rule a storage backend must follow, in one module.
 
-A storage is what processes share. ``MemoryStorage`` shares nothing beyond one process;
-``RedisStorage`` shares everything through Redis. A third-party backend implements the methods below
-and passes the conformance suite in ``tests/storage/test_conformance.py`` (``docs/storage.md``).
+A storage is what the processes serving the same channels share: each channel's history, who is
+watching it, which channels are closed, and the delivery of every event to every process that
+listens to the channel. ``MemoryStorage`` shares nothing beyond one process; ``RedisStorage``
+shares everything through Redis. A third-party backend needs this module and the conformance
+suite (``channel_asgi.storage.conformance``), nothing else: it implements :class:`Storage` (which
+includes :class:`Presence`), raises the errors below, and passes the suite.
+
+Errors are the storage's own, and know nothing of HTTP: a backend maps its driver's exceptions at
+its edge (``raise StorageUnreachable(...) from exc``) to one of
+
+- :class:`StorageUnreachable`: the backend could not be reached; nothing was applied, and doing
+  it again is safe;
+- :class:`StorageNoReply`: a change was sent and no reply came; it may have been applied;
+- :class:`StorageChannelClosed`: the channel is closed; nothing was stored or delivered.
+
+The app turns them into its HTTP refusals in one place (``channel_asgi.errors.http_error``): 503
+with ``Retry-After``, 504 and 404. The public ``channel_asgi.StorageUnavailable``,
+``channel_asgi.StorageTimeout`` and ``channel_asgi.errors.ChannelClosed`` are those refusals;
+each is also a subclass of its storage-level error here, so that ``except StorageUnreachable``
+catches an outage whether it comes from a storage call or from ``channels.publish()``.
+
+This module imports nothing from the rest of channel_asgi.
 """
 
 from __future__ import annotations
@@ -22,17 +41,72 @@ __all__ = [
     "Presence",
     "PresenceTotals",
     "Storage",
+    "StorageChannelClosed",
+    "StorageError",
+    "StorageNoReply",
+    "StorageUnreachable",
     "StoredEvent",
     "decode_delivery",
     "encode_delivery",
 ]
 
-#: What a delivery asks of the processes that get it (see :class:`Delivery`).
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class StorageError(Exception):
+    """A storage call did not do what was asked. Backends raise one of its subclasses.
+
+    The app answers a bare ``StorageError`` as it answers :class:`StorageUnreachable` (503).
+    """
+
+
+class StorageUnreachable(StorageError):
+    """The backend could not be reached: nothing was stored, changed or delivered.
+
+    Raised for every failure that happened before the call reached the backend (no connection,
+    connection refused, a connect or health-check timeout), and for a read that got no reply
+    (running a read again changes nothing). Retrying is safe. The app answers 503 with
+    ``Retry-After``.
+    """
+
+
+class StorageNoReply(StorageError):
+    """A change was sent to the backend and no reply came: it may have been applied.
+
+    Raised only by calls that change something, once their request may have reached the
+    backend (a reply timed out, the connection broke before it came). A broadcast may have been
+    stored and delivered, so the caller must look before retrying; never raise
+    :class:`StorageUnreachable` for such a failure, whose promise that nothing happened does not
+    hold. The app answers 504.
+    """
+
+
+class StorageChannelClosed(StorageError):
+    """The channel is closed (:meth:`Storage.close_channel`): nothing was stored or delivered.
+
+    The app answers 404.
+
+    Args:
+        channel: the closed channel.
+    """
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"Channel {channel!r} is closed")
+        self.channel = channel
+
+
+# -- what a storage keeps and carries ------------------------------------------------------------
+
+#: What a delivery asks of the processes that get it.
 DeliveryKind = Literal["event", "request", "end"]
 
 
 class Delivery(msgspec.Struct, array_like=True, gc=False):
     """One event on its way to the subscribers of a channel, in every process.
+
+    A backend carries it as it is: every field arrives intact (:func:`encode_delivery` and
+    :func:`decode_delivery` carry it across processes).
 
     Attributes:
         channel: the channel it belongs to.
@@ -55,13 +129,26 @@ class Delivery(msgspec.Struct, array_like=True, gc=False):
     exclude_connection: str | None = None
 
 
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(Delivery)
+
+
+def encode_delivery(delivery: Delivery) -> bytes:
+    """Encode a delivery to send it to other processes (MessagePack, an array of its fields)."""
+    return _encoder.encode(delivery)
+
+
+def decode_delivery(data: bytes) -> Delivery:
+    """Decode what :func:`encode_delivery` made.
+
+    Raises:
+        msgspec.DecodeError: ``data`` is not an encoded delivery (it is a ``ValueError``).
+    """
+    return _decoder.decode(data)
+
+
 #: The callback a storage calls, in the process's event loop, for each delivery.
 Deliver = Callable[[Delivery], None]
-
-#: Encode a delivery for a backend that carries it between processes (compact MessagePack);
-#: :data:`decode_delivery` reads it back, checking every field (``msgspec.DecodeError``).
-encode_delivery: Final[Callable[[Delivery], bytes]] = msgspec.msgpack.Encoder().encode
-decode_delivery: Final[Callable[[bytes], Delivery]] = msgspec.msgpack.Decoder(Delivery).decode
 
 
 class StoredEvent(msgspec.Struct, array_like=True, gc=False):
@@ -99,29 +186,66 @@ class PresenceTotals(msgspec.Struct, frozen=True, gc=False):
     left: int
 
 
+# -- the protocols -----------------------------------------------------------------------------
+
+
 @runtime_checkable
 class Presence(Protocol):
-    """**Protocol**: who is connected, in every process (a part of :class:`Storage`).
+    """**Protocol**: who is connected to which channel, across every process.
 
-    Connections are counted by id: joining twice counts once, and leaving an id that is not
-    counted changes nothing. A process that stops without leaving (a crash) has its
-    connections dropped by the backend within its own lease (Redis: ``presence_ttl``).
+    The app calls :meth:`join` once for each live subscriber connection (SSE or WebSocket; a
+    server-side subscriber is not a viewer) and :meth:`leave` once when it has gone. Connection
+    ids are unique; each connection joins one channel.
+
+    **Leases.** A process can die without leaving. A backend shared by several processes must
+    stop counting the connections of a process that died, and stop reporting them connected,
+    within a bounded time (``RedisStorage``: its ``presence_ttl``, renewed by ``run``), and a
+    process that stops normally (``run`` ends) removes its presence at once.
+
+    Every method raises :class:`StorageUnreachable` when the backend cannot be reached; the
+    ones that change something raise :class:`StorageNoReply` instead when the change was sent
+    and no reply came.
     """
 
     async def join(self, channel: str, connection_id: str) -> int:
-        """Count a live connection on ``channel``; return the channel's viewer count after it."""
+        """Count a live connection on ``channel``.
+
+        Returns:
+            The channel's viewer count across all processes, this connection included.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached; the connection is not counted.
+            StorageNoReply: the join was sent and no reply came; it may be counted.
+        """
         ...
 
     async def leave(self, channel: str, connection_id: str) -> int:
-        """Stop counting a connection; return the channel's viewer count after it."""
+        """Stop counting a connection (and reporting it connected).
+
+        Returns:
+            The channel's viewer count across all processes after it.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached; a shared backend stops counting
+                the connection when this process's lease ends.
+            StorageNoReply: the leave was sent and no reply came; it may have been applied.
+        """
         ...
 
     async def viewer_count(self, channel: str) -> int:
-        """Return the number of live connections on ``channel`` across all processes."""
+        """Return the number of live connections on ``channel`` across all processes.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
+        """
         ...
 
     async def is_connected(self, connection_id: str) -> bool:
-        """Return whether the connection is live, in whichever process holds it."""
+        """Return whether the connection is live (joined, not left), in whichever process.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
+        """
         ...
 
     async def coalesce_presence(
@@ -129,22 +253,61 @@ class Presence(Protocol):
     ) -> PresenceTotals | None:
         """Record joins and leaves of a large channel; return what to announce now, if anything.
 
-        Across all processes, at most one call per ``interval`` seconds returns totals (all the
-        joins and leaves recorded since the previous announcement); other calls return None and
-        keep what they recorded for the next one. A call with nothing recorded anywhere returns
-        None.
+        The tallies are shared by every process. Across all of them, at most one call per
+        ``interval`` seconds returns totals: all the joins and leaves recorded since the
+        previous announcement, and the viewer count. Other calls return None and keep what they
+        recorded for the next announcement. A call with nothing recorded anywhere returns None.
+
+        Args:
+            channel: the large channel.
+            joined: joins in this process since its last call.
+            left: leaves in this process since its last call.
+            interval: seconds between two announcements of the channel.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached; nothing was recorded (the app
+                keeps the tallies for its next call).
+            StorageNoReply: the tallies were sent and no reply came; they may be recorded.
         """
         ...
 
 
 @runtime_checkable
 class Storage(Presence, Protocol):
-    """**Protocol**: channel history and presence, and delivery of events to every process.
+    """**Protocol**: channel history, presence, closed channels and delivery to every process.
 
-    Event ids are short strings of printable ASCII (no quote, backslash or line break), unique per
-    channel and ordered by publication. Every method may raise
-    :class:`~channel_asgi.errors.StorageUnavailable` when the backend cannot be reached; then
-    nothing was stored or delivered.
+    Rules that hold across the methods:
+
+    - **Payloads** are encoded envelopes, ``bytes``; the storage keeps and carries them exactly,
+      never looking inside.
+    - **Event ids** are short strings of printable ASCII with no quote, backslash or line break
+      (they are written into JSON and SSE lines as they are), unique per channel and ordered
+      by publication. An id is never handed out twice on a channel, even after the
+      channel's history was dropped.
+    - **Delivery.** ``run`` calls its ``deliver`` for each delivery of every channel this
+      process listens to, once per delivery (no duplicates), from the event loop; ``deliver``
+      is synchronous and cheap. Deliveries of one channel arrive in the order of the calls that
+      made them (:meth:`append`, :meth:`send`, :meth:`close_channel`, one awaited after the
+      other), interleaved sends and appends included.
+    - **Listening** is decided by the app, not counted by the backend: the app's hub calls
+      :meth:`listen` once, when the first local connection of a channel attaches, and
+      :meth:`unlisten` once, after the last one has left, and never makes two of these calls
+      for one channel at the same time. One instance shared by several apps is several
+      processes at once (a ``MemoryStorage`` shared by apps in one process): it cannot tell
+      their calls apart, so it keeps per channel how many listens are not undone yet, and one
+      app's unlisten leaves the channel flowing to the others.
+    - **Failures** raise a :class:`StorageError` (see each method's ``Raises``), never a
+      driver's exception, and leave nothing half done: a broadcast that raised
+      :class:`StorageUnreachable` was neither stored nor delivered.
+    - **Retention.** :meth:`append`'s ``keep`` and ``ttl`` bound a channel's history. A backend
+      may also forget history on its own to bound its memory (``MemoryStorage``'s
+      ``max_history_bytes``), but a resume from an id it forgot then reports ``recovered``
+      False, never a silent gap.
+    - **Closed channels** stay closed until :meth:`open_channel`, whatever happens to their
+      history (eviction and ttl never drop the mark); their history is kept.
+    - **Reconnecting.** A backend whose delivery path can break (a network connection)
+      reconnects by itself, and should then deliver the retained broadcasts it missed, in
+      order, before newer ones (``RedisStorage`` does).
     """
 
     @property
@@ -157,28 +320,42 @@ class Storage(Presence, Protocol):
     ) -> None:
         """Call ``deliver`` for every delivery of a listened channel, until cancelled.
 
-        ``task_status.started()`` is called once deliveries flow. Events of one channel are
-        delivered in the order they were appended or sent, whichever method carried them
-        (conformance: ``test_send_and_append_keep_their_order``). ``deliver`` runs in the
-        event loop and must not be awaited; a backend calls it for listened channels only.
+        Each ``ChannelApp`` using the instance runs ``run`` once, with its own ``deliver``; a
+        backend may refuse a second app (``RedisStorage`` does, with ``RuntimeError``).
+        ``task_status.started()`` is called once, when :meth:`listen` can make deliveries
+        flow. A backend that cannot be reached does not make ``run`` fail: it signals started
+        within a bounded time all the same, and keeps trying to reach the backend, while calls
+        raise :class:`StorageUnreachable` meanwhile. Background work of the backend (lease
+        renewals, sweeps) runs here too.
+
+        Raises:
+            RuntimeError: the backend serves one app and another one already runs it.
         """
         ...
 
     async def listen(self, channel: str) -> None:
-        """Start delivering ``channel``'s events to this process; return once they flow.
+        """Start delivering ``channel``'s deliveries to this process; return once they flow.
 
-        An app's hub calls this when the first of its connections of ``channel`` attaches, and
-        never twice at once for one channel; it counts its own connections. A backend that
-        several apps of one process share (``MemoryStorage``) counts the calls, one per app.
-        Events appended or sent before it returned need not be delivered.
+        Every delivery made after ``listen`` returns reaches ``run``'s ``deliver``. Calling it
+        for a channel this process already listens to is a no-op that returns once deliveries
+        flow: backends keep no count (the app's hub counts its connections).
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not confirm in time;
+                ``channel`` is not listened to.
         """
         ...
 
     async def unlisten(self, channel: str) -> None:
-        """Stop delivering ``channel``'s events to this process (the hub's last connection left).
+        """Stop delivering ``channel``'s deliveries to this process, at once.
 
-        After it, ``deliver`` is not called for the channel's events (conformance:
-        ``test_delivery_stops_after_unlisten``).
+        Once it returns, ``deliver`` is not called for ``channel`` again (even for deliveries
+        already on their way) until the next :meth:`listen`. Other processes listening to the
+        channel keep getting its deliveries (with an instance shared by several apps: while one
+        of them still listens, every app sharing it gets them, see the class docstring).
+
+        It raises no :class:`StorageError`: delivery stops in this process whether or not the
+        backend can be reached, and the backend tidies up remotely when it can.
         """
         ...
 
@@ -187,19 +364,37 @@ class Storage(Presence, Protocol):
     ) -> str:
         """Retain a broadcast and deliver it to every process; return its event id.
 
-        Raises:
-            NotFound: the channel is closed; nothing was stored or delivered.
+        The broadcast is stored and delivered as ``Delivery(channel, "event", payload, id)`` to
+        every process listening to the channel (this one included), or neither.
 
         Args:
             channel: the channel.
             payload: the encoded envelope, without ``id``.
-            keep: how many broadcasts the channel retains (older ones are evicted).
-            ttl: seconds a broadcast is retained, or None for no limit.
+            keep: how many broadcasts the channel retains; older ones are evicted. With 0
+                nothing is retained, but the id is still the channel's newest (a resume from it
+                recovers).
+            ttl: seconds a broadcast is retained, or None for no limit. Older broadcasts are
+                dropped, and once the newest has expired the channel's newest id is forgotten
+                too.
+
+        Raises:
+            StorageChannelClosed: the channel is closed (checked atomically with the append,
+                whichever process closed it); nothing was stored or delivered.
+            StorageUnreachable: the backend cannot be reached; nothing was stored or delivered.
+            StorageNoReply: the broadcast was sent and no reply came; it may have been stored
+                and delivered.
         """
         ...
 
     async def send(self, delivery: Delivery) -> None:
-        """Deliver an event that is not retained to every process listening on its channel."""
+        """Deliver an event that is not retained to every process listening on its channel.
+
+        Every field arrives intact; nothing is stored.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached; nothing was delivered.
+            StorageNoReply: it was sent and no reply came; it may have been delivered.
+        """
         ...
 
     async def history(
@@ -210,26 +405,58 @@ class Storage(Presence, Protocol):
         ttl: float | None = None,
         limit: int | None = None,
     ) -> History:
-        """Return the retained broadcasts of ``channel``, oldest first (see :class:`History`).
+        """Return the retained broadcasts of ``channel``, oldest first.
+
+        Without ``after``, all of them and ``recovered`` None. With ``after``: when it is
+        retained, or is the newest id ever appended to the channel (and not expired), the
+        broadcasts after it and ``recovered`` True; otherwise (unknown, evicted, malformed) all
+        retained broadcasts and ``recovered`` False. A channel never used has no history.
 
         Args:
             channel: the channel.
             after: return only those after this event id (the resume point), when given.
             ttl: ignore broadcasts older than this many seconds, when given.
-            limit: return at most this many (the oldest of those that qualify), when given. A
-                reader pages through a long history by passing the last id of one page as the
-                next page's ``after``; ``recovered`` is as it would be without ``limit``.
+            limit: return at most this many (the oldest of those that qualify; 0 returns none),
+                when given. A reader pages through a long history by passing the last id of
+                one page as the next page's ``after``; ``recovered`` is as it would be without
+                ``limit``.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
         """
         ...
 
     async def close_channel(self, channel: str, end_payload: bytes) -> None:
-        """Mark ``channel`` closed and deliver ``end_payload`` as an ``end`` to every process."""
+        """Mark ``channel`` closed everywhere and deliver ``end_payload`` as an ``end``.
+
+        Every process listening to the channel gets ``Delivery(channel, "end", end_payload)``;
+        from then on :meth:`append` to it raises :class:`StorageChannelClosed`. The history
+        is kept. Closing a closed channel closes it again.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached. A backend may raise it, rather
+                than :class:`StorageNoReply`, when no reply came too: closing again is safe.
+        """
         ...
 
     async def open_channel(self, channel: str) -> None:
-        """Mark ``channel`` open again (history is kept across close and open)."""
+        """Mark ``channel`` open again, everywhere (its history was kept).
+
+        Opening an open channel does nothing.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached. As for :meth:`close_channel`,
+                also when no reply came: opening again is safe.
+        """
         ...
 
     async def is_closed(self, channel: str) -> bool:
-        """Return whether ``channel`` was closed and not opened again."""
+        """Return whether ``channel`` was closed and not opened again.
+
+        The answer may trail a close or open made by another process for as long as its news
+        takes to arrive (:meth:`append` checks again, atomically).
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
+        """
         ...

@@ -1,7 +1,7 @@
 """The Storage conformance suite: every behaviour a backend must have, as pytest tests.
 
 ``MemoryStorage`` and ``RedisStorage`` both pass it; a third-party backend runs the same suite
-from its own tests by importing it and defining one fixture, ``make_storage``: a factory whose
+from its own tests by importing it and defining a fixture, ``make_storage``: a factory whose
 every call returns a view of *one shared* storage as another process would see it (for a backend
 with a server, a new client of the same server and key prefix)::
 
@@ -15,6 +15,16 @@ with a server, a new client of the same server and key prefix)::
     def make_storage():
         return lambda: MyStorage("my://server", prefix="conformance-test")
 
+
+    @pytest.fixture
+    def make_unreachable_storage():
+        return lambda: MyStorage("my://127.0.0.1:1", prefix="conformance-test")  # nobody there
+
+``make_unreachable_storage`` is the other fixture a backend defines: a factory of instances that
+cannot reach their backend, for the tests of failures (skipped without it; a backend that cannot
+be unreachable may define it to ``pytest.skip`` with its reason). The rules the tests check are
+those of ``channel_asgi.storage.base``.
+
 The tests are async and need pytest with anyio's plugin (``anyio_backend`` selects the event
 loop). This module imports pytest, so only test code should import it.
 """
@@ -24,12 +34,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from functools import partial
+from typing import Any, Final
 
 import anyio
+import msgspec
 import pytest
 
-from .base import Delivery, Storage
+from .base import (
+    Delivery,
+    Storage,
+    StorageChannelClosed,
+    StorageNoReply,
+    StorageUnreachable,
+    decode_delivery,
+    encode_delivery,
+)
 
 #: How long any single wait in the suite may take, in seconds.
 WAIT: Final = 10.0
@@ -44,6 +64,8 @@ __all__ = [
     "pytestmark",
     "running",
     "storage",
+    "test_a_second_listen_returns_and_deliveries_flow",
+    "test_an_unreachable_backend_fails_with_storage_unreachable",
     "test_append_delivers_to_every_listening_process",
     "test_append_returns_distinct_ids_in_publication_order",
     "test_append_to_a_closed_channel_is_refused",
@@ -51,7 +73,8 @@ __all__ = [
     "test_channel_names_with_every_allowed_character",
     "test_close_and_open_span_processes",
     "test_closed_state_reaches_every_process",
-    "test_delivery_stops_after_unlisten",
+    "test_deliveries_round_trip_through_the_codec",
+    "test_delivery_stops_after_the_last_unlisten",
     "test_history_after_a_retained_id_is_recovered",
     "test_history_after_an_unknown_id_is_not_recovered",
     "test_history_after_the_newest_id_is_recovered_and_empty",
@@ -65,10 +88,13 @@ __all__ = [
     "test_presence_is_announced_once_per_interval_across_processes",
     "test_presence_totals_carry_the_viewer_count",
     "test_request_deliveries_cross_processes",
-    "test_run_signals_started_once_deliveries_flow",
+    "test_run_signals_started_once_and_deliveries_flow_after_it",
+    "test_run_starts_while_the_backend_is_unreachable",
     "test_send_and_append_keep_their_order",
     "test_send_delivers_without_retaining",
+    "test_unlisten_leaves_other_processes_listening",
     "test_viewer_count_spans_processes",
+    "unreachable_storage",
 ]
 
 
@@ -86,10 +112,16 @@ class Inbox:
 
     async def wait_for(self, count: int, channel: str | None = None) -> list[Delivery]:
         """Wait until ``count`` deliveries (of ``channel``) arrived; return them."""
+        return await self.wait_until(lambda got: len(got) >= count, channel)
+
+    async def wait_until(
+        self, done: Callable[[list[Delivery]], bool], channel: str | None = None
+    ) -> list[Delivery]:
+        """Wait until ``done`` holds for the deliveries (of ``channel``); return them."""
         with anyio.fail_after(WAIT):
             while True:
                 got = [d for d in self.deliveries if channel is None or d.channel == channel]
-                if len(got) >= count:
+                if done(got):
                     return got
                 await self.changed.wait()
 
@@ -124,6 +156,21 @@ async def peer(make_storage: Callable[[], Storage]) -> AsyncIterator[Running]:
     """The same storage as seen from another process, running."""
     async with running(make_storage()) as second:
         yield second
+
+
+@pytest.fixture
+def unreachable_storage(
+    make_storage: Callable[[], Storage], request: pytest.FixtureRequest
+) -> Storage:
+    """``make_unreachable_storage()``, not running; the tests using it skip without that fixture.
+
+    It asks for ``make_storage`` only to be set up like it (parametrised alike, for one).
+    """
+    try:
+        make: Callable[[], Storage] = request.getfixturevalue("make_unreachable_storage")
+    except pytest.FixtureLookupError:
+        pytest.skip("no make_unreachable_storage fixture: define one to test how the backend fails")
+    return make()
 
 
 def payload(n: int) -> bytes:
@@ -253,49 +300,139 @@ async def test_request_deliveries_cross_processes(storage: Running, peer: Runnin
     await peer.storage.unlisten("c")
 
 
-async def test_delivery_stops_after_unlisten(storage: Running) -> None:
-    """After the last unlisten of a channel, its events are not delivered to the process."""
+async def test_delivery_stops_after_the_last_unlisten(storage: Running) -> None:
+    """After unlisten nothing of the channel is delivered, until it is listened to again."""
+    first = await storage.storage.append("c", payload(0), keep=100)  # before listen: not delivered
     await storage.storage.listen("c")
-    await storage.storage.append("c", payload(1), keep=10)
+    second = await storage.storage.append("c", payload(1), keep=100)
     await storage.inbox.wait_for(1, "c")
     await storage.storage.unlisten("c")
-    await storage.storage.append("c", payload(2), keep=10)
+    await storage.storage.append("c", payload(2), keep=100)
     await storage.storage.send(Delivery("c", "event", payload(3)))
-    await storage.storage.listen("d")  # a marker: delivered after whatever "c" would have had
-    await storage.storage.append("d", payload(4), keep=10)
-    await storage.inbox.wait_for(1, "d")
-    assert [d.payload for d in storage.inbox.deliveries if d.channel == "c"] == [payload(1)]
-    await storage.storage.unlisten("d")
+    await storage.storage.listen("c")
+    last = await storage.storage.append("c", payload(4), keep=100)
+    # Deliveries of a channel keep their order: any delivered while unlistened comes before.
+    got = await storage.inbox.wait_until(lambda got: any(d.id == last for d in got), "c")
+    assert [d.id for d in got] == [second, last], (first, got)
+    await storage.storage.unlisten("c")
 
 
-async def test_run_signals_started_once_deliveries_flow(
-    make_storage: Callable[[], Storage],
-) -> None:
-    """``run`` calls ``task_status.started()``; from then on a listened event is delivered."""
-    backend = make_storage()
-    inbox = Inbox()
-    async with anyio.create_task_group() as group:
-        with anyio.fail_after(WAIT):
-            await group.start(backend.run, inbox)
-        await backend.listen("c")
-        await backend.append("c", payload(1), keep=10)
-        assert [d.payload for d in await inbox.wait_for(1, "c")] == [payload(1)]
-        await backend.unlisten("c")
-        group.cancel_scope.cancel()
+async def test_unlisten_leaves_other_processes_listening(storage: Running, peer: Running) -> None:
+    """One process's unlisten stops nothing in another process that listens to the channel."""
+    await storage.storage.listen("c")
+    await peer.storage.listen("c")
+    await storage.storage.unlisten("c")
+    event_id = await storage.storage.append("c", payload(1), keep=10)
+    assert [d.id for d in await peer.inbox.wait_for(1, "c")] == [event_id]
+    await peer.storage.unlisten("c")
+
+
+async def test_a_second_listen_returns_and_deliveries_flow(storage: Running) -> None:
+    """listen of a channel already listened to returns (a no-op); deliveries keep flowing."""
+    await storage.storage.listen("c")
+    with anyio.fail_after(WAIT):
+        await storage.storage.listen("c")
+    event_id = await storage.storage.append("c", payload(1), keep=10)
+    assert [d.id for d in await storage.inbox.wait_for(1, "c")] == [event_id]
+    await storage.storage.unlisten("c")
 
 
 async def test_send_and_append_keep_their_order(storage: Running, peer: Running) -> None:
-    """Events of one channel arrive in the order they were sent, retained or not."""
+    """Interleaved sends and appends on one channel arrive in the order they were made."""
+    await storage.storage.listen("c")
     await peer.storage.listen("c")
-    expected = []
-    for n in range(20):
-        if n % 3:
-            await storage.storage.append("c", payload(n), keep=100)
-        else:
+    made: list[tuple[str | None, bytes]] = []
+    for n in range(12):
+        if n % 3 == 1:
             await storage.storage.send(Delivery("c", "event", payload(n)))
-        expected.append(payload(n))
-    assert [d.payload for d in await peer.inbox.wait_for(20, "c")] == expected
+            made.append((None, payload(n)))
+        else:
+            made.append((await storage.storage.append("c", payload(n), keep=100), payload(n)))
+    for running in (storage, peer):
+        got = await running.inbox.wait_for(len(made), "c")
+        assert [(d.id, d.payload) for d in got] == made
+    await storage.storage.unlisten("c")
     await peer.storage.unlisten("c")
+
+
+class _Started:
+    """A ``task_status`` that counts its ``started()`` calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.event = anyio.Event()
+
+    def started(self, value: Any = None) -> None:
+        self.calls += 1
+        self.event.set()
+
+
+async def test_run_signals_started_once_and_deliveries_flow_after_it(
+    make_storage: Callable[[], Storage],
+) -> None:
+    """run calls task_status.started() once; after it, listen makes deliveries flow."""
+    storage = make_storage()
+    inbox = Inbox()
+    status = _Started()
+    async with anyio.create_task_group() as group:
+        group.start_soon(partial(storage.run, inbox, task_status=status))
+        with anyio.fail_after(WAIT):
+            await status.event.wait()
+        await storage.listen("c")
+        event_id = await storage.append("c", payload(1), keep=10)
+        assert [(d.kind, d.id) for d in await inbox.wait_for(1, "c")] == [("event", event_id)]
+        await storage.unlisten("c")
+        assert status.calls == 1
+        group.cancel_scope.cancel()
+
+
+async def test_deliveries_round_trip_through_the_codec() -> None:
+    """encode_delivery and decode_delivery carry every field of every kind."""
+    for delivery in (
+        Delivery("c", "event", b'{"x":1}', "1-0"),
+        Delivery("c", "event", b"{}", to_user="u", to_connection="k", exclude_connection="e"),
+        Delivery("c", "request", to_connection="k"),
+        Delivery("c", "end", b'{"type":"end"}'),
+    ):
+        assert decode_delivery(encode_delivery(delivery)) == delivery
+    for malformed in (b"not msgpack", msgspec.msgpack.encode(["c", "broadcast", b"{}"])):
+        with pytest.raises(ValueError):  # msgspec.DecodeError, a ValueError
+            decode_delivery(malformed)
+
+
+_CALLS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
+    "append": lambda s: s.append("c", payload(1), keep=10),
+    "send": lambda s: s.send(Delivery("c", "event", payload(1))),
+    "history": lambda s: s.history("c"),
+    "join": lambda s: s.join("c", "k"),
+    "leave": lambda s: s.leave("c", "k"),
+    "viewer_count": lambda s: s.viewer_count("c"),
+    "is_connected": lambda s: s.is_connected("k"),
+    "coalesce_presence": lambda s: s.coalesce_presence("c", 1, 0, interval=1.0),
+    "close_channel": lambda s: s.close_channel("c", b"{}"),
+    "open_channel": lambda s: s.open_channel("c"),
+    "is_closed": lambda s: s.is_closed("c"),
+}
+
+
+@pytest.mark.parametrize("call", list(_CALLS))
+async def test_an_unreachable_backend_fails_with_storage_unreachable(
+    unreachable_storage: Storage, call: str
+) -> None:
+    """Each call to a backend that cannot be reached raises StorageUnreachable, nothing else."""
+    with anyio.fail_after(WAIT), pytest.raises(StorageUnreachable) as raised:
+        await _CALLS[call](unreachable_storage)
+    assert not isinstance(raised.value, StorageNoReply)  # nothing was sent: nothing happened
+
+
+async def test_run_starts_while_the_backend_is_unreachable(unreachable_storage: Storage) -> None:
+    """run signals started although the backend is down; listen then raises StorageUnreachable."""
+    with anyio.fail_after(WAIT):
+        async with running(unreachable_storage) as live:
+            with pytest.raises(StorageUnreachable):
+                await live.storage.listen("c")
+            with pytest.raises(StorageUnreachable):
+                await live.storage.append("c", payload(1), keep=10)
 
 
 async def test_viewer_count_spans_processes(storage: Running, peer: Running) -> None:
@@ -382,19 +519,20 @@ async def test_presence_totals_carry_the_viewer_count(storage: Running, peer: Ru
 
 async def test_append_to_a_closed_channel_is_refused(storage: Running, peer: Running) -> None:
     """A broadcast to a channel another process closed is neither stored nor delivered."""
-    from ..errors import NotFound
-
+    await storage.storage.listen("shut")
     await peer.storage.close_channel("shut", b'{"type":"end"}')
-    try:
+    with pytest.raises(StorageChannelClosed) as refused:
         await storage.storage.append("shut", b"{}", keep=10)
-    except NotFound:
-        pass
-    else:
-        raise AssertionError("append to a closed channel must raise NotFound")
+    assert refused.value.channel == "shut"
     assert (await storage.storage.history("shut")).events == []
+    end = await storage.inbox.wait_for(1, "shut")  # the end, and no broadcast after it
+    assert [d.kind for d in end] == ["end"]
     await peer.storage.open_channel("shut")
     await _eventually(lambda: _not(storage.storage.is_closed("shut")))
-    await storage.storage.append("shut", b"{}", keep=10)
+    reopened = await storage.storage.append("shut", b"{}", keep=10)
+    got = await storage.inbox.wait_for(2, "shut")
+    assert [(d.kind, d.id) for d in got] == [("end", None), ("event", reopened)]
+    await storage.storage.unlisten("shut")
 
 
 async def test_closed_state_reaches_every_process(storage: Running, peer: Running) -> None:

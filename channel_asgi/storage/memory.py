@@ -1,7 +1,11 @@
 """``MemoryStorage``: the embedded default, for one process.
 
-Several apps in one process may share one instance; each gets every delivery, which is how the
-tests model several workers without Redis.
+Several apps in one process may share one instance; each gets every delivery of the channels
+listened to, which is how the tests model several workers without Redis. Such an instance is
+every app's view at once and cannot tell their calls apart, so it keeps, per channel, how many
+``listen`` calls are not undone yet: each app's hub listens once per channel (``base``), so that
+is the number of apps listening, and one app's ``unlisten`` does not stop the others'
+deliveries. With one app, as the protocol says, ``unlisten`` stops the channel's deliveries.
 
 Memory is bounded as a whole, not only per channel (``docs/storage.md``, "Memory bounds"):
 
@@ -35,8 +39,7 @@ import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ..errors import ChannelClosed
-from .base import Deliver, Delivery, History, PresenceTotals, StoredEvent
+from .base import Deliver, Delivery, History, PresenceTotals, StorageChannelClosed, StoredEvent
 
 __all__ = ["MemoryStorage"]
 
@@ -73,7 +76,7 @@ class _Channel:
         self.last_id: str | None = None  # the newest id ever appended (until it expires)
         self.last_at = 0.0  # when it was appended
         self.viewers: set[str] | None = None
-        self.listeners = 0
+        self.listeners = 0  # the apps listening (see the module docstring)
         self.ttl: float | None = None  # of the newest append
         self.expires_at: float | None = None  # the deadline of its entry in the expiry heap
 
@@ -260,6 +263,9 @@ class MemoryStorage:
         return bool(heap) and heap[0][0] < now
 
     def _deliver(self, delivery: Delivery) -> None:
+        state = self._channels.get(delivery.channel)
+        if state is None or not state.listeners:
+            return
         for deliver in self._consumers:
             deliver(delivery)
 
@@ -280,16 +286,13 @@ class MemoryStorage:
             self._consumers.remove(deliver)
 
     async def listen(self, channel: str) -> None:
-        """Deliver ``channel``'s events; a watched channel is also evicted last.
-
-        Calls are counted: every app sharing this storage in the process listens for itself.
-        """
+        """Deliver ``channel``; a watched channel is evicted last (see the module docstring)."""
         state = self._state(channel)
         state.listeners += 1
         self._settle(channel, state)
 
     async def unlisten(self, channel: str) -> None:
-        """Drop one listener (see :meth:`listen`)."""
+        """Stop delivering ``channel`` at once, unless another app sharing this still listens."""
         state = self._channels.get(channel)
         if state is not None and state.listeners:
             state.listeners -= 1
@@ -300,7 +303,7 @@ class MemoryStorage:
     ) -> str:
         """Retain a broadcast, deliver it, and return its id."""
         if channel in self._closed:
-            raise ChannelClosed(channel)
+            raise StorageChannelClosed(channel)
         state = self._channels.get(channel) or self._state(channel)
         events = state.events
         if (
@@ -360,10 +363,8 @@ class MemoryStorage:
         return event_id
 
     async def send(self, delivery: Delivery) -> None:
-        """Deliver an event that is not retained (to the apps listening on its channel)."""
-        state = self._channels.get(delivery.channel)
-        if state is not None and state.listeners:
-            self._deliver(delivery)
+        """Deliver an event that is not retained."""
+        self._deliver(delivery)
 
     async def history(
         self,

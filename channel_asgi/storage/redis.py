@@ -21,12 +21,14 @@ for all the channels it serves. A process renews its lease every ``presence_ttl 
 that dies stops counting in ``viewer_count`` when its lease expires, and is pruned then.
 
 When the pub/sub connection drops, the reader reconnects with backoff, subscribes again and first
-delivers, from the streams, the broadcasts published while it was away. A Redis failure at a
-call surfaces as :class:`~channel_asgi.errors.StorageUnavailable` (HTTP 503: nothing happened),
-or, when a change was sent and its reply never came, as
-:class:`~channel_asgi.errors.StorageTimeout` (HTTP 504: it may have happened; see
-``redis_pipeline``). Redis Cluster is not supported (the scripts touch keys of several
-channels).
+delivers, from the streams, the broadcasts published while it was away. A channel's messages are
+delivered only while its subscription is confirmed: from the ``subscribe`` reply that ``listen``
+waits for until ``unlisten``, which therefore stops delivery at once, even of messages already
+on their way. A Redis failure at a call surfaces as
+:class:`~channel_asgi.storage.base.StorageUnreachable` (nothing happened), or, when a change was
+sent and its reply never came, as :class:`~channel_asgi.storage.base.StorageNoReply` (it may
+have happened; see ``redis_pipeline``). Redis Cluster is not supported (the scripts touch keys
+of several channels).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -43,13 +45,14 @@ import msgspec
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ..errors import ChannelClosed, StorageUnavailable
 from . import redis_scripts as scripts
 from .base import (
     Deliver,
     Delivery,
     History,
     PresenceTotals,
+    StorageChannelClosed,
+    StorageUnreachable,
     StoredEvent,
     decode_delivery,
     encode_delivery,
@@ -66,6 +69,7 @@ logger = logging.getLogger("channel_asgi.redis")
 
 _CONNECT_WAIT: Final = 2.0  # how long connecting waits for Redis to confirm the subscriptions
 _LISTEN_WAIT: Final = 10.0  # how long a new channel's subscription may take (a busy reader)
+_BACKOFF_FIRST: Final = 0.1  # the reconnect delay after a connection that worked
 _BACKOFF_MAX: Final = 5.0
 #: Connections to Redis per process, besides the pub/sub one. Most calls go through the one
 #: pipeline in flight (see redis_pipeline), so a handful is plenty; a burst waits its turn.
@@ -122,6 +126,8 @@ class RedisStorage:
         self._deliver: Deliver | None = None
         self._pubsub: PubSub | None = None
         self._listening: set[str] = set()
+        #: Per listened channel, set once Redis confirmed its subscription: messages of a
+        #: channel are delivered only while its event is set.
         self._confirmed: dict[str, anyio.Event] = {}
         self._connected: anyio.Event | _NotYet
         #: Closed channels, kept current over pub/sub while connected (None: ask Redis).
@@ -132,6 +138,9 @@ class RedisStorage:
         self._emptied: set[str] = set()  # channels left since the last lease renewal
         self._pipeline = AutoPipeline(self._redis)
         self._connected = _NotYet()
+        # The reconnect backoff's sleep and jitter (0 <= jitter() < 1); tests replace them.
+        self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+        self._jitter: Callable[[], float] = random.random
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -215,11 +224,17 @@ class RedisStorage:
             await client.aclose(close_connection_pool=True)
 
     async def _read_forever(self) -> None:
-        delay = 0.1
+        """Hold the pub/sub connection; after a failure, reconnect with a jittered backoff.
+
+        The delay before an attempt doubles from ``_BACKOFF_FIRST`` up to ``_BACKOFF_MAX``
+        seconds, each one scaled by a random factor in [0.5, 1.5); a connection that worked
+        starts it again from ``_BACKOFF_FIRST``.
+        """
+        delay = _BACKOFF_FIRST
         while True:
             try:
                 await self._connect()
-                delay = 0.1
+                delay = _BACKOFF_FIRST
                 await self._pump()
             except Exception as exc:
                 if self._connected.is_set():
@@ -237,7 +252,7 @@ class RedisStorage:
             if pubsub is not None:
                 with anyio.move_on_after(1.0), _ignore_errors():
                     await _untyped(pubsub).aclose()
-            await anyio.sleep(delay * (0.5 + random.random()))
+            await self._sleep(delay * (0.5 + self._jitter()))
             delay = min(delay * 2, _BACKOFF_MAX)
 
     async def _connect(self) -> None:
@@ -302,6 +317,9 @@ class RedisStorage:
             self._closed.discard(name)
 
     def _receive(self, channel: str, data: bytes) -> None:
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None or not confirmed.is_set():
+            return  # unlistened (a message already on its way), or not confirmed again yet
         if data[:1] == b"B":  # broadcasts: "<id>\n<payload>" pairs joined by "\n"
             parts = data[1:].split(b"\n")
             for index in range(0, len(parts) - 1, 2):
@@ -356,24 +374,22 @@ class RedisStorage:
     async def listen(self, channel: str) -> None:
         """Subscribe this process to ``channel``'s deliveries; return once Redis confirmed.
 
-        The hub calls this once per channel and process (see :class:`Storage`); a second call
-        while listening only waits for the confirmation.
+        A channel already listened to is not subscribed again: the call waits for its
+        subscription to be confirmed (at once, unless the connection is being restored).
         """
-        first = channel not in self._listening
+        if channel in self._listening:
+            await self._confirmation(channel)
+            return
         self._listening.add(channel)
         try:
-            event = self._confirmed.setdefault(channel, anyio.Event())
-            if first:
-                pubsub = self._pubsub
-                if pubsub is None:
-                    raise StorageUnavailable("Redis is unavailable (not connected)")
-                with unavailable("subscribe"):
-                    await pubsub.subscribe(self._topic(channel))
-            with anyio.move_on_after(_LISTEN_WAIT):
-                await event.wait()
-            if not event.is_set():
-                raise StorageUnavailable("Redis did not confirm the subscription in time")
-            if first and channel not in self._last_seen:
+            self._confirmed.setdefault(channel, anyio.Event())
+            pubsub = self._pubsub
+            if pubsub is None:
+                raise StorageUnreachable("Redis is unavailable (not connected)")
+            with unavailable("subscribe"):
+                await pubsub.subscribe(self._topic(channel))
+            await self._confirmation(channel)
+            if channel not in self._last_seen:
                 # Where to catch up from if the pub/sub connection drops before a broadcast.
                 last = await self._pipeline.command("GET", self._key("last", channel), writes=False)
                 self._last_seen.setdefault(channel, last.decode() if last else "0-0")
@@ -381,8 +397,16 @@ class RedisStorage:
             await self.unlisten(channel)
             raise
 
+    async def _confirmation(self, channel: str) -> None:
+        """Wait until Redis confirmed the subscription to ``channel`` (bounded)."""
+        event = self._confirmed.setdefault(channel, anyio.Event())
+        with anyio.move_on_after(_LISTEN_WAIT):
+            await event.wait()
+        if not event.is_set():
+            raise StorageUnreachable("Redis did not confirm the subscription in time")
+
     async def unlisten(self, channel: str) -> None:
-        """Unsubscribe this process from ``channel``'s deliveries."""
+        """Stop delivering ``channel`` at once; unsubscribe (best effort: never raises)."""
         self._listening.discard(channel)
         self._confirmed.pop(channel, None)
         self._last_seen.pop(channel, None)
@@ -407,7 +431,7 @@ class RedisStorage:
         call = Call("append", args, scripts.APPEND, item=payload)
         event_id = await self._pipeline.queue(call)
         if event_id is None:
-            raise ChannelClosed(channel)
+            raise StorageChannelClosed(channel)
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     async def send(self, delivery: Delivery) -> None:

@@ -13,11 +13,12 @@ A failure settles every call of the pipeline, with one of two errors, by where i
 
 - before the commands were written (no connection, connection refused, the connect handshake or
   the health-check ``PING`` timed out, loading a script failed): nothing reached Redis, and
-  every call fails with :class:`~channel_asgi.errors.StorageUnavailable` (503, safe to retry);
+  every call fails with :class:`~channel_asgi.storage.base.StorageUnreachable` (the app's 503,
+  safe to retry);
 - once the commands were being written (a write error, then no reply: a read timeout, a reset):
   Redis may have run them. Calls that change something fail with
-  :class:`~channel_asgi.errors.StorageTimeout` (504, "may have been applied"); reads fail with
-  ``StorageUnavailable``, since running a read again changes nothing.
+  :class:`~channel_asgi.storage.base.StorageNoReply` (the app's 504, "may have been applied");
+  reads fail with ``StorageUnreachable``, since running a read again changes nothing.
 
 This is why the pipeline talks to a pooled connection itself rather than through redis-py's
 ``Pipeline``: it must know whether the bytes left, and it must never send them twice (a client
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import StorageTimeout, StorageUnavailable
+from .base import StorageError, StorageNoReply, StorageUnreachable
 
 __all__ = ["AutoPipeline", "Call", "unavailable"]
 
@@ -46,13 +47,13 @@ class _NoReply(Exception):
 
 @contextmanager
 def unavailable(action: str) -> Iterator[None]:
-    """Map every Redis or socket failure to StorageUnavailable."""
+    """Map every Redis or socket failure to StorageUnreachable."""
     from redis.exceptions import RedisError
 
     try:
         yield
     except (RedisError, OSError) as exc:
-        raise StorageUnavailable(f"Redis is unavailable ({action}): {exc}") from exc
+        raise StorageUnreachable(f"Redis is unavailable ({action}): {exc}") from exc
 
 
 class Call:
@@ -94,15 +95,15 @@ class Call:
         if self.future.done():
             return
         if isinstance(result, _NoReply) and self.writes:
-            result = StorageTimeout(
+            result = StorageNoReply(
                 f"Redis did not answer ({self.name}): {result}; "
                 "it may have been applied, check before retrying"
             )
         elif isinstance(result, _NoReply):
-            result = StorageUnavailable(f"Redis did not answer ({self.name}): {result}")
+            result = StorageUnreachable(f"Redis did not answer ({self.name}): {result}")
         if isinstance(result, Exception):
-            if not isinstance(result, (StorageUnavailable, StorageTimeout)):
-                result = StorageUnavailable(f"Redis is unavailable ({self.name}): {result}")
+            if not isinstance(result, StorageError):
+                result = StorageUnreachable(f"Redis is unavailable ({self.name}): {result}")
             self.future.set_exception(result)
         else:
             self.future.set_result(result)
@@ -163,7 +164,7 @@ class AutoPipeline:
                 batch, self._calls = self._calls, []
                 try:
                     results = await self._execute(batch)
-                except (StorageUnavailable, _NoReply) as exc:
+                except (StorageUnreachable, _NoReply) as exc:
                     results = [exc] * len(batch)
                 for call, result in zip(batch, results, strict=True):
                     call.settle(result)
@@ -171,7 +172,7 @@ class AutoPipeline:
             self._sender = None
             stranded, self._calls = [*batch, *self._calls], []
             for call in stranded:
-                call.settle(StorageUnavailable("Redis storage is closing"))
+                call.settle(StorageUnreachable("Redis storage is closing"))
 
     async def _execute(self, batch: list[Call]) -> list[Any]:
         """Send a batch in one pipeline; return one result (or exception) per call.
@@ -195,7 +196,7 @@ class AutoPipeline:
             try:
                 with unavailable(groups[missing[0]][0].name):
                     again = await self._pipeline([groups[i] for i in missing])
-            except (StorageUnavailable, _NoReply) as exc:  # the others' replies stand
+            except (StorageUnreachable, _NoReply) as exc:  # the others' replies stand
                 again = [exc] * len(missing)
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply

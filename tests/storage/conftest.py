@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from channel_asgi.storage import MemoryStorage, RedisStorage, Storage
 from channel_asgi.storage.conformance import Inbox, Running, running
+
+from ..helpers import free_port
 
 __all__ = ["Inbox", "Running", "running"]
 
@@ -30,3 +32,19 @@ def make_storage(backend: str, request: pytest.FixtureRequest) -> Iterator[Calla
         url = request.getfixturevalue("redis_url")
         prefix = request.getfixturevalue("redis_prefix")
         yield lambda: RedisStorage(url, prefix=prefix)
+
+
+@pytest.fixture
+async def make_unreachable_storage(backend: str) -> AsyncIterator[Callable[[], Storage]]:
+    """A factory of storages with nothing to reach: Redis on a port nothing listens on."""
+    if backend == "memory":
+        pytest.skip("MemoryStorage lives in this process: it cannot be unreachable")
+    made: list[RedisStorage] = []
+
+    def make() -> Storage:
+        made.append(RedisStorage(f"redis://127.0.0.1:{free_port()}/0", prefix="unreachable"))
+        return made[-1]
+
+    yield make
+    for storage in made:
+        await storage.aclose()

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from channel_asgi import ChannelApp
-from channel_asgi.errors import ChannelClosed
-from channel_asgi.storage import History, MemoryStorage
+from channel_asgi.storage import History, MemoryStorage, StorageChannelClosed
 from channel_asgi.storage.conformance import WAIT, running
 from channel_asgi.storage.memory import _CHANNEL_BYTES, _EVENT_BYTES
 
@@ -131,6 +130,7 @@ async def test_a_watched_channel_whose_history_expired_keeps_its_viewers() -> No
     async with running(storage) as live:
         await storage.listen("live")
         await storage.join("live", "c1")
+        await storage.listen("live")  # as the app does for its connections
         await fill(storage, "live", 3, ttl=5.0)
         clock.now += 6
         storage.sweep()
@@ -166,6 +166,7 @@ async def test_watched_channels_are_evicted_last_and_keep_working() -> None:
     storage = MemoryStorage(max_history_bytes=budget)
     async with running(storage) as live:
         await storage.join("viewed", "c1")
+        await storage.listen("viewed")  # as the app does for its connections
         await storage.listen("listened")
         viewed = await fill(storage, "viewed", 10)
         await fill(storage, "idle", 5)
@@ -233,7 +234,7 @@ async def test_a_closed_channel_stays_closed_when_its_history_is_dropped() -> No
     storage.sweep()
     await fill(storage, "flood", 50)
     assert await storage.is_closed("shut")
-    with pytest.raises(ChannelClosed):
+    with pytest.raises(StorageChannelClosed):
         await storage.append("shut", body(0), keep=10)
 
 

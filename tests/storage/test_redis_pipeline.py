@@ -9,8 +9,7 @@ import anyio
 import pytest
 import redis.asyncio
 
-from channel_asgi.errors import NotFound
-from channel_asgi.storage import RedisStorage
+from channel_asgi.storage import RedisStorage, StorageChannelClosed
 from channel_asgi.storage.conformance import Running, running
 
 
@@ -88,5 +87,5 @@ async def test_appends_to_other_channels_and_other_calls_in_one_pipeline(
         assert [event.id for event in history.events] == [
             results[f"{channel}{n}"] for n in range(3)
         ]
-    assert all(isinstance(results[f"shut{n}"], NotFound) for n in range(3))
+    assert all(isinstance(results[f"shut{n}"], StorageChannelClosed) for n in range(3))
     assert results["viewers"] == 0
