@@ -87,7 +87,7 @@ class Hub:
         """Count a local listener of ``channel``; the first asks the storage, and all wait for it.
 
         Raises:
-            StorageUnavailable: the storage could not start delivering; nothing was counted.
+            StorageError: the storage could not start delivering; nothing was counted.
         """
         count = self._listening.get(channel, 0)
         if count and channel not in self._changing:
