@@ -112,23 +112,17 @@ class IdentityTokens:
 
 def _check_times(claims: dict[str, Any], now: float) -> None:
     """Raise what PyJWT raises for a bad ``iat``, ``nbf`` or ``exp`` at ``now`` (no leeway)."""
-    if "iat" in claims:
-        try:
-            issued = int(claims["iat"])
-        except (ValueError, TypeError, OverflowError):
-            raise jwt.InvalidIssuedAtError("Issued At claim (iat) must be an integer.") from None
-        if issued > now:
-            raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
-    if "nbf" in claims:
-        try:
-            not_before = int(claims["nbf"])
-        except (ValueError, TypeError, OverflowError):
-            raise jwt.DecodeError("Not Before claim (nbf) must be an integer.") from None
-        if not_before > now:
-            raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
-    try:
-        expires = int(claims["exp"])
-    except (ValueError, TypeError, OverflowError):
-        raise jwt.DecodeError("Expiration Time claim (exp) must be an integer.") from None
-    if expires <= now:
+    if "iat" in claims and _seconds(claims, "iat", jwt.InvalidIssuedAtError, "Issued At") > now:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+    if "nbf" in claims and _seconds(claims, "nbf", jwt.DecodeError, "Not Before") > now:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+    if _seconds(claims, "exp", jwt.DecodeError, "Expiration Time") <= now:
         raise jwt.ExpiredSignatureError("Signature has expired")
+
+
+def _seconds(claims: dict[str, Any], name: str, error: type[Exception], label: str) -> int:
+    """Return the time claim ``name`` as whole seconds, or raise ``error`` as PyJWT words it."""
+    try:
+        return int(claims[name])
+    except (ValueError, TypeError, OverflowError):
+        raise error(f"{label} claim ({name}) must be an integer.") from None
