@@ -10,14 +10,17 @@ Chosen by environment variables:
 * ``CHANNEL_ASGI_CLI_OPTIONS``: the app's options, as ``channel-asgi serve`` passes them;
 * ``CHANNEL_ASGI_BENCH_MOUNT``: ``bare`` (the ChannelApp itself, as ``channel-asgi serve``) or
   ``fastapi`` (``FastAPI().mount("/channel", channels)``, the README's first example);
-* ``CHANNEL_ASGI_BENCH_DIRECT_WRITE``: ``as-is``, ``off`` (``stream._direct_writer`` returns
-  None, so the hub never writes for a parked connection) or ``forced`` (it accepts any ``send``,
-  Starlette's wrappers included, so a mounted app gets the direct write too).
+* ``CHANNEL_ASGI_BENCH_DIRECT_WRITE``: ``as-is``, ``off`` or ``forced``. On code with the fenced
+  direct write (``channel_asgi.fastpath``, which serves mounted apps too), ``off`` turns it off
+  (``fastpath.set_enabled(False)``) and ``forced`` is refused. On older code with the direct
+  write of ``channel_asgi.stream``: ``off`` makes ``stream._direct_writer`` return None, so the
+  hub never writes for a parked connection, and ``forced`` makes it accept any ``send``,
+  Starlette's wrappers included, so a mounted app gets the direct write too.
 
 Benchmark-only, like ``unchecked.py``: never a way to run the library. On code that has no
 direct write (no ``channel_asgi.stream._direct_writer``), ``off`` serves the app as it is, and
 ``forced`` refuses to start. ``python -m benchmarks.mounts_app --probe`` prints, as JSON, which
-channel_asgi this interpreter imports and whether it has the direct write.
+channel_asgi this interpreter imports and which direct write it has.
 """
 
 from __future__ import annotations
@@ -60,10 +63,34 @@ def _any_send_writer(send: Any) -> Callable[[bytes], Coroutine[Any, Any, None]]:
     return start
 
 
+def _fastpath_module() -> ModuleType | None:
+    """``channel_asgi.fastpath`` (the fenced direct write), or None when this code has none."""
+    try:
+        module = importlib.import_module("channel_asgi.fastpath")
+    except ImportError:
+        return None
+    return module if callable(getattr(module, "set_enabled", None)) else None
+
+
+def direct_write_kind() -> str:
+    """``fenced`` (``channel_asgi.fastpath``, mounted apps too), ``stream`` (bare uvicorn only,
+    ``channel_asgi.stream._direct_writer``) or ``none``."""
+    if _fastpath_module() is not None:
+        return "fenced"
+    return "stream" if _stream_module() is not None else "none"
+
+
 def set_direct_write(mode: str) -> None:
     """Turn the direct write ``off``, ``forced`` on, or leave it ``as-is``."""
     if mode not in ("as-is", "off", "forced"):
         raise SystemExit(f"CHANNEL_ASGI_BENCH_DIRECT_WRITE: as-is, off or forced, not {mode!r}")
+    fenced = _fastpath_module()
+    if fenced is not None:
+        if mode == "forced":
+            raise SystemExit("the fenced direct write serves mounted apps as it is: no forcing")
+        if mode == "off":
+            fenced.set_enabled(False)
+        return
     stream = _stream_module()
     if mode == "as-is" or (mode == "off" and stream is None):
         return
@@ -93,7 +120,7 @@ def probe() -> dict[str, Any]:
     """Which channel_asgi is imported here, and whether it has the direct write."""
     import channel_asgi
 
-    return {"file": channel_asgi.__file__, "direct_write": _stream_module() is not None}
+    return {"file": channel_asgi.__file__, "direct_write": direct_write_kind()}
 
 
 if __name__ == "__main__":

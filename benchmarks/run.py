@@ -70,7 +70,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "benchmarks" / "build"
@@ -613,7 +613,9 @@ class Code:
     key: str  # "checkout" or "ref"
     label: str
     cwd: Path  # holds the channel_asgi/ the servers import
-    direct_write: bool  # it has the direct write (``channel_asgi.stream._direct_writer``)
+    #: Its direct write: "fenced" (``channel_asgi.fastpath``, mounted apps too), "stream"
+    #: (``channel_asgi.stream._direct_writer``, bare uvicorn only) or "none".
+    direct_write: str
 
 
 def probe_code(key: str, label: str, cwd: Path) -> Code:
@@ -632,7 +634,10 @@ def probe_code(key: str, label: str, cwd: Path) -> Code:
     expected = (cwd / "channel_asgi").resolve()
     if Path(found["file"]).resolve().parent != expected:
         raise RuntimeError(f"{label}: the servers would import {found['file']}, not {expected}")
-    return Code(key, label, cwd, bool(found["direct_write"]))
+    kind = found["direct_write"]
+    if isinstance(kind, bool):  # an older probe
+        kind = "stream" if kind else "none"
+    return Code(key, label, cwd, str(kind))
 
 
 def checkout_code() -> Code:
@@ -676,6 +681,8 @@ DIRECT_WRITE = {
     "wrapped": ("off (Starlette wraps `send`)", "as-is"),
     "forced": ("forced on through Starlette's `send` wrappers", "forced"),
     "absent": ("none in this code", "as-is"),
+    "mounted": ("on (through Starlette's `send` wrappers, fenced)", "as-is"),
+    "mounted-off": ("off (turned off for the benchmark)", "off"),
 }
 APPS = {"bare": "bare ChannelApp", "fastapi": 'FastAPI, `app.mount("/channel", channels)`'}
 
@@ -708,9 +715,20 @@ class Variant:
         )
 
 
+#: The direct write a FastAPI mount gets as it is, by the code's kind of direct write.
+_MOUNTED_AS_IS: Final = {"none": "absent", "stream": "wrapped", "fenced": "mounted"}
+
+
 def variants_of(code: Code) -> list[Variant]:
-    if not code.direct_write:
+    if code.direct_write == "none":
         return [Variant(code, "bare", "absent"), Variant(code, "fastapi", "absent")]
+    if code.direct_write == "fenced":
+        return [
+            Variant(code, "bare", "on"),
+            Variant(code, "bare", "off"),
+            Variant(code, "fastapi", "mounted"),
+            Variant(code, "fastapi", "mounted-off"),
+        ]
     return [
         Variant(code, "bare", "on"),
         Variant(code, "bare", "off"),
@@ -743,22 +761,29 @@ def mount_ratios(
 
     for code in codes:
         by = {(v.app, v.direct_write): v for v in variants_of(code)}
-        shown = "on" if code.direct_write else "absent"  # as the code serves by default
+        shown = "absent" if code.direct_write == "none" else "on"  # as the code serves it
         bare = by["bare", shown]
-        mounted = by["fastapi", "wrapped" if code.direct_write else "absent"]
+        mounted = by["fastapi", _MOUNTED_AS_IS[code.direct_write]]
         add("FastAPI mount / bare, light-load CPU per delivery", "mount_light_cpu",
             mounted, bare, light)  # fmt: skip
         add("FastAPI mount / bare, deliveries/s saturated", "mount_deliveries",
             mounted, bare, deliveries)  # fmt: skip
-        if code.direct_write:
+        if code.direct_write != "none":
             add("without / with direct write, bare, light-load CPU per delivery",
                 "direct_light_cpu", by["bare", "off"], bare, light)  # fmt: skip
             add("without / with direct write, bare, deliveries/s saturated",
                 "direct_deliveries", by["bare", "off"], bare, deliveries)  # fmt: skip
+        if code.direct_write == "stream":
             add("FastAPI mount with the direct write forced on / bare, light-load CPU per "
                 "delivery", "forced_light_cpu", by["fastapi", "forced"], bare, light)  # fmt: skip
+        if code.direct_write == "fenced":
+            add("without / with direct write, FastAPI mount, deliveries/s saturated",
+                "mounted_direct_deliveries", by["fastapi", "mounted-off"], mounted,
+                deliveries)  # fmt: skip
     if len(codes) == 2:  # this checkout against the ref, each as it serves by default
-        ours, then = (Variant(c, "bare", "on" if c.direct_write else "absent") for c in codes)
+        ours, then = (
+            Variant(c, "bare", "absent" if c.direct_write == "none" else "on") for c in codes
+        )
         label = codes[1].label
         add(f"bare, this checkout / {label}, light-load CPU per delivery", "ref_light_cpu",
             ours, then, light)  # fmt: skip
@@ -902,7 +927,7 @@ def mounts_table(part: dict[str, Any]) -> str:
             "the one of that commit (each with its direct write as it is), in the same rounds. "
             "Goal: at least 0.95x of its deliveries/s."
         )
-    missing = [code["label"] for code in codes.values() if not code["direct_write"]]
+    missing = [code["label"] for code in codes.values() if code["direct_write"] in ("none", False)]
     if missing:
         lines.append(
             f"- {' and '.join(missing)} has no direct write (no "

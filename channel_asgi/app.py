@@ -216,6 +216,11 @@ class ChannelApp:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        """Whether the background work runs (started by lifespan, ``async with`` or first use)."""
+        return self._runner.running
+
     async def __aenter__(self) -> ChannelApp:
         """Start the background work here (instead of on first use)."""
         await self._runner.__aenter__()

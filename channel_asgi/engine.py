@@ -22,6 +22,7 @@ from .config import Settings
 from .connection import Connection, Framing, new_connection_id
 from .errors import ChannelClosed, ChannelError, Gone
 from .history import HistoryReader, Replay
+from .http import Send
 from .hub import Hub
 from .mailbox import Mailbox
 from .protocol import Envelope, InitMessage, encode, encode_event
@@ -251,6 +252,10 @@ class Engine:
             return None if mailbox.closed is not None else hub.backlog_ids(mailbox)
 
         return self.history.replay(opening.replay, stop)
+
+    def write_directly(self, mailbox: Mailbox, send: Send) -> None:
+        """Let an SSE mailbox's batches be written without waking its writer (``fastpath``)."""
+        self._hub.write_directly(mailbox, send)
 
     async def go_live(self, mailbox: Mailbox, opening: Opening) -> None:
         """Deliver what arrived during the replay, announce the join and run ``on_connect``."""

@@ -23,7 +23,9 @@ import anyio
 
 from . import sse
 from .connection import Framing
-from .mailbox import Close, Mailbox
+from .fastpath import DirectWriter, direct_start
+from .http import Send
+from .mailbox import Close, Mailbox, put_many
 from .protocol import with_id
 from .scheduler import WriteScheduler
 from .storage.base import Delivery, Storage
@@ -74,12 +76,20 @@ class Hub:
         self._rooms: dict[str, _Room] = {}
         self._listening: dict[str, int] = {}  # channel -> local listeners
         self._changing: dict[str, anyio.Lock] = {}  # channel -> held while (un)listening
+        self._direct = DirectWriter()
 
     def mailbox(
         self, channel: str, connection_id: str, user_id: str | None, framing: Framing, limit: int
     ) -> Mailbox:
         """Return a new mailbox whose writer this hub's scheduler wakes."""
         return Mailbox(channel, connection_id, user_id, framing, limit, self._scheduler.wake_soon)
+
+    def write_directly(self, mailbox: Mailbox, send: Send) -> None:
+        """Let the SSE ``mailbox`` have direct writes through ``send``, if it passes the fence.
+
+        See ``fastpath``: while its writer is parked, its batches are written without waking it.
+        """
+        mailbox.write_directly_with(direct_start(send), self._direct)
 
     # -- listening -----------------------------------------------------------------------------
 
@@ -277,9 +287,8 @@ class Hub:
             members = [member for member in members if member.connection_id != exclude]
         if replayed:  # the connections whose replay already held this broadcast
             members = [member for member in members if member.connection_id not in replayed]
-        for mailbox in members:
-            if not mailbox.put(frame):
-                _too_slow(mailbox)
+        for mailbox in put_many(members, frame):
+            _too_slow(mailbox)
 
     @staticmethod
     def _collect(room: _Room, delivery: Delivery) -> None:

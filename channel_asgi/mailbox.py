@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 import anyio
 
 from .connection import Framing
+from .fastpath import DirectWriter, Resume, Start, enabled, step
 
-__all__ = ["SEND_HISTORY", "Close", "Mailbox"]
+__all__ = ["SEND_HISTORY", "Close", "Mailbox", "put_many"]
 
 
 class Close(enum.Enum):
@@ -58,6 +59,8 @@ class Mailbox:
     __slots__ = (
         "_closed",
         "_controls",
+        "_direct",
+        "_direct_writer",
         "_interrupt",
         "_items",
         "_quiet",
@@ -90,11 +93,13 @@ class Mailbox:
         self._items: list[Item] = []
         self._size = 0
         self._controls = 0  # how many queued items are SEND_HISTORY
-        self._waiter: asyncio.Future[None] | anyio.Event | None = None
+        self._waiter: asyncio.Future[Resume | None] | anyio.Event | None = None
         self._waking = False  # a wake-up is scheduled
         self._closed: Close | None = None
         self._quiet = 0  # heartbeat ticks since the last thing queued
         self._interrupt: Callable[[], object] | None = None
+        self._direct: Start | None = None
+        self._direct_writer: DirectWriter | None = None
 
     @property
     def closed(self) -> Close | None:
@@ -107,17 +112,7 @@ class Mailbox:
 
     def put(self, item: bytes | str) -> bool:
         """Queue a framed event; return False if that made the mailbox overflow."""
-        if self._closed is not None:
-            return True
-        self._items.append(item)
-        self._size += len(item)
-        self._quiet = 0
-        if self._size > self.limit:
-            return False
-        if self._waiter is not None and not self._waking:
-            self._waking = True
-            self._wake_soon(self)
-        return True
+        return not put_many((self,), item)
 
     def put_reply(self, text: str) -> None:
         """Queue a reply frame (WebSocket) and wake the writer; replies do not count."""
@@ -169,8 +164,31 @@ class Mailbox:
         """Set what stops the writer at once when the mailbox is closed as too slow."""
         self._interrupt = interrupt
 
+    def write_directly_with(self, start: Start | None, writer: DirectWriter) -> None:
+        """Let ``writer`` write this mailbox's batches with ``start`` while its writer is parked.
+
+        See ``fastpath``; None (no direct write for this connection) does nothing.
+        """
+        if start is not None:
+            self._direct = start
+            self._direct_writer = writer
+
     def wake(self) -> None:
         """Wake the parked writer, if there is one (the write scheduler calls this)."""
+        waiter = self._waiter
+        if (
+            self._direct_writer is not None
+            and waiter is not None
+            and self._items
+            and not self._controls
+            and self._closed is None
+        ):
+            self._direct_writer.queue(self)  # the writer stays parked; _waking stays set
+            return
+        self.wake_writer()
+
+    def wake_writer(self) -> None:
+        """Wake the parked writer itself, never through a direct write."""
         self._waking = False
         waiter, self._waiter = self._waiter, None
         if waiter is None:
@@ -180,6 +198,46 @@ class Mailbox:
                 waiter.set_result(None)
         else:
             waiter.set()
+
+    def write_directly(self) -> bool:
+        """Write the queued batch with the direct write, or wake the writer to do it.
+
+        Called by the direct writer's task (see ``fastpath``). A write that has to wait is
+        handed to the writer, which finishes it; an error is raised in the writer.
+
+        Returns:
+            Whether the batch was written here.
+        """
+        waiter, start = self._waiter, self._direct
+        if (
+            start is None
+            or not isinstance(waiter, asyncio.Future)
+            or waiter.done()
+            or not self._items
+            or self._controls
+            or self._closed is not None
+        ):
+            self.wake_writer()
+            return False
+        if not enabled():  # off since a failure: this writer writes for itself from now on
+            self._direct = self._direct_writer = None
+            self.wake_writer()
+            return False
+        self._waking = False
+        items = self._items
+        self._items = []
+        self._size = 0
+        try:
+            rest = step(start, items)
+        except Exception as exc:  # the writer raises it, as if its own send had
+            self._direct = self._direct_writer = None
+            self._waiter = None
+            waiter.set_exception(exc)
+            return False
+        if rest is not None:  # it waits for the client: the writer finishes it
+            self._waiter = None
+            waiter.set_result(rest)
+        return True
 
     async def take(self) -> list[Item]:
         """Wait for queued items and return all of them; an empty list once closed and taken."""
@@ -201,8 +259,12 @@ class Mailbox:
         self._controls = 0
         return items
 
-    def ready(self) -> Awaitable[object]:
-        """Return what to await until something is queued or the mailbox closes (one waiter)."""
+    def ready(self) -> Awaitable[Resume | None]:
+        """Return what to await until something is queued or the mailbox closes (one waiter).
+
+        What it returns, if not None, is a direct write that waits for the client: the writer
+        awaits it before taking more (see ``fastpath``).
+        """
         # On asyncio a bare future is the cheapest wake-up there is (it runs once per write of
         # every connection); elsewhere an anyio Event does the same job.
         try:
@@ -212,3 +274,27 @@ class Mailbox:
             return event.wait()
         self._waiter = waiter
         return waiter
+
+
+def put_many(mailboxes: Iterable[Mailbox], item: bytes | str) -> list[Mailbox]:
+    """Queue the same framed event in every open mailbox of ``mailboxes``.
+
+    The hub's fan-out: one loop here rather than a method call per connection.
+
+    Returns:
+        The mailboxes that overflowed (the caller closes them as too slow).
+    """
+    size = len(item)
+    overflowed: list[Mailbox] = []
+    for mailbox in mailboxes:
+        if mailbox._closed is not None:
+            continue
+        mailbox._items.append(item)
+        mailbox._size += size
+        mailbox._quiet = 0
+        if mailbox._size > mailbox.limit:
+            overflowed.append(mailbox)
+        elif mailbox._waiter is not None and not mailbox._waking:
+            mailbox._waking = True
+            mailbox._wake_soon(mailbox)
+    return overflowed

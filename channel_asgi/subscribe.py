@@ -162,6 +162,8 @@ class SubscribeRoute:
                 await engine.go_live(mailbox, opening)
                 if self._budget is not None:
                     body_send = _budgeted(send, mailbox, self._budget)
+                else:
+                    engine.write_directly(mailbox, send)
                 channel, user_id = mailbox.channel, opening.connection.user_id
                 await pump(
                     mailbox,

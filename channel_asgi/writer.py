@@ -56,7 +56,9 @@ async def pump(
     while True:
         items = mailbox.take_nowait()
         if items is None:
-            await mailbox.ready()
+            handed = await mailbox.ready()
+            if handed is not None:  # a direct write that waits for the client (see fastpath)
+                await handed
             continue
         if not items:
             return

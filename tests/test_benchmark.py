@@ -145,6 +145,7 @@ def test_the_direct_write_is_turned_off_or_forced_only_where_there_is_one(
     mounts_app = mounts_app_module()
     stream = ModuleType("channel_asgi.stream")
     monkeypatch.setitem(sys.modules, "channel_asgi.stream", stream)
+    monkeypatch.setitem(sys.modules, "channel_asgi.fastpath", ModuleType("channel_asgi.fastpath"))
     mounts_app.set_direct_write("off")  # nothing to turn off: the app serves as it is
     with pytest.raises(SystemExit, match="no direct write"):
         mounts_app.set_direct_write("forced")
@@ -163,6 +164,37 @@ def test_the_direct_write_is_turned_off_or_forced_only_where_there_is_one(
     assert sent == [{"type": "http.response.body", "body": b"data: x\n\n", "more_body": True}]
 
 
+def test_the_fenced_direct_write_is_turned_off_and_never_forced() -> None:
+    """This checkout's direct write serves mounted apps as it is: ``off`` only."""
+    from channel_asgi import fastpath
+
+    mounts_app = mounts_app_module()
+    assert mounts_app.direct_write_kind() == "fenced"
+    with pytest.raises(SystemExit, match="no forcing"):
+        mounts_app.set_direct_write("forced")
+    try:
+        mounts_app.set_direct_write("off")
+        assert not fastpath.enabled()
+    finally:
+        fastpath.set_enabled(True)
+
+
+def test_the_mount_rows_of_a_fenced_direct_write() -> None:
+    """Bare and mounted, each with it on and off, and the mount's own with / without ratio."""
+    bench = bench_module()
+    checkout = bench.Code("checkout", "this checkout (abc1234)", ROOT, "fenced")
+    assert [v.name for v in bench.variants_of(checkout)] == [
+        "checkout bare on", "checkout bare off", "checkout fastapi mounted",
+        "checkout fastapi mounted-off",
+    ]  # fmt: skip
+    part = mount_results(bench, [checkout])
+    names = {ratio["name"]: ratio["median"] for ratio in part["ratios"]}
+    assert names["FastAPI mount / bare, light-load CPU per delivery"] == pytest.approx(1.05)
+    assert names["without / with direct write, bare, deliveries/s saturated"] == pytest.approx(0.9)
+    mounted = "without / with direct write, FastAPI mount, deliveries/s saturated"
+    assert names[mounted] == pytest.approx(0.9)
+
+
 def mount_results(bench: ModuleType, codes: list[Any], lost: str = "") -> dict[str, Any]:
     """The mount rows as ``mounts_part`` makes them, from made-up reports of two rounds.
 
@@ -170,12 +202,15 @@ def mount_results(bench: ModuleType, codes: list[Any], lost: str = "") -> dict[s
     forced on (deliveries/s: 1000k, 900k, 1100k); a mount without it costs 12 (950k) where the
     code has a direct write, else 11 (1000k). ``lost``: the variant whose runs lose one.
     """
-    figures = {"on": (10.0, 1e6), "off": (15.0, 9e5), "forced": (12.0, 1.1e6)}
+    figures = {
+        "on": (10.0, 1e6), "off": (15.0, 9e5), "forced": (12.0, 1.1e6),
+        "mounted": (10.5, 1e6), "mounted-off": (15.0, 9e5),
+    }  # fmt: skip
     runs = {}
     for code in codes:
         for variant in bench.variants_of(code):
-            if variant.app == "fastapi" and variant.direct_write != "forced":
-                cpu, rate = (12.0, 9.5e5) if code.direct_write else (11.0, 1e6)
+            if variant.app == "fastapi" and variant.direct_write in ("wrapped", "absent"):
+                cpu, rate = (12.0, 9.5e5) if code.direct_write != "none" else (11.0, 1e6)
             else:
                 cpu, rate = figures.get(variant.direct_write, (10.0, 1e6))
             report = {
@@ -191,7 +226,7 @@ def mount_results(bench: ModuleType, codes: list[Any], lost: str = "") -> dict[s
 def test_the_mount_goals_say_when_the_code_has_no_direct_write() -> None:
     bench = bench_module()
     results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
-    checkout = bench.Code("checkout", "this checkout (abc1234)", ROOT, False)
+    checkout = bench.Code("checkout", "this checkout (abc1234)", ROOT, "none")
     results["mounts"] = mount_results(bench, [checkout])
     markdown = bench.table(results, bench.ratios(results))
     assert (
@@ -214,8 +249,8 @@ def test_the_mount_goals_take_the_direct_write_from_the_ref() -> None:
     """With ``--mounts-ref``: the ref's with / without, and this checkout against the ref."""
     bench = bench_module()
     results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
-    checkout = bench.Code("checkout", "this checkout (abc1234)", ROOT, False)
-    ref = bench.Code("ref", "e3ab96d", ROOT, True)
+    checkout = bench.Code("checkout", "this checkout (abc1234)", ROOT, "none")
+    ref = bench.Code("ref", "e3ab96d", ROOT, "stream")
     results["mounts"] = mount_results(bench, [checkout, ref], lost="ref fastapi forced")
     r = bench.ratios(results)
     markdown = bench.table(results, r)

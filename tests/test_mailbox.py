@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 
 from channel_asgi.connection import Framing
-from channel_asgi.mailbox import SEND_HISTORY, Close, Mailbox
+from channel_asgi.mailbox import SEND_HISTORY, Close, Mailbox, put_many
 
 
 def mailbox(limit: int = 100, wake_soon: object = None) -> Mailbox:
@@ -102,3 +102,14 @@ def test_beat_queues_a_ping_after_enough_quiet_ticks() -> None:
     box.put(b"event")
     box.beat(b": ping\n\n", 3)
     assert box.pending()[-1] == b"event"
+
+
+def test_put_many_queues_one_object_everywhere_and_returns_the_overflowed() -> None:
+    """The hub's fan-out: the same frame in every open mailbox; the full ones are reported."""
+    small, roomy, shut = mailbox(limit=3), mailbox(limit=100), mailbox()
+    shut.close(Close.END)
+    frame = b"abcd"
+    assert put_many([small, roomy, shut], frame) == [small]
+    assert roomy.pending()[0] is frame
+    assert small.pending() == [frame]  # queued, then closed by the hub as too slow
+    assert shut.pending() == []

@@ -138,7 +138,7 @@ async def test_lifespan_starts_and_stops_the_app_when_top_level(
     """Served with lifespan on, the app starts before the first request."""
     channels = ChannelApp()
     base = await serve(channels, lifespan="on")
-    assert channels._runner.running
+    assert channels.running
     await roundtrip(client, base)
 
 
@@ -151,7 +151,7 @@ async def test_lifespan_protocol_messages(anyio_backend: str) -> None:
 
     async def receive() -> dict[str, Any]:
         if sent:
-            running.append(channels._runner.running)
+            running.append(channels.running)
         return inbox.pop(0)
 
     async def send(message: MutableMapping[str, Any]) -> None:
@@ -161,20 +161,20 @@ async def test_lifespan_protocol_messages(anyio_backend: str) -> None:
         await channels({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert running == [True]
-    assert not channels._runner.running
+    assert not channels.running
 
 
 async def test_async_with_starts_and_stops(anyio_backend: str) -> None:
     """`async with channels:` runs the background work for its block only."""
     channels = ChannelApp()
     async with channels:
-        assert channels._runner.running
+        assert channels.running
         async with channels.subscribe("x") as events:
             await channels.publish("x", "hello")
             with anyio.fail_after(WAIT):
                 event = await events.__anext__()
             assert event.message == "hello"
-    assert not channels._runner.running
+    assert not channels.running
 
 
 async def test_starts_on_first_use_without_lifespan(serve, client: httpx.AsyncClient) -> None:
@@ -182,9 +182,9 @@ async def test_starts_on_first_use_without_lifespan(serve, client: httpx.AsyncCl
     channels = ChannelApp(heartbeat=0.1)
     host = Starlette(routes=[Mount("/channel", app=channels)])
     base = await serve(host, lifespan="on")
-    assert not channels._runner.running
+    assert not channels.running
     async with subscribe(client, f"{base}/channel/subscribe/x") as sub:
-        assert channels._runner.running
+        assert channels.running
         with anyio.fail_after(WAIT):
             while "ping" not in sub.stream.comments:
                 await sub.stream.next(comments=True)
