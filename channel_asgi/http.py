@@ -268,6 +268,11 @@ def log_refusal(exc: ChannelError, method: str, path: str, client: str | None) -
     """
     level = logging.WARNING if exc.status >= 500 else logging.INFO
     if requests_log.isEnabledFor(level):
+        message = exc.message
+        if not path.isprintable():  # a decoded %0A must not start a forged line
+            path = repr(path)
+        if not message.isprintable():  # it may quote what the client sent
+            message = repr(message)
         requests_log.log(
-            level, "%s %s from %s: %d %s", method, path, client or "-", exc.status, exc.message
+            level, "%s %s from %s: %d %s", method, path, client or "-", exc.status, message
         )
