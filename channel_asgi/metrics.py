@@ -148,8 +148,13 @@ class PrometheusMetrics:
         self._hub = hub
         self._bridges = bridges
         self.content_type: Final = prometheus_client.CONTENT_TYPE_LATEST
+        from prometheus_client import values
+
         #: The multi-process directory, or None: then the metrics live in :attr:`registry`.
-        self.directory = multiprocess_dir()
+        #: The mode is the one prometheus_client chose when it was first imported in this
+        #: process (the variable set later changes nothing there).
+        in_files = getattr(values, "ValueClass", values.MutexValue) is not values.MutexValue
+        self.directory = multiprocess_dir() if in_files else None
         #: The app's own registry (None in multi-process mode, where the files are the truth).
         self.registry = None if self.directory else CollectorRegistry(auto_describe=True)
         registry = self.registry
