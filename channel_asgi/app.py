@@ -5,10 +5,13 @@ Routes, relative to wherever the app is mounted::
     GET  /subscribe/{channel}   Server-Sent Events (init, system, broadcasts, private, request, end)
     POST /publish/{channel}     a JSON envelope, authorised by the token from ``init``
     WS   /ws/{channel}          the same events as text frames; client frames are publishes
+    GET  /health                200 while the storage answers, else 503
+    GET  /metrics               Prometheus metrics (with ``metrics=True``)
 
 This module is where a refused request becomes its reply: a :class:`ChannelError` becomes
 ``{"code", "message"}`` with its status (before a WebSocket upgrade, through
 ``websocket.refuse``); anything else an HTTP route raises is logged and answered with a 500.
+Each refusal is logged as one line (``errors.log_refusal``) and counted (``metrics.Tally``).
 """
 
 from __future__ import annotations
@@ -38,18 +41,22 @@ from .errors import (
     NotFound,
     RequestTimeout,
     StorageUnavailable,
+    TooManyConnections,
     TooManyRequests,
     UnprocessableEntity,
     http_error,
     maps_storage_errors,
 )
+from .health import HealthRoute
 from .http import (
     Headers,
     Receive,
     Scope,
     Send,
+    client_address,
     header,
     headers_of,
+    log_refusal,
     route_path,
     send_json,
     validate_channel,
@@ -59,6 +66,7 @@ from .identity import IdentityTokens
 from .lifecycle import Runner, run_every, server_is_exiting, watch_exit_signals
 from .listener import Listener
 from .mailbox import Close
+from .metrics import FLUSH_INTERVAL, MetricsRoute, PrometheusMetrics, Tally
 from .numbers import encode_checked
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
@@ -78,6 +86,8 @@ __all__ = ["ChannelApp"]
 logger = logging.getLogger("channel_asgi")
 
 _HTTP_ROUTES: Final = ("subscribe", "publish")
+_PLAIN_ROUTES: Final = ("/health", "/metrics")  # no channel in the path
+_TRANSPORT: Final = {"subscribe": "sse", "websocket": "websocket"}
 _EXIT_POLL: Final = 0.25
 
 HookT = TypeVar("HookT", bound=Callable[..., Any])
@@ -113,6 +123,8 @@ class ChannelApp:
         max_connections_per_ip: the most subscriber connections (SSE and WebSocket) one client
             address may hold open in this process (429 past it), or None for no limit.
         body_timeout: seconds a publish body may take to arrive (408 after).
+        metrics: serve Prometheus metrics at ``{prefix}/metrics`` (needs the ``metrics`` extra;
+            see ``docs/operations.md``).
 
     Attributes:
         storage: the storage it was given (or the :class:`MemoryStorage` it made).
@@ -143,6 +155,7 @@ class ChannelApp:
         hook_timeout: float = 5.0,
         max_connections_per_ip: int | None = 256,
         body_timeout: float = 10.0,
+        metrics: bool = False,
     ) -> None:
         self.settings = Settings(
             widget_keys=widget_keys,
@@ -162,6 +175,7 @@ class ChannelApp:
             hook_timeout=hook_timeout,
             max_connections_per_ip=max_connections_per_ip,
             body_timeout=body_timeout,
+            metrics=metrics,
         )
         for url in self.settings.webhook_urls:
             validate_url_prefix(url)
@@ -189,6 +203,10 @@ class ChannelApp:
         self._bridges: list[Bridge] = []
         self._hub = Hub(self.storage, WriteScheduler())
         self._access = Access(auth, IdentityTokens(secret), PatternSet())
+        self._tally = Tally()
+        self._metrics = (
+            PrometheusMetrics(self._tally, self._hub, self._bridges) if settings.metrics else None
+        )
         self._engine = Engine(
             settings,
             self.storage,
@@ -197,6 +215,7 @@ class ChannelApp:
             self._hooks,
             history_size=partial(self._access.history_size, default=settings.history_size),
             on_broadcast=self._offer_to_bridges,
+            tally=self._tally,
         )
         limit = ConnectionLimit(
             settings.max_connections_per_ip, retry_after=math.ceil(settings.reconnect_delay)
@@ -207,10 +226,13 @@ class ChannelApp:
         self._websocket = WebSocketRoute(
             self._engine, self._access, limit, self._publish, self._cors
         )
-        self._routes: dict[str, SubscribeRoute | PublishRoute] = {
+        self._routes: dict[str, SubscribeRoute | PublishRoute | HealthRoute | MetricsRoute] = {
             "subscribe": self._subscribe,
             "publish": self._publish,
+            "health": HealthRoute(self.storage),
         }
+        if self._metrics is not None:
+            self._routes["metrics"] = MetricsRoute(self._metrics)
         self._runner = Runner(self._background)
         self._server: str | None = None  # the ASGI server's name, once met (see servers)
 
@@ -258,9 +280,13 @@ class ChannelApp:
                     await group.start(run_every, deadlines.interval, deadlines.sweep)
                     for bridge in self._bridges:
                         await group.start(bridge.run, outbound)
+                    if self._metrics is not None and self._metrics.directory:
+                        await group.start(run_every, FLUSH_INTERVAL, self._metrics.flush)
                     task_status.started()
             finally:
                 self._outbound = None
+                if self._metrics is not None:
+                    self._metrics.stop()
 
     def _outbound_client(self) -> httpx.AsyncClient:
         if self._outbound is None:
@@ -307,28 +333,48 @@ class ChannelApp:
         headers = headers_of(scope)
         origin = header(headers, b"origin")
         cors = [] if origin is None else self._cors.headers(origin)
+        route_name = ""
         try:
             route_name, channel = _match(route_path(scope))
-            route = self._routes[route_name]
+            route = self._routes.get(route_name)
+            if route is None:
+                raise NotFound(
+                    "No route for '/metrics': metrics are off (ChannelApp(metrics=True))"
+                )
             method = scope["method"]
             if method not in route.methods:
                 raise MethodNotAllowed(route.methods)
             if method == "OPTIONS":
                 await self._options(headers, send, route.methods, origin)
                 return
-            validate_channel(channel)
+            if route_name in _HTTP_ROUTES:
+                validate_channel(channel)
             if not self._runner.running:
                 await self._runner.ensure_started()
             await route.serve(scope, headers, receive, send, channel, cors)
         except (ChannelError, StorageError) as caught:
             exc = http_error(caught)
+            self._refused(scope, route_name, caught, exc)
             body = encode(Reply(exc.status, exc.message))
             await send_json(send, exc.status, body, cors + _error_headers(exc))
         except Exception:
             logger.exception(
                 "Unexpected error serving %s %s", scope.get("method"), scope.get("path")
             )
+            if route_name == "subscribe":
+                self._tally.add("subscribes", "sse", 500)
             await send_json(send, 500, encode(Reply(500, "Internal server error")), cors)
+
+    def _refused(self, scope: Scope, route: str, caught: BaseException, exc: ChannelError) -> None:
+        """Log and count a request refused before its response started."""
+        tally = self._tally
+        tally.storage_error(caught)
+        transport = _TRANSPORT.get(route)
+        if transport is not None:  # publishes are counted by their route, with their type
+            tally.add("subscribes", transport, exc.status)
+            if isinstance(exc, TooManyConnections):
+                tally.add("rate_limited", "connections")
+        log_refusal(exc, scope.get("method", "WS"), route_path(scope), client_address(scope))
 
     def _meet_server(self, receive: Receive, send: Send) -> None:
         """Adapt to what the server does on its first connection (see ``servers``)."""
@@ -374,8 +420,10 @@ class ChannelApp:
             channel = validate_channel(path[len("/ws/") :])
             await self._runner.ensure_started()
             await self._websocket.serve(scope, headers_of(scope), receive, send, channel, [])
-        except (ChannelError, StorageError) as exc:  # refused before the upgrade
-            await refuse(scope, send, http_error(exc))
+        except (ChannelError, StorageError) as caught:  # refused before the upgrade
+            exc = http_error(caught)
+            self._refused(scope, "websocket", caught, exc)
+            await refuse(scope, send, exc)
 
     # -- identity, authorisation, channel patterns and bridges ---------------------------------
 
@@ -488,24 +536,38 @@ class ChannelApp:
             raise ValueError("message must not be None")
         if not math.isfinite(timestamp):
             raise UnprocessableEntity(f"timestamp must be finite, got {timestamp!r}")
+        if type not in ("broadcast", "private"):
+            raise ValueError(f"type must be 'broadcast' or 'private', got {type!r}")
+        if type == "private" and not to_user_id:
+            raise ValueError("a private message needs to_user_id")
         raw = msgspec.Raw(encode_checked(message, root="$.message"))
         await self._runner.ensure_started()
-        await self._engine.ensure_open(channel)
-        # Always yield to the event loop once: with the memory storage nothing else would, and a
-        # loop of publishes would starve the connections that deliver them.
-        await anyio.lowlevel.checkpoint()
-        if type == "broadcast":
-            return await self._engine.broadcast(
-                channel, raw, author_id=author_id, timestamp=timestamp
-            )
-        if type == "private":
-            if not to_user_id:
-                raise ValueError("a private message needs to_user_id")
-            await self._engine.private(
-                channel, raw, to_user_id=to_user_id, author_id=author_id, timestamp=timestamp
-            )
-            return None
-        raise ValueError(f"type must be 'broadcast' or 'private', got {type!r}")
+        tally = self._tally
+        started = tally.start()
+        try:
+            await self._engine.ensure_open(channel)
+            # Always yield to the event loop once: with the memory storage nothing else would,
+            # and a loop of publishes would starve the connections that deliver them.
+            await anyio.lowlevel.checkpoint()
+            event_id = None
+            if type == "broadcast":
+                event_id = await self._engine.broadcast(
+                    channel, raw, author_id=author_id, timestamp=timestamp
+                )
+            else:
+                await self._engine.private(
+                    channel,
+                    raw,
+                    to_user_id=to_user_id or "",
+                    author_id=author_id,
+                    timestamp=timestamp,
+                )
+        except (ChannelError, StorageError) as exc:
+            tally.refused(type, exc, started)
+            tally.storage_error(exc)
+            raise
+        tally.published(type, 200, started)
+        return event_id
 
     def subscribe(self, channel: str, *, last_event_id: str | None = None) -> Listener:
         """Subscribe from the server: ``async with channels.subscribe(ch) as events``.
@@ -568,11 +630,14 @@ def _async_hook(hook: Any, name: str) -> Any:
 
 @lru_cache(maxsize=1024)  # the paths a process serves repeat; unknown ones raise (not kept)
 def _match(path: str) -> tuple[str, str]:
+    """Return the route's name and the channel in ``path`` ("" for a route without one)."""
     parts = path.split("/", 2)  # "/publish/a/b" -> ["", "publish", "a/b"]
     if len(parts) == 3 and not parts[0] and parts[1] in _HTTP_ROUTES:
         return parts[1], parts[2]
+    if path in _PLAIN_ROUTES:
+        return path[1:], ""
     raise NotFound(
-        f"No route for {path!r}; use /subscribe/{{channel}}, /publish/{{channel}} "
+        f"No route for {path!r}; use /subscribe/{{channel}}, /publish/{{channel}}, /health "
         "or a WebSocket to /ws/{channel}"
     )
 

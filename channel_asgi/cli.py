@@ -2,15 +2,23 @@
 
 The options travel to the app factory in an environment variable, so that ``--workers N`` (which
 starts N processes, each importing the factory) gives every worker the same configuration.
+``--metrics`` with several workers also needs prometheus_client's multi-process mode: the
+command makes a fresh directory for it, names it in ``PROMETHEUS_MULTIPROC_DIR`` before the
+workers start (they inherit it), and removes it when the server stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import importlib.util
 import json
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from .app import ChannelApp
@@ -18,6 +26,7 @@ from .app import ChannelApp
 __all__ = ["create_app", "main"]
 
 _ENV: Final = "CHANNEL_ASGI_CLI_OPTIONS"
+_MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def create_app() -> Any:
@@ -120,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a publish body may take to arrive (10.0)",
     )
     serve.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus metrics at /metrics (every worker's; needs the metrics extra)",
+    )
+    serve.add_argument(
         "--no-access-log", action="store_true", help="do not log every request (faster)"
     )
     return parser
@@ -155,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "presence_interval": args.presence_interval,
             "max_connections_per_ip": args.max_connections_per_ip or None,
             "body_timeout": args.body_timeout,
+            "metrics": args.metrics,
         }
         workers = args.workers
         if args.max_connections_per_ip < 0:
@@ -181,17 +196,58 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        # Looked up, not imported: its multi-process mode is chosen when it is first imported.
+        if args.metrics and importlib.util.find_spec("prometheus_client") is None:
+            print(
+                '--metrics needs prometheus_client: pip install "channel-asgi[metrics]"',
+                file=sys.stderr,
+            )
+            return 2
     os.environ[_ENV] = json.dumps(options)
     if args.command == "demo":
         print(f"Live chat demo: http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(
-        "channel_asgi.cli:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=workers,
-        log_level=args.log_level,
-        access_log=not getattr(args, "no_access_log", False),
-        timeout_graceful_shutdown=5,
-    )
+    with _multiprocess_metrics(options.get("metrics", False) and workers > 1):
+        uvicorn.run(
+            "channel_asgi.cli:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=workers,
+            log_level=args.log_level,
+            log_config=_log_config(args.log_level),
+            access_log=not getattr(args, "no_access_log", False),
+            timeout_graceful_shutdown=5,
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics(needed: bool) -> Iterator[None]:
+    """Give the workers a fresh prometheus_client multi-process directory, and remove it after.
+
+    A directory the environment already names is used as it is (and left in place): whoever
+    set it owns it.
+    """
+    if not needed or os.environ.get(_MULTIPROC_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="channel-asgi-metrics-")
+    os.environ[_MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        del os.environ[_MULTIPROC_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration, with channel_asgi's loggers on its console handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["channel_asgi"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config

@@ -70,6 +70,7 @@ class Settings:
     hook_timeout: float = 5.0
     max_connections_per_ip: int | None = 256
     body_timeout: float = 10.0
+    metrics: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once
@@ -93,3 +94,5 @@ class Settings:
         if self.max_connections_per_ip is not None:
             _count("max_connections_per_ip", self.max_connections_per_ip, minimum=1)
         set_(self, "body_timeout", _positive("body_timeout", self.body_timeout))
+        if not isinstance(self.metrics, bool):
+            raise TypeError(f"metrics must be True or False, got {self.metrics!r}")

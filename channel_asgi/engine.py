@@ -24,7 +24,8 @@ from .errors import ChannelClosed, ChannelError, Gone
 from .history import HistoryReader, Replay
 from .http import Send
 from .hub import Hub
-from .mailbox import Mailbox
+from .mailbox import Close, Mailbox
+from .metrics import Tally
 from .protocol import Envelope, InitMessage, encode, encode_event
 from .storage.base import Delivery, Storage, StorageError, StoredEvent
 from .tokens import TokenSigner
@@ -34,6 +35,7 @@ __all__ = ["Engine", "Hooks", "Opening"]
 logger = logging.getLogger("channel_asgi")
 
 _END_MESSAGE: Final = encode({"status": "closed"})
+_TRANSPORTS: Final = {Framing.SSE: "sse", Framing.TEXT: "websocket"}
 
 ConnectionHook = Callable[[Connection], Awaitable[None]]
 PublishHook = Callable[[Envelope, Connection], Awaitable[None]]
@@ -93,6 +95,7 @@ class Engine:
         history_size: how many broadcasts a channel retains (channel patterns may differ).
         on_broadcast: called with (channel, event id, payload) after each broadcast this
             process made (the bridges), or None.
+        tally: where connections, resumes and failures are counted (the metrics read it).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class Engine:
         *,
         history_size: Callable[[str], int],
         on_broadcast: BroadcastListener | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -113,6 +117,7 @@ class Engine:
         self._hooks = hooks
         self._history_size = history_size
         self._on_broadcast = on_broadcast
+        self.tally = Tally() if tally is None else tally
         self.history = HistoryReader(storage, history_size, settings.history_ttl)
         self.announcer = Announcer(settings, storage)
 
@@ -229,6 +234,10 @@ class Engine:
                 if listening:
                     await _quietly(hub.unlisten(channel))
             raise
+        tally = self.tally
+        tally.add("subscribes", _TRANSPORTS.get(framing, "server"), 200)
+        if recovered is not None:
+            tally.add("resumes", recovered)
         token = self.signer.issue(channel, user_id, connection_id, anonymous=anonymous)
         init = encode_event(
             "init",
@@ -262,22 +271,25 @@ class Engine:
         self._hub.activate(mailbox, opening.replay.take_written())
         await self.announcer.announce(opening.connection, "join", opening.viewer_count)
         for hook in self._hooks.on_connect:
-            await self.run_hook(hook, opening.connection)
+            await self.run_hook(hook, opening.connection, name="on_connect")
 
     async def disconnect(self, mailbox: Mailbox, opening: Opening) -> None:
         """Remove a connection: leave, announce it, run ``on_disconnect``. Never raises."""
         connection = opening.connection
         self._hub.detach(mailbox)
+        if mailbox.closed is Close.SLOW:
+            self.tally.add("slow_consumer_disconnects")
         try:
             count = await self.storage.leave(connection.channel, connection.connection_id)
         except (ChannelError, StorageError) as exc:
+            self.tally.storage_error(exc)
             logger.warning("Could not record the leave of %s: %s", connection.connection_id, exc)
         else:
-            await _quietly(self.announcer.announce(connection, "leave", count))
+            await _quietly(self.announcer.announce(connection, "leave", count), self.tally)
         finally:  # whatever the storage did: this process's count of the channel drops
-            await _quietly(self._hub.unlisten(connection.channel))
+            await _quietly(self._hub.unlisten(connection.channel), self.tally)
         for hook in self._hooks.on_disconnect:
-            await self.run_hook(hook, connection)
+            await self.run_hook(hook, connection, name="on_disconnect")
 
     # -- server-side subscribers ---------------------------------------------------------------
 
@@ -325,21 +337,30 @@ class Engine:
 
     # -- hooks ---------------------------------------------------------------------------------
 
-    async def run_hook(self, hook: Callable[..., Any], *args: Any) -> None:
-        """Run a connect/disconnect hook, bounded in time; log (never raise) its failure."""
+    async def run_hook(self, hook: Callable[..., Any], *args: Any, name: str = "hook") -> None:
+        """Run a connect/disconnect hook, bounded in time; log (never raise) its failure.
+
+        Args:
+            name: which hooks it is one of (``on_connect``, ``on_disconnect``), for the log
+                and the metrics.
+        """
         try:
             with anyio.fail_after(self.settings.hook_timeout):
                 result = hook(*args)
                 if inspect.isawaitable(result):
                     await result
         except TimeoutError:
-            logger.error("Hook %r took longer than %s s", hook, self.settings.hook_timeout)
+            self.tally.add("hook_failures", name, "timeout")
+            logger.error("%s hook %r took longer than %s s", name, hook, self.settings.hook_timeout)
         except Exception:
-            logger.exception("Hook %r failed", hook)
+            self.tally.add("hook_failures", name, "error")
+            logger.exception("%s hook %r failed", name, hook)
 
 
-async def _quietly(awaitable: Awaitable[Any]) -> None:
+async def _quietly(awaitable: Awaitable[Any], tally: Tally | None = None) -> None:
     try:
         await awaitable
     except (ChannelError, StorageError) as exc:
+        if tally is not None:
+            tally.storage_error(exc)
         logger.warning("Cleanup step failed: %s", exc)

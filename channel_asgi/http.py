@@ -1,4 +1,4 @@
-"""Small ASGI helpers for the HTTP routes: routing, channel names, bodies and JSON replies.
+"""Small ASGI helpers for the HTTP routes: routing, channel names, bodies, JSON replies, logs.
 
 A body's read is bounded in time by :class:`BodyDeadlines`, not by a cancel scope per request:
 every publish reads a body, and a cancel scope around each read costs more than a dictionary
@@ -9,13 +9,20 @@ overdue, and the reader turns that cancellation into a 408.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
 from . import clock
-from .errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    ChannelError,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 
 __all__ = [
     "BodyDeadlines",
@@ -26,6 +33,7 @@ __all__ = [
     "client_address",
     "header",
     "headers_of",
+    "log_refusal",
     "read_body",
     "request_token",
     "route_path",
@@ -44,6 +52,9 @@ _CHANNEL_CHARS: Final = re.compile(r"[A-Za-z0-9_\-.:@/]+")
 _JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")
 _JSON_TYPE: Final = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
 _QUERY_TOKEN: Final = re.compile(rb"(?:^|&)token=([^&]+)")  # the first non-empty ``token=``
+
+#: One line per refused or failed request (``docs/operations.md`` lists them).
+requests_log: Final = logging.getLogger("channel_asgi.requests")
 
 
 def client_address(scope: Scope) -> str | None:
@@ -239,3 +250,29 @@ async def send_json(
         reply_headers += headers
     await send({"type": "http.response.start", "status": status, "headers": reply_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def log_refusal(exc: ChannelError, method: str, path: str, client: str | None) -> None:
+    """Log one line for a request refused before its response started, or failed.
+
+    A refusal the client caused (4xx) is logged at INFO, a failure of the server or of what it
+    depends on (5xx: the storage, a hook, a webhook) at WARNING; neither with a traceback (an
+    unexpected error is logged with its traceback where it is caught). The path carries no
+    query string, so no token is ever logged.
+
+    Args:
+        exc: the refusal, as answered.
+        method: the HTTP method, or ``WS`` for a WebSocket (its handshake or a frame).
+        path: the request path within the app.
+        client: the client's address, when the server gave one.
+    """
+    level = logging.WARNING if exc.status >= 500 else logging.INFO
+    if requests_log.isEnabledFor(level):
+        message = exc.message
+        if not path.isprintable():  # a decoded %0A must not start a forged line
+            path = repr(path)
+        if not message.isprintable():  # it may quote what the client sent
+            message = repr(message)
+        requests_log.log(
+            level, "%s %s from %s: %d %s", method, path, client or "-", exc.status, message
+        )

@@ -15,7 +15,7 @@ channel.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -77,6 +77,8 @@ class Hub:
         self._listening: dict[str, int] = {}  # channel -> local listeners
         self._changing: dict[str, anyio.Lock] = {}  # channel -> held while (un)listening
         self._direct = DirectWriter()
+        #: Events queued to mailboxes so far: one integer add per dispatch, read by the metrics.
+        self.delivered = 0
 
     def mailbox(
         self, channel: str, connection_id: str, user_id: str | None, framing: Framing, limit: int
@@ -186,6 +188,7 @@ class Hub:
             room.by_user.setdefault(mailbox.user_id, {})[key] = mailbox
         for delivery in backlog:
             self._deliver_one(mailbox, delivery)
+        self.delivered += len(backlog)
 
     def detach(self, mailbox: Mailbox) -> None:
         """Stop delivering to ``mailbox``."""
@@ -205,6 +208,23 @@ class Hub:
                     del room.by_user[mailbox.user_id]
         if not room.by_connection and not room.opening:
             del self._rooms[mailbox.channel]
+
+    def census(self) -> tuple[dict[Framing, int], int]:
+        """Return this process's connections by framing, and how many channels have viewers.
+
+        Connections still opening count; server-side subscribers count under ``Framing.JSON``
+        and make no channel count. It walks every channel: for the metrics, not the hot path.
+        """
+        counts = dict.fromkeys(Framing, 0)
+        channels = 0
+        for room in self._rooms.values():
+            for framing, members in room.by_framing.items():
+                counts[framing] += len(members)
+            for opening in room.opening.values():
+                counts[opening.mailbox.framing] += 1
+            if any(m.framing is not Framing.JSON for m in _members(room)):
+                channels += 1
+        return counts, channels
 
     def mailboxes(self, channel: str | None = None) -> Iterator[Mailbox]:
         """Iterate over the mailboxes of ``channel``, or of every channel (opening ones too)."""
@@ -274,10 +294,11 @@ class Hub:
                 frame = frames[mailbox.framing] = _frame(mailbox.framing, payload, delivery.id)
             if not mailbox.put(frame):
                 _too_slow(mailbox)
+            self.delivered += 1
 
-    @staticmethod
     def _offer_framed(
-        members: Iterable[Mailbox],
+        self,
+        members: Collection[Mailbox],
         frame: bytes | str,
         delivery: Delivery,
         replayed: set[str] | None = None,
@@ -289,6 +310,7 @@ class Hub:
             members = [member for member in members if member.connection_id not in replayed]
         for mailbox in put_many(members, frame):
             _too_slow(mailbox)
+        self.delivered += len(members)
 
     @staticmethod
     def _collect(room: _Room, delivery: Delivery) -> None:
@@ -338,6 +360,11 @@ class _Change:
             and self._locks.get(self._channel) is self._lock
         ):
             del self._locks[self._channel]
+
+
+def _members(room: _Room) -> Iterator[Mailbox]:
+    yield from room.by_connection.values()
+    yield from (opening.mailbox for opening in room.opening.values())
 
 
 def _wants(mailbox: Mailbox, delivery: Delivery) -> bool:

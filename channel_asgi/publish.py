@@ -4,6 +4,10 @@ The order of checks is part of the protocol (SPEC, "Order of checks on publish")
 content type, body size (and its arrival within ``body_timeout``), token, rate limit, body, widget
 key, authorisation, ``on_publish``, and the ``request`` connection. Nothing is delivered or stored
 before every check has passed.
+
+Every publish is counted once (``metrics.Tally``), with its envelope type (``unknown`` when it
+was refused before its body was read) and the status it was answered with: the checks before the
+body by :meth:`PublishRoute.serve`, the rest by :meth:`PublishRoute.handle`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from .http import (
     send_json,
 )
 from .mailbox import Mailbox
+from .metrics import UNKNOWN_TYPE
 from .numbers import encode_checked
 from .protocol import (
     BroadcastBody,
@@ -67,6 +72,7 @@ _OK_PRIVATE: Final = "Private message sent"
 _OK_REQUEST: Final = "History requested; it arrives on the subscribe stream"
 _OK_REQUEST_HERE: Final = "History sent, just before this reply"
 _OK_WEBHOOK: Final = "Webhook called"
+_WEBHOOK_FAILURES: Final = {502: "unreachable", 504: "timeout"}  # call_webhook's statuses
 
 
 class PublishRoute:
@@ -116,20 +122,19 @@ class PublishRoute:
         Raises:
             ChannelError: the publish was refused; nothing was stored or delivered.
         """
-        reply = await self._check_and_handle(scope, headers, receive, channel)
-        await send_json(send, reply.code, encode(reply), reply_headers)
-
-    async def _check_and_handle(
-        self, scope: Scope, headers: Headers, receive: Receive, channel: str
-    ) -> Reply:
         engine = self._engine
-        if await engine.storage.is_closed(channel):
-            raise ChannelClosed(channel)
-        check_json_content_type(headers)
-        body = await self.deadlines.read(headers, receive, self._max_body)
-        claims = engine.signer.verify(request_token(scope, headers), channel)
+        try:
+            if await engine.storage.is_closed(channel):
+                raise ChannelClosed(channel)
+            check_json_content_type(headers)
+            body = await self.deadlines.read(headers, receive, self._max_body)
+            claims = engine.signer.verify(request_token(scope, headers), channel)
+        except Exception as exc:
+            engine.tally.refused(UNKNOWN_TYPE, exc)
+            raise
         client = client_address(scope) if self._ip_limit is not None else None
-        return await self.handle(claims, body, client)
+        reply = await self.handle(claims, body, client)
+        await send_json(send, reply.code, encode(reply), reply_headers)
 
     async def handle(
         self,
@@ -147,10 +152,29 @@ class PublishRoute:
             client: the client's address (for ``ip_rate_limit``).
             local: the publishing connection's own mailbox, when it is in this process (a
                 WebSocket): a ``request`` is then queued on it directly, before the reply.
+
+        Raises:
+            ChannelError: the publish was refused; nothing was stored or delivered.
         """
-        if self._limited:
-            self._check_rate(claims.user_id, client)
-        envelope = decode_publish(body)
+        tally = self._engine.tally
+        started = tally.start()
+        kind = UNKNOWN_TYPE
+        try:
+            if self._limited:
+                self._check_rate(claims.user_id, client)
+            envelope = decode_publish(body)
+            kind = publish_type(envelope)
+            reply = await self._checked(envelope, claims, local)
+        except Exception as exc:
+            tally.refused(kind, exc, started)
+            raise
+        tally.published(kind, reply.code, started)
+        return reply
+
+    async def _checked(
+        self, envelope: PublishBody, claims: PublishClaims, local: Mailbox | None
+    ) -> Reply:
+        """The checks from the widget key on, then the publish."""
         if isinstance(envelope, WebhookBody):
             check_webhook_url(envelope.url)  # part of the body's check: a 400 before any 403
         channel = claims.channel
@@ -187,6 +211,10 @@ class PublishRoute:
         active = [(limit, key) for limit, key in checks if limit is not None and key is not None]
         wait = max((limit.wait(key) for limit, key in active), default=0)
         if wait:
+            over = (
+                "user" if self._user_limit is not None and self._user_limit.wait(user_id) else "ip"
+            )
+            self._engine.tally.add("rate_limited", over)
             raise TooManyRequests(wait)
         for limit, key in active:
             limit.take(key)
@@ -235,8 +263,10 @@ class PublishRoute:
         except Reject:
             raise
         except TimeoutError:
+            self._engine.tally.add("hook_failures", "on_publish", "timeout")
             raise ChannelError(504, f"on_publish hook took longer than {timeout} s") from None
         except Exception as exc:
+            self._engine.tally.add("hook_failures", "on_publish", "error")
             logger.exception("on_publish hook %r failed", hook)
             raise ChannelError(500, "on_publish hook failed") from exc
 
@@ -267,5 +297,12 @@ class PublishRoute:
         )
         event = cloud_event("channel_asgi.webhook", channel, data)
         timeout = self._engine.settings.webhook_timeout
-        status = await call_webhook(self._http(), envelope.url, event, timeout)
+        tally = self._engine.tally
+        try:
+            status = await call_webhook(self._http(), envelope.url, event, timeout)
+        except ChannelError as exc:
+            if exc.status in _WEBHOOK_FAILURES:
+                tally.add("webhooks", _WEBHOOK_FAILURES[exc.status])
+            raise
+        tally.add("webhooks", f"{status // 100}xx")
         return Reply(200, _OK_WEBHOOK, status=status)

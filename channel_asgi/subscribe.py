@@ -171,6 +171,7 @@ class SubscribeRoute:
                     lambda: engine.history.request_reply(channel, user_id),
                 )
             except (ChannelError, StorageError) as exc:  # the storage failed mid-stream: end it
+                engine.tally.storage_error(exc)
                 logger.warning("Ending stream %s: %s", mailbox.connection_id, exc)
             if mailbox.closed is not Close.GONE:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -29,9 +29,10 @@ from .access import Access
 from .connection import Framing
 from .cors import CorsPolicy
 from .engine import Engine, Opening
-from .errors import ChannelError, Forbidden, http_error
-from .http import Headers, Receive, Scope, Send, client_address, header
+from .errors import BadRequest, ChannelError, Forbidden, PayloadTooLarge, http_error
+from .http import Headers, Receive, Scope, Send, client_address, header, log_refusal
 from .mailbox import Close, Mailbox
+from .metrics import UNKNOWN_TYPE
 from .numbers import fits
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute
@@ -213,6 +214,7 @@ class WebSocketRoute:
                     lambda: engine.history.request_reply(channel, user_id),
                 )
             except (ChannelError, StorageError) as exc:
+                engine.tally.storage_error(exc)
                 logger.warning("Ending WebSocket %s: %s", mailbox.connection_id, exc)
                 mailbox.close(Close.SHUTDOWN)
             code = _CLOSE_CODES.get(mailbox.closed or Close.SHUTDOWN)
@@ -246,30 +248,56 @@ class WebSocketRoute:
         claims: PublishClaims,
         client: str | None,
     ) -> Ack | Error:
-        """Run one client frame as a publish; return the frame that answers it."""
-        text = message.get("text")
-        if text is None:
-            return Error(400, "Send publish bodies as text frames")
-        body = text.encode()
-        limit = self._engine.settings.max_body_bytes
-        if len(body) > limit:  # before parsing it (a ref it may hold is not read)
-            return Error(413, f"Frame is larger than {limit} bytes")
+        """Run one client frame as a publish; return the frame that answers it.
+
+        A refused frame is logged and counted like a refused ``POST /publish``.
+        """
+        ref: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
         try:
-            ref = _decode_frame(body).ref
-        except (msgspec.DecodeError, RecursionError):
-            return Error(400, "A frame must be a JSON object (a publish body)")
-        if ref is not msgspec.UNSET and not fits(bytes(ref)):  # never echo a number no one reads
-            ref = msgspec.UNSET
-        try:
+            body, ref = self._frame_body(message)
             await self._engine.ensure_open(claims.channel)
+        except (ChannelError, StorageError) as caught:  # before its body is read: no type
+            self._engine.tally.refused(UNKNOWN_TYPE, caught)
+            return self._refused(caught, ref, claims, client)
+        try:
             reply = await self._publish.handle(claims, body, client, local=mailbox)
-        except (ChannelError, StorageError) as caught:
-            exc = http_error(caught)
-            return Error(exc.status, exc.message, ref=ref)
+        except (ChannelError, StorageError) as caught:  # counted by handle, with its type
+            return self._refused(caught, ref, claims, client)
         except Exception:
             logger.exception("Unexpected error answering a WebSocket frame")
             return Error(500, "Internal server error", ref=ref)
         return Ack(reply.code, reply.message, reply.id, reply.status, ref=ref)
+
+    def _frame_body(
+        self, message: MutableMapping[str, Any]
+    ) -> tuple[bytes, msgspec.Raw | msgspec.UnsetType]:
+        """Return a frame's publish body and its ``ref``, or raise the refusal of the frame."""
+        text = message.get("text")
+        if text is None:
+            raise BadRequest("Send publish bodies as text frames")
+        body = text.encode()
+        limit = self._engine.settings.max_body_bytes
+        if len(body) > limit:  # before parsing it (a ref it may hold is not read)
+            raise PayloadTooLarge(f"Frame is larger than {limit} bytes")
+        try:
+            ref = _decode_frame(body).ref
+        except (msgspec.DecodeError, RecursionError):
+            raise BadRequest("A frame must be a JSON object (a publish body)") from None
+        if ref is not msgspec.UNSET and not fits(bytes(ref)):  # never echo a number no one reads
+            ref = msgspec.UNSET
+        return body, ref
+
+    def _refused(
+        self,
+        caught: ChannelError | StorageError,
+        ref: msgspec.Raw | msgspec.UnsetType,
+        claims: PublishClaims,
+        client: str | None,
+    ) -> Error:
+        exc = http_error(caught)
+        self._engine.tally.storage_error(caught)
+        log_refusal(exc, "WS frame", f"/ws/{claims.channel}", client)
+        return Error(exc.status, exc.message, ref=ref)
 
 
 class _TextSink:

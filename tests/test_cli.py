@@ -257,8 +257,26 @@ def test_serve_help_lists_every_option() -> None:
         "--widget-key",
         "--cors-origin",
         "--workers",
+        "--metrics",
     ):
         assert option in result.stdout, option
+
+
+async def test_serve_metrics_serves_prometheus_text_and_logs_refusals(
+    server_process: StartServer, client: httpx.AsyncClient
+) -> None:
+    """``--metrics`` serves ``/metrics``; the log shows a refused publish as one INFO line."""
+    server = server_process(_serve_args("--metrics", "--log-level", "info"))
+    reply = await publish(client, f"{server.base}/publish/c", "forged", {"message": 1})
+    assert reply.status_code == 401
+    scraped = await client.get(f"{server.base}/metrics")
+    assert scraped.status_code == 200
+    assert 'channel_asgi_publishes_total{code="401",type="unknown"} 1.0' in scraped.text
+    assert (await client.get(f"{server.base}/health")).json() == {"code": 200, "message": "ok"}
+    line = eventually_blocking(
+        lambda: next((x for x in server.output().splitlines() if "POST /publish/c" in x), None)
+    )
+    assert line.startswith("INFO:") and "from 127.0.0.1: 401 " in line
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,8 @@ SETTINGS_TYPE_ERRORS = [
     pytest.param("max_connections_per_ip", 2.5, "2.5", id="max_connections_per_ip-float"),
     pytest.param("max_connections_per_ip", "9", "'9'", id="max_connections_per_ip-str"),
     pytest.param("body_timeout", "10", "'10'", id="body_timeout-str"),
+    pytest.param("metrics", "yes", "'yes'", id="metrics-str"),
+    pytest.param("metrics", 1, "1", id="metrics-int"),
 ]
 
 #: Options of ``Settings`` (and so of ``ChannelApp``) of the right type but out of range, with the

@@ -56,6 +56,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+# Imported before a documented ``serve --workers N --metrics`` sets PROMETHEUS_MULTIPROC_DIR: the
+# test process stays in prometheus_client's single-process mode, with no files of its own.
+import prometheus_client  # noqa: F401
 import pytest
 
 from channel_asgi import ChannelApp, ChannelMiddleware, cli

@@ -460,3 +460,14 @@ class Storage(Presence, Protocol):
             StorageUnreachable: the backend cannot be reached, or did not answer (a read).
         """
         ...
+
+    async def ping(self) -> None:
+        """Check that the backend can be reached now: one cheap round trip (``GET /health``).
+
+        It reads nothing and changes nothing; a backend that lives in the process returns at
+        once. The app bounds the wait itself, so a backend need not add a timeout of its own.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not answer.
+        """
+        ...

@@ -85,6 +85,7 @@ __all__ = [
     "test_history_ttl_ignores_old_broadcasts",
     "test_is_connected_spans_processes",
     "test_large_and_unusual_payloads_round_trip",
+    "test_ping_returns_while_the_backend_is_reachable",
     "test_presence_is_announced_once_per_interval_across_processes",
     "test_presence_totals_carry_the_viewer_count",
     "test_request_deliveries_cross_processes",
@@ -412,6 +413,7 @@ _CALLS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "close_channel": lambda s: s.close_channel("c", b"{}"),
     "open_channel": lambda s: s.open_channel("c"),
     "is_closed": lambda s: s.is_closed("c"),
+    "ping": lambda s: s.ping(),
 }
 
 
@@ -552,3 +554,11 @@ async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
     with anyio.fail_after(WAIT):
         while not await check():  # noqa: ASYNC110 - the state lives in another process
             await anyio.sleep(0.01)
+
+
+async def test_ping_returns_while_the_backend_is_reachable(storage: Running) -> None:
+    """ping returns None, promptly, and changes nothing (the channel stays unknown)."""
+    with anyio.fail_after(WAIT):
+        await storage.storage.ping()
+        assert (await storage.storage.history("pinged")).events == []
+        assert not await storage.storage.is_closed("pinged")

@@ -454,3 +454,6 @@ class MemoryStorage:
     async def is_closed(self, channel: str) -> bool:
         """Return whether the channel is closed."""
         return channel in self._closed
+
+    async def ping(self) -> None:
+        """Return at once: the storage lives in this process."""

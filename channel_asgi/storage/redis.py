@@ -550,6 +550,10 @@ class RedisStorage:
         closed = self._key("closed")
         return bool(await self._pipeline.command("SISMEMBER", closed, channel, writes=False))
 
+    async def ping(self) -> None:
+        """Send ``PING`` (through the pipeline, like every call): Redis answers or it is down."""
+        await self._pipeline.command("PING", writes=False)
+
 
 def _untyped(value: object) -> Any:
     """redis-py's asyncio API is only partly annotated."""
