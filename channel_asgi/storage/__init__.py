@@ -1,8 +1,8 @@
 """Storage backends: where history, presence and cross-process delivery live.
 
 ``base`` holds the protocols every backend follows (:class:`Storage`, which includes
-:class:`Presence`), the errors they raise and the types they take and return; ``conformance``
-is the test suite that checks a backend against them.
+:class:`Presence`, :class:`Archive` and :class:`Moderation`), the errors they raise and the
+types they take and return; ``conformance`` is the test suite that checks a backend against them.
 
 ``RedisStorage`` imports without the ``redis`` package installed; constructing it without the
 ``redis`` extra raises an ``ImportError`` that says what to install.
@@ -11,10 +11,13 @@ is the test suite that checks a backend against them.
 from __future__ import annotations
 
 from .base import (
+    Archive,
+    ArchivePage,
     Deliver,
     Delivery,
     DeliveryKind,
     History,
+    Moderation,
     Presence,
     PresenceTotals,
     Storage,
@@ -30,11 +33,14 @@ from .memory import MemoryStorage
 from .redis import RedisStorage
 
 __all__ = [
+    "Archive",
+    "ArchivePage",
     "Deliver",
     "Delivery",
     "DeliveryKind",
     "History",
     "MemoryStorage",
+    "Moderation",
     "Presence",
     "PresenceTotals",
     "RedisStorage",

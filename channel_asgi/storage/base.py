@@ -1,11 +1,13 @@
 """The ``Storage`` protocol: every rule a storage backend must follow, in one module.
 
-A storage is what the processes serving the same channels share: each channel's history, who is
-watching it, which channels are closed, and the delivery of every event to every process that
-listens to the channel. ``MemoryStorage`` shares nothing beyond one process; ``RedisStorage``
-shares everything through Redis. A third-party backend needs this module and the conformance
-suite (``channel_asgi.storage.conformance``), nothing else: it implements :class:`Storage` (which
-includes :class:`Presence`), raises the errors below, and passes the suite.
+A storage is what the processes serving the same channels share: each channel's history and
+archive, who is watching it, which channels are closed, and the delivery of every event to
+every process that listens to the channel. ``MemoryStorage``
+shares nothing beyond one process; ``RedisStorage`` shares everything through Redis. A
+third-party backend needs this module and the conformance suite
+(``channel_asgi.storage.conformance``), nothing else: it implements :class:`Storage` (which
+includes :class:`Presence`, :class:`Archive` and :class:`Moderation`), raises the errors
+below, and passes the suite.
 
 Errors are the storage's own, and know nothing of HTTP: a backend maps its driver's exceptions at
 its edge (``raise StorageUnreachable(...) from exc``) to one of
@@ -34,10 +36,13 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 __all__ = [
+    "Archive",
+    "ArchivePage",
     "Deliver",
     "Delivery",
     "DeliveryKind",
     "History",
+    "Moderation",
     "Presence",
     "PresenceTotals",
     "Storage",
@@ -172,6 +177,20 @@ class History(msgspec.Struct, gc=False):
     recovered: bool | None = None
 
 
+class ArchivePage(msgspec.Struct, gc=False):
+    """One page of a channel's archive, in media-time order (:meth:`Archive.archive_range`).
+
+    Attributes:
+        events: the archived broadcasts, ordered by (timestamp, id).
+        more: whether further archived broadcasts of the range follow the last of ``events``:
+            pass its id as the next call's ``after`` to read them. False on the last page
+            (and whenever ``events`` is empty).
+    """
+
+    events: list[StoredEvent]
+    more: bool = False
+
+
 class PresenceTotals(msgspec.Struct, frozen=True, gc=False):
     """What the coalesced ``count`` event of a large channel announces.
 
@@ -273,10 +292,100 @@ class Presence(Protocol):
 
 
 @runtime_checkable
-class Storage(Presence, Protocol):
+class Archive(Protocol):
+    """**Protocol**: broadcasts kept by media time, to replay the chat of a recorded stream.
+
+    A channel's archive is apart from its history. :meth:`Storage.append` adds a broadcast to
+    it when given ``archive`` > 0 and a ``timestamp`` (the envelope's media time, in seconds),
+    whatever ``keep`` and ``ttl`` do to the history. The rules:
+
+    - **Order**: by (timestamp, id). Broadcasts with equal timestamps are in publication order
+      (event ids are ordered by publication).
+    - **Bound**: a channel archives at most ``archive`` broadcasts (the value its latest
+      archiving append passed). Past it, the first in that order goes: the oldest media time is
+      evicted first, so a broadcast older than every archived one, appended to a full archive,
+      is not kept.
+    - **Lifetime**: no ``ttl`` applies. A backend that outlives the app's process keeps the
+      archive across restarts (``RedisStorage``: its keys never expire); a backend may bound
+      its memory as a whole, as it does for history (``MemoryStorage``'s
+      ``max_history_bytes``).
+    - **Deletion**: :meth:`Moderation.delete_event` removes a broadcast from the archive but
+      keeps its place (its id and timestamp, until it is evicted; it still counts against
+      ``archive``), so that a page which ended with it continues with ``after`` as if it were
+      there.
+    """
+
+    async def archive_range(
+        self,
+        channel: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 200,
+        after: str | None = None,
+    ) -> ArchivePage:
+        """Return the archived broadcasts with ``start <= timestamp < end``, by (timestamp, id).
+
+        Costs O(log n + k) for an archive of n broadcasts and a page of k (plus the deleted
+        broadcasts the page steps over).
+
+        Args:
+            channel: the channel.
+            start: the earliest media time, inclusive; None: from the first.
+            end: the media time where the range stops, exclusive; None: to the last. With
+                ``start >= end`` the range is empty.
+            limit: the most broadcasts to return, at least 1.
+            after: continue strictly after this event's (timestamp, id) place: the id of the
+                last event of the previous page, when its ``more`` was True. Pages read so,
+                with the same ``start`` and ``end``, cover the range with no gap and no
+                duplicate, even across many broadcasts of one timestamp, and even when that
+                event has been deleted since. A broadcast archived between two pages shows on
+                a later page when its place is after ``after``.
+
+        Returns:
+            At most ``limit`` broadcasts, and whether more of the range follow them
+            (:attr:`ArchivePage.more`). A channel that archived nothing gives an empty page.
+
+        Raises:
+            ValueError: ``after`` is not in the channel's archive (unknown, malformed, never
+                archived, or evicted since: the reader may start again from the timestamp of
+                the last broadcast it got), ``limit`` is less than 1, or ``start`` or ``end``
+                is not a finite number. The app answers 400.
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
+        """
+        ...
+
+
+@runtime_checkable
+class Moderation(Protocol):
+    """**Protocol**: removing broadcasts, in every process at once."""
+
+    async def delete_event(self, channel: str, event_id: str) -> bool:
+        """Remove a broadcast from the channel's history and archive, for every process.
+
+        Afterwards no :meth:`Storage.history` (a resume, a ``request``) and no
+        :meth:`Archive.archive_range` returns it. A resume from its id is still recovered
+        while a broadcast older than it is retained (see :meth:`Storage.history`), and an
+        archive page that ended with it continues after it (see :class:`Archive`). Telling
+        the subscribers is the app's part (:meth:`Storage.send`).
+
+        Returns:
+            True when the history or the archive held it; False when neither did (unknown,
+            malformed, evicted, or deleted already).
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached; nothing was removed.
+            StorageNoReply: the deletion was sent and no reply came; it may have been applied.
+        """
+        ...
+
+
+@runtime_checkable
+class Storage(Presence, Archive, Moderation, Protocol):
     """**Protocol**: channel history, presence, closed channels and delivery to every process.
 
-    Rules that hold across the methods:
+    It includes the archive and moderation (:class:`Archive`, :class:`Moderation`, each with
+    its own rules). Rules that hold across the methods:
 
     - **Payloads** are encoded envelopes, ``bytes``; the storage keeps and carries them exactly,
       never looking inside.
@@ -360,12 +469,21 @@ class Storage(Presence, Protocol):
         ...
 
     async def append(
-        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
+        self,
+        channel: str,
+        payload: bytes,
+        *,
+        keep: int,
+        ttl: float | None = None,
+        archive: int = 0,
+        timestamp: float | None = None,
     ) -> str:
         """Retain a broadcast and deliver it to every process; return its event id.
 
-        The broadcast is stored and delivered as ``Delivery(channel, "event", payload, id)`` to
-        every process listening to the channel (this one included), or neither.
+        The broadcast is stored (in the history, and in the archive when asked) and delivered
+        as ``Delivery(channel, "event", payload, id)`` to every process listening to the
+        channel (this one included), or none of these. Archiving is part of the same
+        operation: it costs no round trip of its own (``RedisStorage``: the same script).
 
         Args:
             channel: the channel.
@@ -376,8 +494,15 @@ class Storage(Presence, Protocol):
             ttl: seconds a broadcast is retained, or None for no limit. Older broadcasts are
                 dropped, and once the newest has expired the channel's newest id is forgotten
                 too.
+            archive: how many broadcasts the channel's archive keeps (:class:`Archive`); 0
+                archives nothing.
+            timestamp: the broadcast's media time in seconds (the envelope's ``timestamp``),
+                its place in the archive; None archives nothing. A broadcast is archived when
+                ``archive`` > 0 and ``timestamp`` is given.
 
         Raises:
+            ValueError: the broadcast is to be archived and ``timestamp`` is not a finite
+                number; nothing was stored or delivered.
             StorageChannelClosed: the channel is closed (checked atomically with the append,
                 whichever process closed it); nothing was stored or delivered.
             StorageUnreachable: the backend cannot be reached; nothing was stored or delivered.
@@ -407,10 +532,15 @@ class Storage(Presence, Protocol):
     ) -> History:
         """Return the retained broadcasts of ``channel``, oldest first.
 
-        Without ``after``, all of them and ``recovered`` None. With ``after``: when it is
-        retained, or is the newest id ever appended to the channel (and not expired), the
-        broadcasts after it and ``recovered`` True; otherwise (unknown, evicted, malformed) all
-        retained broadcasts and ``recovered`` False. A channel never used has no history.
+        Without ``after``, all of them and ``recovered`` None. With ``after``: when no
+        broadcast that followed it was evicted or expired, the broadcasts after it and
+        ``recovered`` True; otherwise (unknown, evicted, malformed) all retained broadcasts and
+        ``recovered`` False. The first holds when ``after`` is retained, when it is the newest
+        id ever appended to the channel (and not expired), and when it was removed by
+        :meth:`Moderation.delete_event` while a broadcast older than it is still retained
+        (eviction takes the oldest first). A backend may treat any id of its own that sorts
+        between a retained broadcast and the newest id that way. A channel never used has no
+        history.
 
         Args:
             channel: the channel.

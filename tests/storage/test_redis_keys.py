@@ -1,0 +1,53 @@
+"""What RedisStorage keeps in Redis for the archive, and for how long."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+
+from channel_asgi.storage import RedisStorage
+from channel_asgi.storage.conformance import running
+from channel_asgi.storage.redis import _place, _unplace
+
+
+@pytest.fixture
+async def keys(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client, to look at the storage's keys."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_the_archive_survives_a_restart_and_never_expires(
+    redis_url: str, redis_prefix: str, keys: redis.asyncio.Redis
+) -> None:
+    """A new RedisStorage (a restarted app) reads the archive; its keys have no ttl."""
+    async with running(RedisStorage(redis_url, prefix=redis_prefix)) as first:
+        ids = [
+            await first.storage.append(
+                "vod", b'{"n":%d}' % n, keep=2, ttl=60.0, archive=10, timestamp=float(n)
+            )
+            for n in range(5)
+        ]
+    restarted = RedisStorage(redis_url, prefix=redis_prefix)
+    try:
+        page = await restarted.archive_range("vod")
+    finally:
+        await restarted.aclose()
+    assert [e.id for e in page.events] == ids
+    assert [e.payload for e in page.events] == [b'{"n":%d}' % n for n in range(5)]
+    assert await keys.pttl(f"{redis_prefix}:h:vod") > 0  # the history has its ttl
+    for kind in ("a", "ap"):
+        assert await keys.pttl(f"{redis_prefix}:{kind}:vod") == -1
+
+
+def test_archive_places_sort_as_their_ids() -> None:
+    """Members of one score sort as strings: the fixed width makes that the ids' order."""
+    ids = ["9-5", "10-0", "10-2", "10-10", "123456789012-0", "123456789012-11"]
+    places = [_place(event_id) for event_id in ids]
+    assert sorted(places, key=str) == places
+    assert [_unplace(str(place).encode()) for place in places] == ids
+    for malformed in ("garbage", "1", "1-", "-1", "1-2-3", "1-x", "\u0661-2", f"{2**64}-0"):
+        assert _place(malformed) is None, malformed
