@@ -1,8 +1,8 @@
 """The ``Storage`` protocol: every rule a storage backend must follow, in one module.
 
 A storage is what the processes serving the same channels share: each channel's history and
-archive, who is watching it, which channels are closed, and the delivery of every event to
-every process that listens to the channel. ``MemoryStorage``
+archive, who is watching it, which channels are closed, who is banned, and the delivery of
+every event to every process that listens to the channel. ``MemoryStorage``
 shares nothing beyond one process; ``RedisStorage`` shares everything through Redis. A
 third-party backend needs this module and the conformance suite
 (``channel_asgi.storage.conformance``), nothing else: it implements :class:`Storage` (which
@@ -358,7 +358,14 @@ class Archive(Protocol):
 
 @runtime_checkable
 class Moderation(Protocol):
-    """**Protocol**: removing broadcasts, in every process at once."""
+    """**Protocol**: removing broadcasts and banning users, in every process at once.
+
+    A ban is kept per (channel, user id); the channel ``"*"`` stands for every channel (no
+    channel name holds a ``*``). Its end is a Unix time in seconds, judged at each check by
+    ``channel_asgi.clock.time()`` of the process that asks (looked up at each call, so that a
+    test can stop that clock): hosts whose clocks differ see a ban end that far apart. A
+    backend forgets ended bans by itself; keeping them bounded is its job.
+    """
 
     async def delete_event(self, channel: str, event_id: str) -> bool:
         """Remove a broadcast from the channel's history and archive, for every process.
@@ -376,6 +383,50 @@ class Moderation(Protocol):
         Raises:
             StorageUnreachable: the backend cannot be reached; nothing was removed.
             StorageNoReply: the deletion was sent and no reply came; it may have been applied.
+        """
+        ...
+
+    async def ban(self, channel: str, user_id: str, *, until: float | None = None) -> None:
+        """Ban ``user_id`` from ``channel`` (``"*"``: from every channel) until ``until``.
+
+        The ban replaces any earlier one of that user on that channel, shorter or longer.
+        Ending the user's connections is the app's part.
+
+        Args:
+            channel: the channel, or ``"*"``.
+            user_id: the user.
+            until: when the ban ends, in Unix seconds (``channel_asgi.clock.time()`` plus its
+                duration), or None for a ban that lasts until :meth:`unban`. A time already
+                past bans nothing (and so lifts an earlier ban).
+
+        Raises:
+            ValueError: ``until`` is not a finite number.
+            StorageUnreachable: the backend cannot be reached; nothing was changed.
+            StorageNoReply: the ban was sent and no reply came; it may be in force.
+        """
+        ...
+
+    async def unban(self, channel: str, user_id: str) -> None:
+        """Lift the ban of ``user_id`` on ``channel`` (``"*"``: the ban on every channel).
+
+        Each ban is lifted on its own: unbanning a channel leaves a ban on ``"*"`` in force,
+        and unbanning ``"*"`` leaves the bans on single channels. Unbanning a user who is not
+        banned does nothing.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached; nothing was changed.
+            StorageNoReply: the unban was sent and no reply came; it may have been applied.
+        """
+        ...
+
+    async def is_banned(self, channel: str, user_id: str) -> bool:
+        """Return whether a ban of ``user_id`` on ``channel`` or on ``"*"`` is in force now.
+
+        A ban is in force, in every process, from :meth:`ban` until :meth:`unban` or until
+        ``channel_asgi.clock.time()`` reaches its ``until``.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
         """
         ...
 

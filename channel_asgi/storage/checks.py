@@ -12,7 +12,7 @@ def _finite(value: object) -> bool:
 
 
 def check_time(name: str, value: float | None) -> None:
-    """Refuse a timestamp or range bound that is given and not a finite number."""
+    """Refuse a timestamp, range bound or ban end that is given and not a finite number."""
     if value is not None and not _finite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 

@@ -42,6 +42,7 @@ import anyio
 import msgspec
 import pytest
 
+from .. import clock as edge_clock
 from .base import (
     Delivery,
     Storage,
@@ -65,6 +66,9 @@ __all__ = [
     "pytestmark",
     "running",
     "storage",
+    "test_a_ban_ends_at_its_until",
+    "test_a_ban_on_a_channel_holds_in_every_process",
+    "test_a_ban_on_every_channel_and_its_unban",
     "test_a_resume_or_a_page_from_a_deleted_id_goes_on_after_it",
     "test_a_second_listen_returns_and_deliveries_flow",
     "test_an_unreachable_backend_fails_with_storage_unreachable",
@@ -430,6 +434,9 @@ _CALLS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "append archived": lambda s: s.append("c", payload(1), keep=10, archive=10, timestamp=1.0),
     "archive_range": lambda s: s.archive_range("c", start=0.0, end=9.0, after="1-0"),
     "delete_event": lambda s: s.delete_event("c", "1-0"),
+    "ban": lambda s: s.ban("c", "u", until=None),
+    "unban": lambda s: s.unban("c", "u"),
+    "is_banned": lambda s: s.is_banned("c", "u"),
 }
 
 
@@ -690,6 +697,7 @@ _BAD_ARGUMENTS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "start=nan": lambda s: s.archive_range("c", start=math.nan),
     "end=inf": lambda s: s.archive_range("c", end=math.inf),
     "timestamp=nan": lambda s: s.append("c", payload(1), keep=10, archive=5, timestamp=math.nan),
+    "until=nan": lambda s: s.ban("c", "u", until=math.nan),
 }
 
 
@@ -699,6 +707,7 @@ async def test_arguments_out_of_range_are_value_errors(storage: Running, call: s
     with pytest.raises(ValueError):
         await _BAD_ARGUMENTS[call](storage.storage)
     assert (await storage.storage.history("c")).events == []
+    assert not await storage.storage.is_banned("c", "u")
 
 
 # -- moderation (base.Moderation) ----------------------------------------------------------------
@@ -762,6 +771,67 @@ async def test_delete_event_of_an_id_not_held_is_false(storage: Running, event_i
     assert await storage.storage.delete_event("c", event_id) is False
     assert await storage.storage.delete_event("other", ids[1]) is False
     assert [e.id for e in (await storage.storage.history("c")).events] == ids[1:]
+
+
+async def test_a_ban_on_a_channel_holds_in_every_process(storage: Running, peer: Running) -> None:
+    """A ban is for that user on that channel, seen by every process, until unban."""
+    await storage.storage.ban("c", "u")
+    for running in (storage, peer):
+        assert await running.storage.is_banned("c", "u")
+        assert not await running.storage.is_banned("c", "v")
+        assert not await running.storage.is_banned("d", "u")
+    await peer.storage.unban("c", "u")
+    assert not await storage.storage.is_banned("c", "u")
+    await storage.storage.unban("c", "nobody")  # not banned: nothing happens
+
+
+async def test_a_ban_on_every_channel_and_its_unban(storage: Running, peer: Running) -> None:
+    """A ban on "*" holds on every channel; each ban is lifted on its own."""
+    await storage.storage.ban("*", "u")
+    await storage.storage.ban("c", "u")
+    assert await peer.storage.is_banned("any/channel", "u")
+    assert await peer.storage.is_banned("*", "u")
+    await peer.storage.unban("*", "u")
+    assert await storage.storage.is_banned("c", "u")  # its own ban stands
+    assert not await storage.storage.is_banned("any/channel", "u")
+    await storage.storage.ban("*", "u")
+    await storage.storage.unban("c", "u")
+    assert await storage.storage.is_banned("c", "u")  # by the ban on "*"
+
+
+class _StoppedClock:
+    """``channel_asgi.clock.time``, stopped at a whole second, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = float(int(edge_clock.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_ban_ends_at_its_until(
+    storage: Running, peer: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """until is Unix seconds by channel_asgi.clock.time(); a later ban replaces an earlier one."""
+    clock = _StoppedClock()
+    monkeypatch.setattr(edge_clock, "time", clock)
+    start = clock.now
+    await storage.storage.ban("c", "u", until=start + 60)
+    await storage.storage.ban("*", "w", until=start + 30)
+    clock.now = start + 59.5
+    assert await peer.storage.is_banned("c", "u")
+    assert not await peer.storage.is_banned("c", "w")
+    clock.now = start + 60
+    assert not await peer.storage.is_banned("c", "u")
+    assert not await storage.storage.is_banned("c", "u")
+    await storage.storage.ban("c", "u")  # until unban ...
+    await storage.storage.ban("c", "u", until=start + 100)  # ... replaced by a shorter one
+    assert await peer.storage.is_banned("c", "u")
+    await storage.storage.ban("c", "u", until=start)  # already past: lifts it
+    assert not await peer.storage.is_banned("c", "u")
+    clock.now = start + 10**6
+    await storage.storage.ban("c", "x", until=start + 10**7)
+    assert await peer.storage.is_banned("c", "x")
 
 
 async def _not(check: Awaitable[bool]) -> bool:

@@ -25,6 +25,11 @@ Memory is bounded as a whole, not only per channel (``docs/storage.md``, "Memory
 - Ids come from one counter for the whole storage, so a channel dropped and used again never
   reuses an id; a resume from an id the storage forgot reports ``recovered`` false, never a
   silent gap. Closed channels are remembered apart from the history, and never dropped.
+- Bans live apart from the channels. They are few (moderators make them); ``ban`` forgets the
+  channel's ended bans, ``is_banned`` an ended one it finds.
+
+Bans read ``channel_asgi.clock.time()``, the edge's clock, so that a test which stops it moves
+them too; ``clock=`` judges ``ttl`` and presence.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from .. import clock as edge_clock
 from .base import (
     ArchivePage,
     Deliver,
@@ -153,6 +159,8 @@ class MemoryStorage:
         self._consumers: list[Deliver] = []
         #: channel -> [joined, left, announced at, interval], for large channels
         self._presence: dict[str, list[float]] = {}
+        #: channel (or "*") -> user id -> when the ban ends (Unix seconds; None: never)
+        self._bans: dict[str, dict[str, float | None]] = {}
         # Event ids are "<when this storage started, in ms>-<sequence>" (the shape of Redis
         # stream ids): ordered by publication, and never equal to an id a browser kept from an
         # earlier process, which then resumes as unknown (``recovered`` false).
@@ -498,6 +506,42 @@ class MemoryStorage:
         if removed:
             self._settle(channel, state, touch=False)
         return removed
+
+    async def ban(self, channel: str, user_id: str, *, until: float | None = None) -> None:
+        """Ban a user until ``until`` (Unix seconds, by ``channel_asgi.clock.time()``)."""
+        check_time("until", until)
+        bans = self._bans.setdefault(channel, {})
+        bans[user_id] = until
+        now = edge_clock.time()
+        for user, end in list(bans.items()):
+            if end is not None and end <= now:
+                del bans[user]
+        if not bans:
+            del self._bans[channel]
+
+    async def unban(self, channel: str, user_id: str) -> None:
+        """Lift a ban."""
+        bans = self._bans.get(channel)
+        if bans is not None:
+            bans.pop(user_id, None)
+            if not bans:
+                del self._bans[channel]
+
+    async def is_banned(self, channel: str, user_id: str) -> bool:
+        """Return whether a ban on ``channel`` or on ``"*"`` is in force."""
+        return self._in_force(channel, user_id) or (channel != "*" and self._in_force("*", user_id))
+
+    def _in_force(self, channel: str, user_id: str) -> bool:
+        bans = self._bans.get(channel)
+        if bans is None or user_id not in bans:
+            return False
+        end = bans[user_id]
+        if end is None or end > edge_clock.time():
+            return True
+        del bans[user_id]  # ended: forget it
+        if not bans:
+            del self._bans[channel]
+        return False
 
     async def join(self, channel: str, connection_id: str) -> int:
         """Count a live connection."""

@@ -15,6 +15,8 @@ Layout, under ``prefix`` (``P``)::
     P:a:{channel}     sorted set  the archive: each archived broadcast's place, scored by its
                                   timestamp (its id, each part 20 digits wide: ties sort by id)
     P:ap:{channel}    hash        archived payloads by place (a deleted one keeps its place only)
+    P:b:{channel}     hash        bans: {user id: end in Unix seconds, "" for none}; P:b:* for
+                                  every channel. Expires a grace after its last ban ends.
 
 A broadcast is one script call: append to the stream (and the archive), remember its id and
 publish it, so its cost is O(1) round trips whatever the number of subscribers. Calls are
@@ -34,8 +36,9 @@ sent and its reply never came, as :class:`~channel_asgi.storage.base.StorageNoRe
 have happened; see ``redis_pipeline``). Redis Cluster is not supported (the scripts touch keys
 of several channels).
 
-The archive has no ttl, so it survives an app restart; a deleted broadcast leaves the stream
-(XDEL) and its payload leaves the archive.
+The archive and the bans have no ttl, so they survive an app restart; a deleted broadcast
+leaves the stream (XDEL) and its payload leaves the archive. Bans are judged by the clock of
+the process that asks (``base.Moderation``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import msgspec
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from .. import clock
 from . import redis_scripts as scripts
 from .base import (
     ArchivePage,
@@ -84,6 +88,8 @@ _BACKOFF_MAX: Final = 5.0
 #: pipeline in flight (see redis_pipeline), so a handful is plenty; a burst waits its turn.
 _MAX_CONNECTIONS: Final = 32
 _SOCKET_TIMEOUT: Final = 2.0
+#: How long a channel's bans key outlives its last ban (see redis_scripts.TIDY_BANS_LUA).
+_BAN_GRACE_MS: Final = 60_000
 
 
 def _stream_id(event_id: str) -> tuple[int, int]:
@@ -107,7 +113,7 @@ def _unplace(member: bytes) -> str:
 
 
 def _score(value: float) -> str:
-    """A float as Redis reads it back exactly (a sorted-set score, a bound)."""
+    """A float as Redis reads it back exactly (a sorted-set score, a bound, a ban's end)."""
     return repr(float(value))
 
 
@@ -539,6 +545,25 @@ class RedisStorage:
         keys = [self._key("h", channel), self._key("ap", channel)]
         reply = await self._pipeline.script("delete", scripts.DELETE, keys, [event_id, place])
         return bool(reply)
+
+    async def ban(self, channel: str, user_id: str, *, until: float | None = None) -> None:
+        """Record a ban in the channel's bans hash, and forget its ended ones."""
+        check_time("until", until)
+        ends = "" if until is None else _score(until)
+        args = [user_id, ends, _score(clock.time()), _BAN_GRACE_MS]
+        await self._pipeline.script("ban", scripts.BAN, [self._key("b", channel)], args)
+
+    async def unban(self, channel: str, user_id: str) -> None:
+        """Remove a ban from the channel's bans hash, and forget its ended ones."""
+        args = [user_id, _score(clock.time()), _BAN_GRACE_MS]
+        await self._pipeline.script("unban", scripts.UNBAN, [self._key("b", channel)], args)
+
+    async def is_banned(self, channel: str, user_id: str) -> bool:
+        """Read the bans of the channel and of ``"*"``; judge their ends by this process's clock."""
+        keys = [self._key("b", channel), self._key("b", "*")]
+        ends = await self._pipeline.script("banned", scripts.BANNED, keys, [user_id], writes=False)
+        now = clock.time()
+        return any(end is not None and (end == b"" or float(end) > now) for end in ends)
 
     async def _presence(self, channel: str, connection_id: str, delta: int) -> int:
         keys = [self._key("v", channel), self._key("procs"), self._key("c", self.process_id)]

@@ -1,7 +1,9 @@
 """The Lua scripts of ``RedisStorage``, each one atomic call to Redis.
 
 The scripts that need the time read the server's own clock (``TIME``), so leases, ttl and
-presence intervals are judged by one clock, whatever the clocks of the app processes say.
+presence intervals are judged by one clock, whatever the clocks of the app processes say. Bans
+are the exception the protocol makes: their ends are judged by the clock of the process that
+asks (``base.Moderation``), which the ban scripts get as an argument to tidy up.
 
 A number a script returns or writes goes through ``string.format``: Lua numbers reach Redis as
 integers, and ``tostring`` keeps only 14 digits.
@@ -14,12 +16,15 @@ from typing import Final
 __all__ = [
     "APPEND",
     "ARCHIVE_RANGE",
+    "BAN",
+    "BANNED",
     "COALESCE",
     "CONNECTED",
     "DELETE",
     "HISTORY",
     "LEASE",
     "PRESENCE",
+    "UNBAN",
     "VIEWERS",
 ]
 
@@ -199,6 +204,57 @@ return out
 # place, for paging; see base.Archive) and loses the payload. Returns how many held it (0-2).
 DELETE: Final = """
 return redis.call('XDEL', KEYS[1], ARGV[1]) + redis.call('HDEL', KEYS[2], ARGV[2])
+"""
+
+# Drop a channel's ended bans and let its key expire a grace after the last one ends (a host
+# whose clock trails still sees a ban until it ends by that clock), or never while one is for
+# ever. The expiry is capped near the year 33658, which Redis can hold.
+TIDY_BANS_LUA: Final = """
+local function tidy(bans, now, grace_ms)
+  local latest, forever = nil, false
+  local fields = redis.call('HGETALL', bans)
+  for i = 1, #fields, 2 do
+    local ends = fields[i + 1]
+    if ends == '' then
+      forever = true
+    elseif tonumber(ends) <= now then
+      redis.call('HDEL', bans, fields[i])
+    elseif not latest or tonumber(ends) > latest then
+      latest = tonumber(ends)
+    end
+  end
+  if forever then
+    redis.call('PERSIST', bans)
+  elseif latest then
+    local at = math.min(math.ceil(latest * 1000) + grace_ms, 1e15)
+    redis.call('PEXPIREAT', bans, string.format('%.0f', at))
+  end
+end
+"""
+
+# KEYS: the channel's bans. ARGV: user id, end (Unix seconds, '' for none), now, grace_ms.
+BAN: Final = (
+    TIDY_BANS_LUA
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+tidy(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+return 1
+"""
+)
+
+# KEYS: the channel's bans. ARGV: user id, now, grace_ms.
+UNBAN: Final = (
+    TIDY_BANS_LUA
+    + """
+redis.call('HDEL', KEYS[1], ARGV[1])
+tidy(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+return 1
+"""
+)
+
+# KEYS: the channel's bans, the bans on every channel. ARGV: user id. Returns both ends.
+BANNED: Final = """
+return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
 """
 
 # KEYS: viewers, procs, conns. ARGV: process, connection, delta (1 join, -1 leave), lease_ms.

@@ -15,7 +15,7 @@ from channel_asgi.storage.conformance import WAIT, running
 from channel_asgi.storage.memory import _CHANNEL_BYTES, _EVENT_BYTES
 from channel_asgi.storage.memory_archive import ARCHIVED_BYTES
 
-from ..helpers import subscribe
+from ..helpers import FakeClock, subscribe
 
 
 async def test_a_later_process_does_not_recognise_an_earlier_ones_ids() -> None:
@@ -369,6 +369,23 @@ async def test_a_deleted_archived_broadcast_frees_its_payload() -> None:
     assert await storage.delete_event("c", ids[1])
     assert before - storage.history_bytes == len(body(1))
     assert storage.history_bytes == recount(storage)
+
+
+async def test_ended_bans_are_forgotten(clock: FakeClock) -> None:
+    """A ban call forgets the channel's ended bans, a check the ended one it finds."""
+    storage = MemoryStorage()
+    now = clock.time()
+    await storage.ban("c", "u", until=now + 5)
+    await storage.ban("c", "v", until=now + 100)
+    await storage.ban("*", "w", until=now + 5)
+    clock.advance(10)
+    await storage.ban("c", "x")
+    assert set(storage._bans["c"]) == {"v", "x"}
+    assert not await storage.is_banned("d", "w")
+    assert "*" not in storage._bans
+    await storage.unban("c", "v")
+    await storage.unban("c", "x")
+    assert storage._bans == {}
 
 
 async def test_an_archive_outlives_its_expired_history() -> None:

@@ -1,4 +1,4 @@
-"""What RedisStorage keeps in Redis for the archive, and for how long."""
+"""What RedisStorage keeps in Redis for the archive and bans, and for how long."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
+from channel_asgi import clock
 from channel_asgi.storage import RedisStorage
 from channel_asgi.storage.conformance import running
 from channel_asgi.storage.redis import _place, _unplace
@@ -51,3 +52,24 @@ def test_archive_places_sort_as_their_ids() -> None:
     assert [_unplace(str(place).encode()) for place in places] == ids
     for malformed in ("garbage", "1", "1-", "-1", "1-2-3", "1-x", "\u0661-2", f"{2**64}-0"):
         assert _place(malformed) is None, malformed
+
+
+async def test_a_channels_bans_key_expires_a_grace_after_its_last_ban(
+    redis_url: str, redis_prefix: str, keys: redis.asyncio.Redis
+) -> None:
+    """Timed bans: the key expires a minute after the last ends; a ban for ever keeps it."""
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    key = f"{redis_prefix}:b:c"
+    try:
+        await storage.ban("c", "u", until=clock.time() + 100)
+        await storage.ban("c", "v", until=clock.time() + 10)
+        assert 150_000 < await keys.pttl(key) <= 160_000
+        await storage.ban("c", "w")
+        assert await keys.pttl(key) == -1
+        await storage.unban("c", "w")
+        assert 150_000 < await keys.pttl(key) <= 160_000
+        await storage.unban("c", "u")
+        await storage.unban("c", "v")
+        assert not await keys.exists(key)
+    finally:
+        await storage.aclose()
