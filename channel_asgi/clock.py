@@ -11,8 +11,9 @@ standard functions themselves, not wrappers, so a publish, which reads the time 
 limit and its token, pays what ``time.monotonic()`` and ``time.time()`` cost: one attribute
 lookup and a call each.
 
-The storage backends read it for bans (``time()`` judges when a ban ends, in every backend).
-Not read here: the event loop's clock (anyio's sleeps and timeouts, heartbeats, the
+The storage backends read it for bans (``time()`` judges when a ban ends, in every backend) and
+for ``MemoryStorage``'s token buckets (``monotonic()``); ``RedisStorage``'s buckets use Redis's
+clock. Not read here: the event loop's clock (anyio's sleeps and timeouts, heartbeats, the
 presence interval, the body deadlines' sweep interval) and the storages' history ttl and
 presence, judged by a ``clock=`` of their own (``MemoryStorage``) or by Redis.
 """

@@ -1,8 +1,9 @@
 """Storage backends: where history, presence and cross-process delivery live.
 
 ``base`` holds the protocols every backend follows (:class:`Storage`, which includes
-:class:`Presence`, :class:`Archive` and :class:`Moderation`), the errors they raise and the
-types they take and return; ``conformance`` is the test suite that checks a backend against them.
+:class:`Presence`, :class:`Archive`, :class:`Moderation` and :class:`Limits`), the errors they
+raise and the types they take and return; ``conformance`` is the test suite that checks a
+backend against them.
 
 ``RedisStorage`` imports without the ``redis`` package installed; constructing it without the
 ``redis`` extra raises an ``ImportError`` that says what to install.
@@ -17,6 +18,7 @@ from .base import (
     Delivery,
     DeliveryKind,
     History,
+    Limits,
     Moderation,
     Presence,
     PresenceTotals,
@@ -39,6 +41,7 @@ __all__ = [
     "Delivery",
     "DeliveryKind",
     "History",
+    "Limits",
     "MemoryStorage",
     "Moderation",
     "Presence",

@@ -1,13 +1,13 @@
 """The ``Storage`` protocol: every rule a storage backend must follow, in one module.
 
 A storage is what the processes serving the same channels share: each channel's history and
-archive, who is watching it, which channels are closed, who is banned, and the delivery of
-every event to every process that listens to the channel. ``MemoryStorage``
+archive, who is watching it, which channels are closed, who is banned, the rate-limit buckets,
+and the delivery of every event to every process that listens to the channel. ``MemoryStorage``
 shares nothing beyond one process; ``RedisStorage`` shares everything through Redis. A
 third-party backend needs this module and the conformance suite
 (``channel_asgi.storage.conformance``), nothing else: it implements :class:`Storage` (which
-includes :class:`Presence`, :class:`Archive` and :class:`Moderation`), raises the errors
-below, and passes the suite.
+includes :class:`Presence`, :class:`Archive`, :class:`Moderation` and :class:`Limits`), raises
+the errors below, and passes the suite.
 
 Errors are the storage's own, and know nothing of HTTP: a backend maps its driver's exceptions at
 its edge (``raise StorageUnreachable(...) from exc``) to one of
@@ -42,6 +42,7 @@ __all__ = [
     "Delivery",
     "DeliveryKind",
     "History",
+    "Limits",
     "Moderation",
     "Presence",
     "PresenceTotals",
@@ -432,11 +433,52 @@ class Moderation(Protocol):
 
 
 @runtime_checkable
-class Storage(Presence, Archive, Moderation, Protocol):
+class Limits(Protocol):
+    """**Protocol**: token buckets shared by every process: rate limits and slow mode.
+
+    A bucket holds at most ``burst`` tokens and gains ``rate`` tokens a second; each allowed
+    action spends one. A bucket never used is full, and one left alone long enough to fill up
+    is again as if never used, so a backend may forget it then; a backend that must bound its
+    memory may also forget the least recently used buckets (``MemoryStorage``), which then
+    start full. "At most once per N seconds" (slow mode) is ``rate=1/N, burst=1``.
+
+    The refill is judged by one clock for every process that shares a bucket where the
+    backend has one (``RedisStorage``: Redis's ``TIME``, so the hosts' clocks do not matter);
+    ``MemoryStorage`` reads ``channel_asgi.clock.monotonic()``.
+    """
+
+    async def take_token(self, key: str, *, rate: float, burst: float) -> float:
+        """Spend a token of the bucket ``key`` if it holds one; else say how long to wait.
+
+        Every process that takes from the same ``key`` shares its bucket, atomically: N
+        processes together allow what one would.
+
+        Args:
+            key: the bucket, any string the caller chooses, one per limit and subject (for
+                example ``"slow:<channel>:<user id>"``).
+            rate: the tokens gained per second, a finite number > 0.
+            burst: the most tokens the bucket holds, a finite number >= 1 (what a full bucket
+                allows at once).
+
+        Returns:
+            0.0 when a token was spent (the action is allowed); otherwise the seconds until
+            the bucket holds a whole token again, > 0, and nothing was spent (a
+            ``Retry-After`` is its ceiling).
+
+        Raises:
+            ValueError: ``rate`` or ``burst`` is out of range.
+            StorageUnreachable: the backend cannot be reached; nothing was spent.
+            StorageNoReply: the call was sent and no reply came; a token may have been spent.
+        """
+        ...
+
+
+@runtime_checkable
+class Storage(Presence, Archive, Moderation, Limits, Protocol):
     """**Protocol**: channel history, presence, closed channels and delivery to every process.
 
-    It includes the archive and moderation (:class:`Archive`, :class:`Moderation`, each with
-    its own rules). Rules that hold across the methods:
+    It includes the archive, moderation and limits (:class:`Archive`, :class:`Moderation`,
+    :class:`Limits`, each with its own rules). Rules that hold across the methods:
 
     - **Payloads** are encoded envelopes, ``bytes``; the storage keeps and carries them exactly,
       never looking inside.

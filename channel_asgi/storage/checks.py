@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_page", "check_time"]
+__all__ = ["check_bucket", "check_page", "check_time"]
 
 
 def _finite(value: object) -> bool:
@@ -23,3 +23,11 @@ def check_page(start: float | None, end: float | None, limit: int) -> None:
     check_time("end", end)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+
+
+def check_bucket(rate: float, burst: float) -> None:
+    """Refuse a token bucket's rate and burst that ``Limits.take_token`` refuses."""
+    if not _finite(rate) or not rate > 0:
+        raise ValueError(f"rate must be a finite number > 0, got {rate!r}")
+    if not _finite(burst) or not burst >= 1:
+        raise ValueError(f"burst must be a finite number >= 1, got {burst!r}")

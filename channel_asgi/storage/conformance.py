@@ -69,6 +69,8 @@ __all__ = [
     "test_a_ban_ends_at_its_until",
     "test_a_ban_on_a_channel_holds_in_every_process",
     "test_a_ban_on_every_channel_and_its_unban",
+    "test_a_bucket_is_shared_by_every_process",
+    "test_a_bucket_refills_at_its_rate",
     "test_a_resume_or_a_page_from_a_deleted_id_goes_on_after_it",
     "test_a_second_listen_returns_and_deliveries_flow",
     "test_an_unreachable_backend_fails_with_storage_unreachable",
@@ -111,6 +113,7 @@ __all__ = [
     "test_run_starts_while_the_backend_is_unreachable",
     "test_send_and_append_keep_their_order",
     "test_send_delivers_without_retaining",
+    "test_slow_mode_is_once_per_interval",
     "test_unlisten_leaves_other_processes_listening",
     "test_viewer_count_spans_processes",
     "unreachable_storage",
@@ -437,6 +440,7 @@ _CALLS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "ban": lambda s: s.ban("c", "u", until=None),
     "unban": lambda s: s.unban("c", "u"),
     "is_banned": lambda s: s.is_banned("c", "u"),
+    "take_token": lambda s: s.take_token("k", rate=1.0, burst=1.0),
 }
 
 
@@ -698,6 +702,10 @@ _BAD_ARGUMENTS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "end=inf": lambda s: s.archive_range("c", end=math.inf),
     "timestamp=nan": lambda s: s.append("c", payload(1), keep=10, archive=5, timestamp=math.nan),
     "until=nan": lambda s: s.ban("c", "u", until=math.nan),
+    "rate=0": lambda s: s.take_token("k", rate=0.0, burst=1.0),
+    "rate=inf": lambda s: s.take_token("k", rate=math.inf, burst=1.0),
+    "burst=0.5": lambda s: s.take_token("k", rate=1.0, burst=0.5),
+    "burst=nan": lambda s: s.take_token("k", rate=1.0, burst=math.nan),
 }
 
 
@@ -708,6 +716,7 @@ async def test_arguments_out_of_range_are_value_errors(storage: Running, call: s
         await _BAD_ARGUMENTS[call](storage.storage)
     assert (await storage.storage.history("c")).events == []
     assert not await storage.storage.is_banned("c", "u")
+    assert await storage.storage.take_token("k", rate=1.0, burst=1.0) == 0.0
 
 
 # -- moderation (base.Moderation) ----------------------------------------------------------------
@@ -834,8 +843,40 @@ async def test_a_ban_ends_at_its_until(
     assert await peer.storage.is_banned("c", "x")
 
 
+# -- limits (base.Limits) ------------------------------------------------------------------------
+
+
+async def test_a_bucket_is_shared_by_every_process(storage: Running, peer: Running) -> None:
+    """Processes spend one bucket together; once empty each is told how long to wait."""
+    hour = 3600.0
+    assert await storage.storage.take_token("slow:c:u", rate=1 / hour, burst=2) == 0.0
+    assert await peer.storage.take_token("slow:c:u", rate=1 / hour, burst=2) == 0.0
+    for running in (storage, peer, storage):  # a refusal spends nothing: the wait stays
+        wait = await running.storage.take_token("slow:c:u", rate=1 / hour, burst=2)
+        assert hour - 60 < wait <= hour
+    assert await peer.storage.take_token("slow:c:v", rate=1 / hour, burst=2) == 0.0
+
+
+async def test_slow_mode_is_once_per_interval(storage: Running, peer: Running) -> None:
+    """rate=1/N, burst=1: one action, then a wait of up to N seconds, in any process."""
+    assert await storage.storage.take_token("k", rate=1 / 30, burst=1) == 0.0
+    wait = await peer.storage.take_token("k", rate=1 / 30, burst=1)
+    assert 25 < wait <= 30
+
+
+async def test_a_bucket_refills_at_its_rate(storage: Running) -> None:
+    """The wait is at most 1/rate for one token, and a token comes back in that time."""
+    assert await storage.storage.take_token("fast", rate=50.0, burst=1) == 0.0
+    assert 0 <= await storage.storage.take_token("fast", rate=50.0, burst=1) <= 1 / 50
+    await _eventually(lambda: _is(storage.storage.take_token("fast", rate=50.0, burst=1), 0.0))
+
+
 async def _not(check: Awaitable[bool]) -> bool:
     return not await check
+
+
+async def _is(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:

@@ -25,11 +25,12 @@ Memory is bounded as a whole, not only per channel (``docs/storage.md``, "Memory
 - Ids come from one counter for the whole storage, so a channel dropped and used again never
   reuses an id; a resume from an id the storage forgot reports ``recovered`` false, never a
   silent gap. Closed channels are remembered apart from the history, and never dropped.
-- Bans live apart from the channels. They are few (moderators make them); ``ban`` forgets the
-  channel's ended bans, ``is_banned`` an ended one it finds.
+- Bans and token buckets live apart from the channels. Bans are few (moderators make them);
+  ``ban`` forgets the channel's ended bans, ``is_banned`` an ended one it finds. Buckets are
+  bounded in number, the least recently used forgotten first (it starts full again).
 
-Bans read ``channel_asgi.clock.time()``, the edge's clock, so that a test which stops it moves
-them too; ``clock=`` judges ``ttl`` and presence.
+Bans and buckets read ``channel_asgi.clock`` (``time()`` and ``monotonic()``), the edge's clock,
+so that a test which stops it moves them too; ``clock=`` judges ``ttl`` and presence.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from .base import (
     StorageChannelClosed,
     StoredEvent,
 )
-from .checks import check_page, check_time
+from .checks import check_bucket, check_page, check_time
 from .memory_archive import MediaArchive
 
 __all__ = ["MemoryStorage"]
@@ -69,6 +70,8 @@ _CHANNEL_BYTES: Final = 1100
 _EVENT_BYTES: Final = 200
 #: Channels the sweep visits per call, so that one call never holds the loop for long.
 _SWEEP_BATCH: Final = 1000
+#: Token buckets remembered; past it the least recently used is forgotten (it starts full).
+_MAX_BUCKETS: Final = 100_000
 DEFAULT_MAX_HISTORY_BYTES: Final = 256 * 2**20
 
 
@@ -161,6 +164,9 @@ class MemoryStorage:
         self._presence: dict[str, list[float]] = {}
         #: channel (or "*") -> user id -> when the ban ends (Unix seconds; None: never)
         self._bans: dict[str, dict[str, float | None]] = {}
+        #: bucket key -> (tokens, when counted), least recently used first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._max_buckets = _MAX_BUCKETS
         # Event ids are "<when this storage started, in ms>-<sequence>" (the shape of Redis
         # stream ids): ordered by publication, and never equal to an id a browser kept from an
         # earlier process, which then resumes as unknown (``recovered`` false).
@@ -542,6 +548,21 @@ class MemoryStorage:
         if not bans:
             del self._bans[channel]
         return False
+
+    async def take_token(self, key: str, *, rate: float, burst: float) -> float:
+        """Spend a token of a bucket in this process (``channel_asgi.clock.monotonic()``)."""
+        check_bucket(rate, burst)
+        now = edge_clock.monotonic()
+        buckets = self._buckets
+        tokens, at = buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - at) * rate)
+        if tokens < 1:
+            return (1 - tokens) / rate
+        buckets[key] = (tokens - 1, now)
+        buckets.move_to_end(key)
+        if len(buckets) > self._max_buckets:
+            buckets.popitem(last=False)
+        return 0.0
 
     async def join(self, channel: str, connection_id: str) -> int:
         """Count a live connection."""

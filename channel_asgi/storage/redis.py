@@ -17,6 +17,7 @@ Layout, under ``prefix`` (``P``)::
     P:ap:{channel}    hash        archived payloads by place (a deleted one keeps its place only)
     P:b:{channel}     hash        bans: {user id: end in Unix seconds, "" for none}; P:b:* for
                                   every channel. Expires a grace after its last ban ends.
+    P:t:{key}         hash        a token bucket: {tokens, at}; expires once it would be full
 
 A broadcast is one script call: append to the stream (and the archive), remember its id and
 publish it, so its cost is O(1) round trips whatever the number of subscribers. Calls are
@@ -37,8 +38,8 @@ have happened; see ``redis_pipeline``). Redis Cluster is not supported (the scri
 of several channels).
 
 The archive and the bans have no ttl, so they survive an app restart; a deleted broadcast
-leaves the stream (XDEL) and its payload leaves the archive. Bans are judged by the clock of
-the process that asks (``base.Moderation``).
+leaves the stream (XDEL) and its payload leaves the archive. Token buckets are judged by Redis's
+clock, bans by the clock of the process that asks (``base.Moderation``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ from .base import (
     decode_delivery,
     encode_delivery,
 )
-from .checks import check_page, check_time
+from .checks import check_bucket, check_page, check_time
 from .redis_pipeline import AutoPipeline, Call, unavailable
 
 if TYPE_CHECKING:
@@ -564,6 +565,15 @@ class RedisStorage:
         ends = await self._pipeline.script("banned", scripts.BANNED, keys, [user_id], writes=False)
         now = clock.time()
         return any(end is not None and (end == b"" or float(end) > now) for end in ends)
+
+    async def take_token(self, key: str, *, rate: float, burst: float) -> float:
+        """Spend a token of a bucket shared by every process, by Redis's clock, in one script."""
+        check_bucket(rate, burst)
+        args = [_score(rate), _score(burst)]
+        reply = await self._pipeline.script(
+            "take_token", scripts.TAKE_TOKEN, [self._key("t", key)], args
+        )
+        return float(reply)
 
     async def _presence(self, channel: str, connection_id: str, delta: int) -> int:
         keys = [self._key("v", channel), self._key("procs"), self._key("c", self.process_id)]

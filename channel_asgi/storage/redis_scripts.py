@@ -1,9 +1,9 @@
 """The Lua scripts of ``RedisStorage``, each one atomic call to Redis.
 
-The scripts that need the time read the server's own clock (``TIME``), so leases, ttl and
-presence intervals are judged by one clock, whatever the clocks of the app processes say. Bans
-are the exception the protocol makes: their ends are judged by the clock of the process that
-asks (``base.Moderation``), which the ban scripts get as an argument to tidy up.
+The scripts that need the time read the server's own clock (``TIME``), so leases, ttl,
+presence intervals and token buckets are judged by one clock, whatever the clocks of the app
+processes say. Bans are the exception the protocol makes: their ends are judged by the clock of
+the process that asks (``base.Moderation``), which the ban scripts get as an argument to tidy up.
 
 A number a script returns or writes goes through ``string.format``: Lua numbers reach Redis as
 integers, and ``tostring`` keeps only 14 digits.
@@ -24,6 +24,7 @@ __all__ = [
     "HISTORY",
     "LEASE",
     "PRESENCE",
+    "TAKE_TOKEN",
     "UNBAN",
     "VIEWERS",
 ]
@@ -255,6 +256,27 @@ return 1
 # KEYS: the channel's bans, the bans on every channel. ARGV: user id. Returns both ends.
 BANNED: Final = """
 return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
+"""
+
+# KEYS: bucket. ARGV: rate (tokens a second), burst. Returns '0' when a token was spent, else
+# the seconds until the bucket holds one (nothing spent). The key expires once the bucket would
+# be full again, which a missing bucket is (capped near the year 33658, as bans).
+TAKE_TOKEN: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tokens = burst
+local held = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+if held[1] then
+  tokens = math.min(burst, tonumber(held[1]) + math.max(0, now - tonumber(held[2])) * rate)
+end
+if tokens < 1 then return string.format('%.17g', (1 - tokens) / rate) end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'at', string.format('%.17g', now))
+local full_ms = math.min(math.ceil((burst - tokens) / rate * 1000), 1e15)
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', full_ms))
+return '0'
 """
 
 # KEYS: viewers, procs, conns. ARGV: process, connection, delta (1 join, -1 leave), lease_ms.

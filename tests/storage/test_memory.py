@@ -371,6 +371,34 @@ async def test_a_deleted_archived_broadcast_frees_its_payload() -> None:
     assert storage.history_bytes == recount(storage)
 
 
+async def test_buckets_are_bounded_the_least_recently_used_forgotten_first(
+    clock: FakeClock,
+) -> None:
+    """Past the bound the bucket used longest ago goes, and starts full again."""
+    storage = MemoryStorage()
+    storage._max_buckets = 2
+    for key in ("a", "b"):
+        assert await storage.take_token(key, rate=0.1, burst=1) == 0.0
+    assert await storage.take_token("a", rate=0.1, burst=1) == 10.0  # refused: not a use
+    assert await storage.take_token("c", rate=0.1, burst=1) == 0.0  # "a" is forgotten
+    assert list(storage._buckets) == ["b", "c"]
+    assert await storage.take_token("a", rate=0.1, burst=1) == 0.0
+
+
+async def test_a_bucket_refills_by_the_edge_clock(clock: FakeClock) -> None:
+    """MemoryStorage's buckets read channel_asgi.clock.monotonic(): the clock fixture moves them."""
+    storage = MemoryStorage()
+    assert await storage.take_token("k", rate=0.1, burst=2) == 0.0
+    assert await storage.take_token("k", rate=0.1, burst=2) == 0.0
+    assert await storage.take_token("k", rate=0.1, burst=2) == 10.0
+    clock.advance(4)
+    assert await storage.take_token("k", rate=0.1, burst=2) == pytest.approx(6.0)
+    clock.advance(6)
+    assert await storage.take_token("k", rate=0.1, burst=2) == 0.0
+    clock.advance(1000)  # refills to burst, no further
+    assert [await storage.take_token("k", rate=0.1, burst=2) for _ in range(3)][-1] > 0
+
+
 async def test_ended_bans_are_forgotten(clock: FakeClock) -> None:
     """A ban call forgets the channel's ended bans, a check the ended one it finds."""
     storage = MemoryStorage()

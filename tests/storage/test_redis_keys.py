@@ -1,4 +1,4 @@
-"""What RedisStorage keeps in Redis for the archive and bans, and for how long."""
+"""What RedisStorage keeps in Redis for the archive, bans and buckets, and for how long."""
 
 from __future__ import annotations
 
@@ -71,5 +71,17 @@ async def test_a_channels_bans_key_expires_a_grace_after_its_last_ban(
         await storage.unban("c", "u")
         await storage.unban("c", "v")
         assert not await keys.exists(key)
+    finally:
+        await storage.aclose()
+
+
+async def test_a_bucket_key_expires_once_it_would_be_full(
+    redis_url: str, redis_prefix: str, keys: redis.asyncio.Redis
+) -> None:
+    """A bucket missing from Redis is full, so its key lives only until it would be."""
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    try:
+        assert await storage.take_token("k", rate=0.5, burst=3) == 0.0
+        assert 0 < await keys.pttl(f"{redis_prefix}:t:k") <= 2000  # one token, at 0.5 a second
     finally:
         await storage.aclose()
