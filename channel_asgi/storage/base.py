@@ -115,7 +115,7 @@ class Delivery(msgspec.Struct, array_like=True, gc=False):
     :func:`decode_delivery` carry it across processes).
 
     Attributes:
-        channel: the channel it belongs to.
+        channel: the channel it belongs to, or ``"*"`` for every channel (:meth:`Storage.send`).
         kind: ``"event"`` (write ``payload`` to the matching connections), ``"request"`` (send
             the channel's history to ``to_connection``) or ``"end"`` (write ``payload``, then
             close every connection of the channel).
@@ -607,7 +607,10 @@ class Storage(Presence, Archive, Moderation, Limits, Protocol):
     async def send(self, delivery: Delivery) -> None:
         """Deliver an event that is not retained to every process listening on its channel.
 
-        Every field arrives intact; nothing is stored.
+        Every field arrives intact; nothing is stored. A delivery whose channel is ``"*"`` (no
+        channel's name) reaches every process whose ``run`` runs, this one included, whatever
+        it listens to: news for every channel at once, such as a ban on every channel. It
+        keeps no order with the deliveries of single channels.
 
         Raises:
             StorageUnreachable: the backend cannot be reached; nothing was delivered.

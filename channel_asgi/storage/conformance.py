@@ -71,6 +71,7 @@ __all__ = [
     "test_a_ban_on_every_channel_and_its_unban",
     "test_a_bucket_is_shared_by_every_process",
     "test_a_bucket_refills_at_its_rate",
+    "test_a_delivery_to_every_channel_reaches_every_process",
     "test_a_resume_or_a_page_from_a_deleted_id_goes_on_after_it",
     "test_a_second_listen_returns_and_deliveries_flow",
     "test_an_unreachable_backend_fails_with_storage_unreachable",
@@ -313,6 +314,18 @@ async def test_send_delivers_without_retaining(storage: Running, peer: Running) 
     await peer.storage.unlisten("c")
 
 
+async def test_a_delivery_to_every_channel_reaches_every_process(
+    storage: Running, peer: Running
+) -> None:
+    """send() to "*" reaches every running process, this one too, whatever it listens to."""
+    await peer.storage.listen("c")
+    delivery = Delivery("*", "end", b'{"status":"banned"}', to_user="u")
+    await storage.storage.send(delivery)
+    for running in (storage, peer):
+        assert await running.inbox.wait_for(1, "*") == [delivery]
+    await peer.storage.unlisten("c")
+
+
 async def test_request_deliveries_cross_processes(storage: Running, peer: Running) -> None:
     """A request addressed to a connection reaches the process that holds it."""
     await peer.storage.listen("c")
@@ -425,6 +438,7 @@ async def test_deliveries_round_trip_through_the_codec() -> None:
 _CALLS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "append": lambda s: s.append("c", payload(1), keep=10),
     "send": lambda s: s.send(Delivery("c", "event", payload(1))),
+    "send to every channel": lambda s: s.send(Delivery("*", "end", payload(1), to_user="u")),
     "history": lambda s: s.history("c"),
     "join": lambda s: s.join("c", "k"),
     "leave": lambda s: s.leave("c", "k"),

@@ -299,7 +299,7 @@ class MemoryStorage:
 
     def _deliver(self, delivery: Delivery) -> None:
         state = self._channels.get(delivery.channel)
-        if state is None or not state.listeners:
+        if delivery.channel != "*" and (state is None or not state.listeners):
             return
         for deliver in self._consumers:
             deliver(delivery)

@@ -11,7 +11,8 @@ Layout, under ``prefix`` (``P``)::
     P:pj:{channel}    hash        joins and leaves of a large channel not yet announced
     P:pt:{channel}    string      set for one presence_interval by the process that announces
     P:closed          set         closed channels
-    P:control         pub/sub     "C<channel>" / "O<channel>" when a channel is closed or opened
+    P:control         pub/sub     "C<channel>" / "O<channel>" when a channel is closed or opened;
+                                  "D<delivery>" for a delivery to every channel ("*")
     P:a:{channel}     sorted set  the archive: each archived broadcast's place, scored by its
                                   timestamp (its id, each part 20 digits wide: ties sort by id)
     P:ap:{channel}    hash        archived payloads by place (a deleted one keeps its place only)
@@ -343,7 +344,10 @@ class RedisStorage:
                 self._confirmed[channel].set()
 
     def _control(self, data: bytes) -> None:
-        """A channel was closed (``C<name>``) or opened (``O<name>``) by some process."""
+        """A channel was closed (``C<name>``) or opened (``O<name>``), or a delivery to ``"*"``."""
+        if data[:1] == b"D":
+            self._decode_and_deliver("*", data[1:])
+            return
         if self._closed is None:
             return
         name = data[1:].decode()
@@ -367,13 +371,16 @@ class RedisStorage:
                     del self._floor[channel]
                 self._broadcast(channel, event_id, parts[index + 1])
         elif data[:1] == b"D":
-            try:
-                delivery = decode_delivery(data[1:])
-            except msgspec.DecodeError:
-                logger.warning("Ignoring a malformed delivery on channel %r", channel)
-                return
-            if self._deliver is not None:
-                self._deliver(delivery)
+            self._decode_and_deliver(channel, data[1:])
+
+    def _decode_and_deliver(self, channel: str, data: bytes) -> None:
+        try:
+            delivery = decode_delivery(data)
+        except msgspec.DecodeError:
+            logger.warning("Ignoring a malformed delivery on channel %r", channel)
+            return
+        if self._deliver is not None:
+            self._deliver(delivery)
 
     def _broadcast(self, channel: str, event_id: str, payload: bytes) -> None:
         self._last_seen[channel] = event_id
@@ -485,9 +492,11 @@ class RedisStorage:
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     async def send(self, delivery: Delivery) -> None:
-        """Publish a delivery that is not retained."""
+        """Publish a delivery that is not retained (to ``"*"``: on the control topic)."""
         data = b"D" + encode_delivery(delivery)
-        await self._pipeline.command("PUBLISH", self._topic(delivery.channel), data)
+        every = delivery.channel == "*"
+        topic = self._key("control") if every else self._topic(delivery.channel)
+        await self._pipeline.command("PUBLISH", topic, data)
 
     async def history(
         self,
