@@ -1,4 +1,4 @@
-"""The time source of the edge: rate limits, body deadlines, publish and identity tokens.
+"""The time source of the edge: rate limits, body deadlines, publish and identity tokens, bans.
 
 ``monotonic()`` measures intervals (a rate limit's refill, a body's deadline). ``time()`` is
 Unix seconds, the time written into tokens and checked against their expiry.
@@ -11,9 +11,11 @@ standard functions themselves, not wrappers, so a publish, which reads the time 
 limit and its token, pays what ``time.monotonic()`` and ``time.time()`` cost: one attribute
 lookup and a call each.
 
-Not read here: the event loop's clock (anyio's sleeps and timeouts, heartbeats, the presence
-interval, the body deadlines' sweep interval) and the storage backends, which take a ``clock=``
-of their own (``MemoryStorage``).
+The storage backends read it for bans (``time()`` judges when a ban ends, in every backend) and
+for ``MemoryStorage``'s token buckets (``monotonic()``); ``RedisStorage``'s buckets use Redis's
+clock. Not read here: the event loop's clock (anyio's sleeps and timeouts, heartbeats, the
+presence interval, the body deadlines' sweep interval) and the storages' history ttl and
+presence, judged by a ``clock=`` of their own (``MemoryStorage``) or by Redis.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import httpx
 import uvicorn
 
 from channel_asgi import sse
+from channel_asgi.storage import MemoryStorage
+from channel_asgi.storage.base import StorageError
 
 WAIT = 10.0  # seconds any single wait in a test may take
 
@@ -281,3 +283,25 @@ def redis_answers(port: int = 6379) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+class DownStorage(MemoryStorage):
+    """A MemoryStorage whose appends fail while ``failure`` is set."""
+
+    failure: StorageError | None = None
+
+    async def append(
+        self,
+        channel: str,
+        payload: bytes,
+        *,
+        keep: int,
+        ttl: float | None = None,
+        archive: int = 0,
+        timestamp: float | None = None,
+    ) -> str:
+        if self.failure is not None:
+            raise self.failure
+        return await super().append(
+            channel, payload, keep=keep, ttl=ttl, archive=archive, timestamp=timestamp
+        )

@@ -11,25 +11,12 @@ import pytest
 import websockets
 
 from channel_asgi import ChannelApp
-from channel_asgi.storage import MemoryStorage, StorageError, StorageUnreachable
+from channel_asgi.storage import StorageUnreachable
 
-from .helpers import WAIT, publish, subscribe
+from .helpers import WAIT, DownStorage, publish, subscribe
 
 SECRET = "l" * 40
 REQUESTS = "channel_asgi.requests"
-
-
-class DownStorage(MemoryStorage):
-    """A MemoryStorage whose appends fail while ``failure`` is set."""
-
-    failure: StorageError | None = None
-
-    async def append(
-        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
-    ) -> str:
-        if self.failure is not None:
-            raise self.failure
-        return await super().append(channel, payload, keep=keep, ttl=ttl)
 
 
 def lines(caplog: pytest.LogCaptureFixture, logger: str = REQUESTS) -> list[logging.LogRecord]:

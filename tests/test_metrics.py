@@ -14,9 +14,9 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from channel_asgi import ChannelApp, Reject
-from channel_asgi.storage import MemoryStorage, StorageError, StorageUnreachable
+from channel_asgi.storage import StorageUnreachable
 
-from .helpers import WAIT, FakeClock, eventually, free_port, publish, subscribe
+from .helpers import WAIT, DownStorage, FakeClock, eventually, free_port, publish, subscribe
 
 SECRET = "m" * 40
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -46,19 +46,6 @@ async def scrape(client: httpx.AsyncClient, base: str) -> Samples:
 
 def chat(text: str) -> dict[str, object]:
     return {"type": "broadcast", "message": {"text": text}}
-
-
-class DownStorage(MemoryStorage):
-    """A MemoryStorage whose appends fail while ``failure`` is set."""
-
-    failure: StorageError | None = None
-
-    async def append(
-        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
-    ) -> str:
-        if self.failure is not None:
-            raise self.failure
-        return await super().append(channel, payload, keep=keep, ttl=ttl)
 
 
 async def test_metrics_are_off_by_default(client: httpx.AsyncClient, serve) -> None:

@@ -35,10 +35,19 @@ class FailingStorage(MemoryStorage):
             raise self.failure
 
     async def append(
-        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
+        self,
+        channel: str,
+        payload: bytes,
+        *,
+        keep: int,
+        ttl: float | None = None,
+        archive: int = 0,
+        timestamp: float | None = None,
     ) -> str:
         self._fail()
-        return await super().append(channel, payload, keep=keep, ttl=ttl)
+        return await super().append(
+            channel, payload, keep=keep, ttl=ttl, archive=archive, timestamp=timestamp
+        )
 
     async def join(self, channel: str, connection_id: str) -> int:
         self._fail()

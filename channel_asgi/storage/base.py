@@ -1,11 +1,13 @@
 """The ``Storage`` protocol: every rule a storage backend must follow, in one module.
 
-A storage is what the processes serving the same channels share: each channel's history, who is
-watching it, which channels are closed, and the delivery of every event to every process that
-listens to the channel. ``MemoryStorage`` shares nothing beyond one process; ``RedisStorage``
-shares everything through Redis. A third-party backend needs this module and the conformance
-suite (``channel_asgi.storage.conformance``), nothing else: it implements :class:`Storage` (which
-includes :class:`Presence`), raises the errors below, and passes the suite.
+A storage is what the processes serving the same channels share: each channel's history and
+archive, who is watching it, which channels are closed, who is banned, the rate-limit buckets,
+and the delivery of every event to every process that listens to the channel. ``MemoryStorage``
+shares nothing beyond one process; ``RedisStorage`` shares everything through Redis. A
+third-party backend needs this module and the conformance suite
+(``channel_asgi.storage.conformance``), nothing else: it implements :class:`Storage` (which
+includes :class:`Presence`, :class:`Archive`, :class:`Moderation` and :class:`Limits`), raises
+the errors below, and passes the suite.
 
 Errors are the storage's own, and know nothing of HTTP: a backend maps its driver's exceptions at
 its edge (``raise StorageUnreachable(...) from exc``) to one of
@@ -34,10 +36,14 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 __all__ = [
+    "Archive",
+    "ArchivePage",
     "Deliver",
     "Delivery",
     "DeliveryKind",
     "History",
+    "Limits",
+    "Moderation",
     "Presence",
     "PresenceTotals",
     "Storage",
@@ -109,7 +115,7 @@ class Delivery(msgspec.Struct, array_like=True, gc=False):
     :func:`decode_delivery` carry it across processes).
 
     Attributes:
-        channel: the channel it belongs to.
+        channel: the channel it belongs to, or ``"*"`` for every channel (:meth:`Storage.send`).
         kind: ``"event"`` (write ``payload`` to the matching connections), ``"request"`` (send
             the channel's history to ``to_connection``) or ``"end"`` (write ``payload``, then
             close every connection of the channel).
@@ -170,6 +176,20 @@ class History(msgspec.Struct, gc=False):
 
     events: list[StoredEvent]
     recovered: bool | None = None
+
+
+class ArchivePage(msgspec.Struct, gc=False):
+    """One page of a channel's archive, in media-time order (:meth:`Archive.archive_range`).
+
+    Attributes:
+        events: the archived broadcasts, ordered by (timestamp, id).
+        more: whether further archived broadcasts of the range follow the last of ``events``:
+            pass its id as the next call's ``after`` to read them. False on the last page
+            (and whenever ``events`` is empty).
+    """
+
+    events: list[StoredEvent]
+    more: bool = False
 
 
 class PresenceTotals(msgspec.Struct, frozen=True, gc=False):
@@ -273,10 +293,192 @@ class Presence(Protocol):
 
 
 @runtime_checkable
-class Storage(Presence, Protocol):
+class Archive(Protocol):
+    """**Protocol**: broadcasts kept by media time, to replay the chat of a recorded stream.
+
+    A channel's archive is apart from its history. :meth:`Storage.append` adds a broadcast to
+    it when given ``archive`` > 0 and a ``timestamp`` (the envelope's media time, in seconds),
+    whatever ``keep`` and ``ttl`` do to the history. The rules:
+
+    - **Order**: by (timestamp, id). Broadcasts with equal timestamps are in publication order
+      (event ids are ordered by publication).
+    - **Bound**: a channel archives at most ``archive`` broadcasts (the value its latest
+      archiving append passed). Past it, the first in that order goes: the oldest media time is
+      evicted first, so a broadcast older than every archived one, appended to a full archive,
+      is not kept.
+    - **Lifetime**: no ``ttl`` applies. A backend that outlives the app's process keeps the
+      archive across restarts (``RedisStorage``: its keys never expire); a backend may bound
+      its memory as a whole, as it does for history (``MemoryStorage``'s
+      ``max_history_bytes``).
+    - **Deletion**: :meth:`Moderation.delete_event` removes a broadcast from the archive but
+      keeps its place (its id and timestamp, until it is evicted; it still counts against
+      ``archive``), so that a page which ended with it continues with ``after`` as if it were
+      there.
+    """
+
+    async def archive_range(
+        self,
+        channel: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 200,
+        after: str | None = None,
+    ) -> ArchivePage:
+        """Return the archived broadcasts with ``start <= timestamp < end``, by (timestamp, id).
+
+        Costs O(log n + k) for an archive of n broadcasts and a page of k (plus the deleted
+        broadcasts the page steps over).
+
+        Args:
+            channel: the channel.
+            start: the earliest media time, inclusive; None: from the first.
+            end: the media time where the range stops, exclusive; None: to the last. With
+                ``start >= end`` the range is empty.
+            limit: the most broadcasts to return, at least 1.
+            after: continue strictly after this event's (timestamp, id) place: the id of the
+                last event of the previous page, when its ``more`` was True. Pages read so,
+                with the same ``start`` and ``end``, cover the range with no gap and no
+                duplicate, even across many broadcasts of one timestamp, and even when that
+                event has been deleted since. A broadcast archived between two pages shows on
+                a later page when its place is after ``after``.
+
+        Returns:
+            At most ``limit`` broadcasts, and whether more of the range follow them
+            (:attr:`ArchivePage.more`). A channel that archived nothing gives an empty page.
+
+        Raises:
+            ValueError: ``after`` is not in the channel's archive (unknown, malformed, never
+                archived, or evicted since: the reader may start again from the timestamp of
+                the last broadcast it got), ``limit`` is less than 1, or ``start`` or ``end``
+                is not a finite number. The app answers 400.
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
+        """
+        ...
+
+
+@runtime_checkable
+class Moderation(Protocol):
+    """**Protocol**: removing broadcasts and banning users, in every process at once.
+
+    A ban is kept per (channel, user id); the channel ``"*"`` stands for every channel (no
+    channel name holds a ``*``). Its end is a Unix time in seconds, judged at each check by
+    ``channel_asgi.clock.time()`` of the process that asks (looked up at each call, so that a
+    test can stop that clock): hosts whose clocks differ see a ban end that far apart. A
+    backend forgets ended bans by itself; keeping them bounded is its job.
+    """
+
+    async def delete_event(self, channel: str, event_id: str) -> bool:
+        """Remove a broadcast from the channel's history and archive, for every process.
+
+        Afterwards no :meth:`Storage.history` (a resume, a ``request``) and no
+        :meth:`Archive.archive_range` returns it. A resume from its id is still recovered
+        while a broadcast older than it is retained (see :meth:`Storage.history`), and an
+        archive page that ended with it continues after it (see :class:`Archive`). Telling
+        the subscribers is the app's part (:meth:`Storage.send`).
+
+        Returns:
+            True when the history or the archive held it; False when neither did (unknown,
+            malformed, evicted, or deleted already).
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached; nothing was removed.
+            StorageNoReply: the deletion was sent and no reply came; it may have been applied.
+        """
+        ...
+
+    async def ban(self, channel: str, user_id: str, *, until: float | None = None) -> None:
+        """Ban ``user_id`` from ``channel`` (``"*"``: from every channel) until ``until``.
+
+        The ban replaces any earlier one of that user on that channel, shorter or longer.
+        Ending the user's connections is the app's part.
+
+        Args:
+            channel: the channel, or ``"*"``.
+            user_id: the user.
+            until: when the ban ends, in Unix seconds (``channel_asgi.clock.time()`` plus its
+                duration), or None for a ban that lasts until :meth:`unban`. A time already
+                past bans nothing (and so lifts an earlier ban).
+
+        Raises:
+            ValueError: ``until`` is not a finite number.
+            StorageUnreachable: the backend cannot be reached; nothing was changed.
+            StorageNoReply: the ban was sent and no reply came; it may be in force.
+        """
+        ...
+
+    async def unban(self, channel: str, user_id: str) -> None:
+        """Lift the ban of ``user_id`` on ``channel`` (``"*"``: the ban on every channel).
+
+        Each ban is lifted on its own: unbanning a channel leaves a ban on ``"*"`` in force,
+        and unbanning ``"*"`` leaves the bans on single channels. Unbanning a user who is not
+        banned does nothing.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached; nothing was changed.
+            StorageNoReply: the unban was sent and no reply came; it may have been applied.
+        """
+        ...
+
+    async def is_banned(self, channel: str, user_id: str) -> bool:
+        """Return whether a ban of ``user_id`` on ``channel`` or on ``"*"`` is in force now.
+
+        A ban is in force, in every process, from :meth:`ban` until :meth:`unban` or until
+        ``channel_asgi.clock.time()`` reaches its ``until``.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
+        """
+        ...
+
+
+@runtime_checkable
+class Limits(Protocol):
+    """**Protocol**: token buckets shared by every process: rate limits and slow mode.
+
+    A bucket holds at most ``burst`` tokens and gains ``rate`` tokens a second; each allowed
+    action spends one. A bucket never used is full, and one left alone long enough to fill up
+    is again as if never used, so a backend may forget it then; a backend that must bound its
+    memory may also forget the least recently used buckets (``MemoryStorage``), which then
+    start full. "At most once per N seconds" (slow mode) is ``rate=1/N, burst=1``.
+
+    The refill is judged by one clock for every process that shares a bucket where the
+    backend has one (``RedisStorage``: Redis's ``TIME``, so the hosts' clocks do not matter);
+    ``MemoryStorage`` reads ``channel_asgi.clock.monotonic()``.
+    """
+
+    async def take_token(self, key: str, *, rate: float, burst: float) -> float:
+        """Spend a token of the bucket ``key`` if it holds one; else say how long to wait.
+
+        Every process that takes from the same ``key`` shares its bucket, atomically: N
+        processes together allow what one would.
+
+        Args:
+            key: the bucket, any string the caller chooses, one per limit and subject (for
+                example ``"slow:<channel>:<user id>"``).
+            rate: the tokens gained per second, a finite number > 0.
+            burst: the most tokens the bucket holds, a finite number >= 1 (what a full bucket
+                allows at once).
+
+        Returns:
+            0.0 when a token was spent (the action is allowed); otherwise the seconds until
+            the bucket holds a whole token again, > 0, and nothing was spent (a
+            ``Retry-After`` is its ceiling).
+
+        Raises:
+            ValueError: ``rate`` or ``burst`` is out of range.
+            StorageUnreachable: the backend cannot be reached; nothing was spent.
+            StorageNoReply: the call was sent and no reply came; a token may have been spent.
+        """
+        ...
+
+
+@runtime_checkable
+class Storage(Presence, Archive, Moderation, Limits, Protocol):
     """**Protocol**: channel history, presence, closed channels and delivery to every process.
 
-    Rules that hold across the methods:
+    It includes the archive, moderation and limits (:class:`Archive`, :class:`Moderation`,
+    :class:`Limits`, each with its own rules). Rules that hold across the methods:
 
     - **Payloads** are encoded envelopes, ``bytes``; the storage keeps and carries them exactly,
       never looking inside.
@@ -360,12 +562,21 @@ class Storage(Presence, Protocol):
         ...
 
     async def append(
-        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
+        self,
+        channel: str,
+        payload: bytes,
+        *,
+        keep: int,
+        ttl: float | None = None,
+        archive: int = 0,
+        timestamp: float | None = None,
     ) -> str:
         """Retain a broadcast and deliver it to every process; return its event id.
 
-        The broadcast is stored and delivered as ``Delivery(channel, "event", payload, id)`` to
-        every process listening to the channel (this one included), or neither.
+        The broadcast is stored (in the history, and in the archive when asked) and delivered
+        as ``Delivery(channel, "event", payload, id)`` to every process listening to the
+        channel (this one included), or none of these. Archiving is part of the same
+        operation: it costs no round trip of its own (``RedisStorage``: the same script).
 
         Args:
             channel: the channel.
@@ -376,8 +587,15 @@ class Storage(Presence, Protocol):
             ttl: seconds a broadcast is retained, or None for no limit. Older broadcasts are
                 dropped, and once the newest has expired the channel's newest id is forgotten
                 too.
+            archive: how many broadcasts the channel's archive keeps (:class:`Archive`); 0
+                archives nothing.
+            timestamp: the broadcast's media time in seconds (the envelope's ``timestamp``),
+                its place in the archive; None archives nothing. A broadcast is archived when
+                ``archive`` > 0 and ``timestamp`` is given.
 
         Raises:
+            ValueError: the broadcast is to be archived and ``timestamp`` is not a finite
+                number; nothing was stored or delivered.
             StorageChannelClosed: the channel is closed (checked atomically with the append,
                 whichever process closed it); nothing was stored or delivered.
             StorageUnreachable: the backend cannot be reached; nothing was stored or delivered.
@@ -389,7 +607,10 @@ class Storage(Presence, Protocol):
     async def send(self, delivery: Delivery) -> None:
         """Deliver an event that is not retained to every process listening on its channel.
 
-        Every field arrives intact; nothing is stored.
+        Every field arrives intact; nothing is stored. A delivery whose channel is ``"*"`` (no
+        channel's name) reaches every process whose ``run`` runs, this one included, whatever
+        it listens to: news for every channel at once, such as a ban on every channel. It
+        keeps no order with the deliveries of single channels.
 
         Raises:
             StorageUnreachable: the backend cannot be reached; nothing was delivered.
@@ -407,10 +628,15 @@ class Storage(Presence, Protocol):
     ) -> History:
         """Return the retained broadcasts of ``channel``, oldest first.
 
-        Without ``after``, all of them and ``recovered`` None. With ``after``: when it is
-        retained, or is the newest id ever appended to the channel (and not expired), the
-        broadcasts after it and ``recovered`` True; otherwise (unknown, evicted, malformed) all
-        retained broadcasts and ``recovered`` False. A channel never used has no history.
+        Without ``after``, all of them and ``recovered`` None. With ``after``: when no
+        broadcast that followed it was evicted or expired, the broadcasts after it and
+        ``recovered`` True; otherwise (unknown, evicted, malformed) all retained broadcasts and
+        ``recovered`` False. The first holds when ``after`` is retained, when it is the newest
+        id ever appended to the channel (and not expired), and when it was removed by
+        :meth:`Moderation.delete_event` while a broadcast older than it is still retained
+        (eviction takes the oldest first). A backend may treat any id of its own that sorts
+        between a retained broadcast and the newest id that way. A channel never used has no
+        history.
 
         Args:
             channel: the channel.

@@ -31,6 +31,7 @@ loop). This module imports pytest, so only test code should import it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ import anyio
 import msgspec
 import pytest
 
+from .. import clock as edge_clock
 from .base import (
     Delivery,
     Storage,
@@ -64,15 +66,35 @@ __all__ = [
     "pytestmark",
     "running",
     "storage",
+    "test_a_ban_ends_at_its_until",
+    "test_a_ban_on_a_channel_holds_in_every_process",
+    "test_a_ban_on_every_channel_and_its_unban",
+    "test_a_bucket_is_shared_by_every_process",
+    "test_a_bucket_refills_at_its_rate",
+    "test_a_delivery_to_every_channel_reaches_every_process",
+    "test_a_resume_or_a_page_from_a_deleted_id_goes_on_after_it",
     "test_a_second_listen_returns_and_deliveries_flow",
     "test_an_unreachable_backend_fails_with_storage_unreachable",
     "test_append_delivers_to_every_listening_process",
     "test_append_returns_distinct_ids_in_publication_order",
     "test_append_to_a_closed_channel_is_refused",
+    "test_archive_is_apart_from_history",
+    "test_archive_is_shared_by_every_process",
+    "test_archive_keeps_its_size_evicting_the_oldest_media_time",
+    "test_archive_orders_by_timestamp_then_publication",
+    "test_archive_pages_step_over_deleted_broadcasts",
+    "test_archive_pages_with_after_across_equal_timestamps",
+    "test_archive_range_after_an_id_it_does_not_hold_is_refused",
+    "test_archive_range_is_half_open",
+    "test_archive_range_of_an_unknown_channel_is_empty",
+    "test_arguments_out_of_range_are_value_errors",
     "test_backends_implement_the_protocol",
     "test_channel_names_with_every_allowed_character",
     "test_close_and_open_span_processes",
     "test_closed_state_reaches_every_process",
+    "test_delete_event_of_an_archived_broadcast_out_of_history",
+    "test_delete_event_of_an_id_not_held_is_false",
+    "test_delete_event_removes_it_from_history_and_archive",
     "test_deliveries_round_trip_through_the_codec",
     "test_delivery_stops_after_the_last_unlisten",
     "test_history_after_a_retained_id_is_recovered",
@@ -93,6 +115,7 @@ __all__ = [
     "test_run_starts_while_the_backend_is_unreachable",
     "test_send_and_append_keep_their_order",
     "test_send_delivers_without_retaining",
+    "test_slow_mode_is_once_per_interval",
     "test_unlisten_leaves_other_processes_listening",
     "test_viewer_count_spans_processes",
     "unreachable_storage",
@@ -292,6 +315,18 @@ async def test_send_delivers_without_retaining(storage: Running, peer: Running) 
     await peer.storage.unlisten("c")
 
 
+async def test_a_delivery_to_every_channel_reaches_every_process(
+    storage: Running, peer: Running
+) -> None:
+    """send() to "*" reaches every running process, this one too, whatever it listens to."""
+    await peer.storage.listen("c")
+    delivery = Delivery("*", "end", b'{"status":"banned"}', to_user="u")
+    await storage.storage.send(delivery)
+    for running in (storage, peer):
+        assert await running.inbox.wait_for(1, "*") == [delivery]
+    await peer.storage.unlisten("c")
+
+
 async def test_request_deliveries_cross_processes(storage: Running, peer: Running) -> None:
     """A request addressed to a connection reaches the process that holds it."""
     await peer.storage.listen("c")
@@ -404,6 +439,7 @@ async def test_deliveries_round_trip_through_the_codec() -> None:
 _CALLS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "append": lambda s: s.append("c", payload(1), keep=10),
     "send": lambda s: s.send(Delivery("c", "event", payload(1))),
+    "send to every channel": lambda s: s.send(Delivery("*", "end", payload(1), to_user="u")),
     "history": lambda s: s.history("c"),
     "join": lambda s: s.join("c", "k"),
     "leave": lambda s: s.leave("c", "k"),
@@ -414,6 +450,13 @@ _CALLS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "open_channel": lambda s: s.open_channel("c"),
     "is_closed": lambda s: s.is_closed("c"),
     "ping": lambda s: s.ping(),
+    "append archived": lambda s: s.append("c", payload(1), keep=10, archive=10, timestamp=1.0),
+    "archive_range": lambda s: s.archive_range("c", start=0.0, end=9.0, after="1-0"),
+    "delete_event": lambda s: s.delete_event("c", "1-0"),
+    "ban": lambda s: s.ban("c", "u", until=None),
+    "unban": lambda s: s.unban("c", "u"),
+    "is_banned": lambda s: s.is_banned("c", "u"),
+    "take_token": lambda s: s.take_token("k", rate=1.0, burst=1.0),
 }
 
 
@@ -545,8 +588,311 @@ async def test_closed_state_reaches_every_process(storage: Running, peer: Runnin
     await _eventually(lambda: _not(storage.storage.is_closed("c2")))
 
 
+# -- the archive (base.Archive) ------------------------------------------------------------------
+
+
+async def archived(
+    storage: Storage, channel: str, stamps: list[float], size: int = 100
+) -> list[str]:
+    """Broadcast one message per timestamp, archived; return their ids."""
+    return [
+        await storage.append(channel, payload(n), keep=10, archive=size, timestamp=stamp)
+        for n, stamp in enumerate(stamps)
+    ]
+
+
+def by_media_time(stamps: list[float], ids: list[str]) -> list[str]:
+    """The ids in archive order: by timestamp, then publication (a stable sort)."""
+    return [event_id for _, event_id in sorted(zip(stamps, ids, strict=True), key=lambda p: p[0])]
+
+
+async def test_archive_orders_by_timestamp_then_publication(storage: Running) -> None:
+    """The archive is in media-time order; equal timestamps keep their publication order."""
+    stamps = [5.0, 1.0, 3.0, 1.0, 5.0, 0.0, 3.0, 1.0]
+    ids = await archived(storage.storage, "vod", stamps)
+    page = await storage.storage.archive_range("vod")
+    assert [e.id for e in page.events] == by_media_time(stamps, ids)
+    payloads = dict(zip(ids, (payload(n) for n in range(len(ids))), strict=True))
+    assert [e.payload for e in page.events] == [payloads[e.id] for e in page.events]
+    assert page.more is False
+
+
+async def test_archive_keeps_its_size_evicting_the_oldest_media_time(storage: Running) -> None:
+    """Past its size the archive drops the lowest timestamp first (equal ones: the earliest)."""
+    stamps = [10.0, 2.0, 7.0, 2.0, 1.0, 9.0]
+    ids = await archived(storage.storage, "vod", stamps, size=3)
+    kept = [ids[2], ids[5], ids[0]]  # 7.0, 9.0, 10.0
+    assert [e.id for e in (await storage.storage.archive_range("vod")).events] == kept
+    await archived(storage.storage, "vod", [0.5], size=3)  # older than all: not kept
+    assert [e.id for e in (await storage.storage.archive_range("vod")).events] == kept
+    ties = await archived(storage.storage, "ties", [4.0, 4.0, 4.0, 4.0], size=2)
+    assert [e.id for e in (await storage.storage.archive_range("ties")).events] == ties[2:]
+
+
+async def test_archive_is_apart_from_history(storage: Running) -> None:
+    """keep bounds the history, not the archive; only appends with archive and timestamp count."""
+    ids = await archived(storage.storage, "c", [float(n) for n in range(5)])
+    await storage.storage.append("c", payload(5), keep=10)
+    await storage.storage.append("c", payload(6), keep=10, archive=100)
+    await storage.storage.append("c", payload(7), keep=10, timestamp=7.0)
+    last = await storage.storage.append("c", payload(8), keep=2, archive=100, timestamp=8.0)
+    assert [e.id for e in (await storage.storage.history("c")).events][-1] == last
+    assert len((await storage.storage.history("c")).events) == 2
+    assert [e.id for e in (await storage.storage.archive_range("c")).events] == [*ids, last]
+
+
+async def test_archive_is_shared_by_every_process(storage: Running, peer: Running) -> None:
+    """What one process archives, another reads, in the same order."""
+    stamps = [3.0, 1.0, 2.0]
+    ids = await archived(storage.storage, "vod", stamps)
+    page = await peer.storage.archive_range("vod")
+    assert [e.id for e in page.events] == by_media_time(stamps, ids)
+
+
+async def test_archive_range_is_half_open(storage: Running) -> None:
+    """start is inclusive, end exclusive; an empty or inverted range has nothing."""
+    stamps = [0.0, 1.0, 1.5, 2.0, 2.0, 3.0]
+    ids = await archived(storage.storage, "vod", stamps)
+
+    async def read(start: float | None = None, end: float | None = None) -> list[str]:
+        page = await storage.storage.archive_range("vod", start=start, end=end)
+        return [e.id for e in page.events]
+
+    assert await read(start=1.0, end=2.0) == ids[1:3]
+    assert await read(start=2.0) == ids[3:]
+    assert await read(end=1.0) == ids[:1]
+    assert await read(start=-5.0, end=100.0) == ids
+    assert await read(start=1.2, end=1.9) == ids[2:3]
+    assert await read(end=0.0) == []
+    assert await read(start=3.0, end=3.0) == []
+    assert await read(start=5.0, end=1.0) == []
+
+
+async def test_archive_pages_with_after_across_equal_timestamps(storage: Running) -> None:
+    """Pages chained by after cover the range once, in order, though most share one timestamp."""
+    stamps = [1.0] * 10 + [0.5] + [1.0] * 10 + [2.0] * 4 + [0.25]
+    ids = await archived(storage.storage, "vod", stamps)
+    expected = [i for s, i in zip(stamps, ids, strict=True) if 0.5 <= s < 2.0]
+    expected = by_media_time([s for s in stamps if 0.5 <= s < 2.0], expected)
+    for limit in (1, 3, 7, len(expected)):
+        seen: list[str] = []
+        after: str | None = None
+        for _ in range(len(expected) + 1):  # bounded: one page per event at most
+            page = await storage.storage.archive_range(
+                "vod", start=0.5, end=2.0, limit=limit, after=after
+            )
+            assert len(page.events) <= limit
+            seen += [e.id for e in page.events]
+            if not page.more:
+                break
+            after = page.events[-1].id
+        assert seen == expected, limit
+    whole = await storage.storage.archive_range("vod", start=0.5, end=2.0, limit=len(expected))
+    assert whole.more is False  # exactly a page, and nothing after it
+
+
+async def test_archive_range_of_an_unknown_channel_is_empty(storage: Running) -> None:
+    """A channel that archived nothing has an empty page, and no more."""
+    page = await storage.storage.archive_range("never")
+    assert (page.events, page.more) == ([], False)
+
+
+@pytest.mark.parametrize("after", ["unknown", "garbage", "0-1", "evicted", "unarchived"])
+async def test_archive_range_after_an_id_it_does_not_hold_is_refused(
+    storage: Running, after: str
+) -> None:
+    """after must be an event of the archive: else ValueError (the app's 400)."""
+    ids = await archived(storage.storage, "vod", [1.0, 2.0, 3.0], size=2)
+    unarchived = await storage.storage.append("vod", payload(9), keep=10)
+    after = {"evicted": ids[0], "unarchived": unarchived}.get(after, after)
+    with pytest.raises(ValueError, match="after"):
+        await storage.storage.archive_range("vod", after=after)
+    with pytest.raises(ValueError, match="after"):
+        await storage.storage.archive_range("never", after=after)
+
+
+_BAD_ARGUMENTS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
+    "limit=0": lambda s: s.archive_range("c", limit=0),
+    "limit=-1": lambda s: s.archive_range("c", limit=-1),
+    "start=nan": lambda s: s.archive_range("c", start=math.nan),
+    "end=inf": lambda s: s.archive_range("c", end=math.inf),
+    "timestamp=nan": lambda s: s.append("c", payload(1), keep=10, archive=5, timestamp=math.nan),
+    "until=nan": lambda s: s.ban("c", "u", until=math.nan),
+    "rate=0": lambda s: s.take_token("k", rate=0.0, burst=1.0),
+    "rate=inf": lambda s: s.take_token("k", rate=math.inf, burst=1.0),
+    "burst=0.5": lambda s: s.take_token("k", rate=1.0, burst=0.5),
+    "burst=nan": lambda s: s.take_token("k", rate=1.0, burst=math.nan),
+}
+
+
+@pytest.mark.parametrize("call", list(_BAD_ARGUMENTS))
+async def test_arguments_out_of_range_are_value_errors(storage: Running, call: str) -> None:
+    """What base.py says a call refuses raises ValueError, and changes nothing."""
+    with pytest.raises(ValueError):
+        await _BAD_ARGUMENTS[call](storage.storage)
+    assert (await storage.storage.history("c")).events == []
+    assert not await storage.storage.is_banned("c", "u")
+    assert await storage.storage.take_token("k", rate=1.0, burst=1.0) == 0.0
+
+
+# -- moderation (base.Moderation) ----------------------------------------------------------------
+
+
+async def test_delete_event_removes_it_from_history_and_archive(
+    storage: Running, peer: Running
+) -> None:
+    """A deleted broadcast is gone for every process: history, resume and archive."""
+    ids = await archived(storage.storage, "c", [0.0, 1.0, 2.0, 3.0])
+    assert await storage.storage.delete_event("c", ids[1]) is True
+    for running in (storage, peer):
+        assert [e.id for e in (await running.storage.history("c")).events] == [*ids[:1], *ids[2:]]
+        resumed = await running.storage.history("c", after=ids[0])
+        assert ([e.id for e in resumed.events], resumed.recovered) == (ids[2:], True)
+        page = await running.storage.archive_range("c")
+        assert [e.id for e in page.events] == [*ids[:1], *ids[2:]]
+
+
+async def test_a_resume_or_a_page_from_a_deleted_id_goes_on_after_it(storage: Running) -> None:
+    """The deleted id still marks its place: a resume recovers, and a page continues after it."""
+    ids = await archived(storage.storage, "c", [0.0, 1.0, 1.0, 2.0])
+    await storage.storage.delete_event("c", ids[1])
+    resumed = await storage.storage.history("c", after=ids[1])
+    assert ([e.id for e in resumed.events], resumed.recovered) == (ids[2:], True)
+    page = await storage.storage.archive_range("c", after=ids[1])
+    assert [e.id for e in page.events] == ids[2:]
+    await storage.storage.delete_event("c", ids[3])  # the newest
+    newest = await storage.storage.history("c", after=ids[3])
+    assert (newest.events, newest.recovered) == ([], True)
+
+
+async def test_archive_pages_step_over_deleted_broadcasts(storage: Running) -> None:
+    """Deleted broadcasts take no room in a page; more is False when only deleted ones follow."""
+    ids = await archived(storage.storage, "c", [float(n) for n in range(6)])
+    for gone in (ids[1], ids[2], ids[5]):
+        await storage.storage.delete_event("c", gone)
+    first = await storage.storage.archive_range("c", limit=2)
+    assert ([e.id for e in first.events], first.more) == ([ids[0], ids[3]], True)
+    second = await storage.storage.archive_range("c", limit=2, after=ids[3])
+    assert ([e.id for e in second.events], second.more) == ([ids[4]], False)
+
+
+async def test_delete_event_of_an_archived_broadcast_out_of_history(storage: Running) -> None:
+    """A broadcast the history evicted but the archive holds is deleted from the archive."""
+    ids = [
+        await storage.storage.append("c", payload(n), keep=1, archive=10, timestamp=float(n))
+        for n in range(3)
+    ]
+    assert await storage.storage.delete_event("c", ids[0]) is True
+    assert [e.id for e in (await storage.storage.archive_range("c")).events] == ids[1:]
+    assert [e.id for e in (await storage.storage.history("c")).events] == ids[2:]
+
+
+@pytest.mark.parametrize("event_id", ["deleted", "unknown", "garbage", "0-1", "99999999999-0"])
+async def test_delete_event_of_an_id_not_held_is_false(storage: Running, event_id: str) -> None:
+    """An id neither the history nor the archive holds deletes nothing and answers False."""
+    ids = await archived(storage.storage, "c", [1.0, 2.0])
+    await storage.storage.delete_event("c", ids[0])
+    event_id = ids[0] if event_id == "deleted" else event_id
+    assert await storage.storage.delete_event("c", event_id) is False
+    assert await storage.storage.delete_event("other", ids[1]) is False
+    assert [e.id for e in (await storage.storage.history("c")).events] == ids[1:]
+
+
+async def test_a_ban_on_a_channel_holds_in_every_process(storage: Running, peer: Running) -> None:
+    """A ban is for that user on that channel, seen by every process, until unban."""
+    await storage.storage.ban("c", "u")
+    for running in (storage, peer):
+        assert await running.storage.is_banned("c", "u")
+        assert not await running.storage.is_banned("c", "v")
+        assert not await running.storage.is_banned("d", "u")
+    await peer.storage.unban("c", "u")
+    assert not await storage.storage.is_banned("c", "u")
+    await storage.storage.unban("c", "nobody")  # not banned: nothing happens
+
+
+async def test_a_ban_on_every_channel_and_its_unban(storage: Running, peer: Running) -> None:
+    """A ban on "*" holds on every channel; each ban is lifted on its own."""
+    await storage.storage.ban("*", "u")
+    await storage.storage.ban("c", "u")
+    assert await peer.storage.is_banned("any/channel", "u")
+    assert await peer.storage.is_banned("*", "u")
+    await peer.storage.unban("*", "u")
+    assert await storage.storage.is_banned("c", "u")  # its own ban stands
+    assert not await storage.storage.is_banned("any/channel", "u")
+    await storage.storage.ban("*", "u")
+    await storage.storage.unban("c", "u")
+    assert await storage.storage.is_banned("c", "u")  # by the ban on "*"
+
+
+class _StoppedClock:
+    """``channel_asgi.clock.time``, stopped at a whole second, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = float(int(edge_clock.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_ban_ends_at_its_until(
+    storage: Running, peer: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """until is Unix seconds by channel_asgi.clock.time(); a later ban replaces an earlier one."""
+    clock = _StoppedClock()
+    monkeypatch.setattr(edge_clock, "time", clock)
+    start = clock.now
+    await storage.storage.ban("c", "u", until=start + 60)
+    await storage.storage.ban("*", "w", until=start + 30)
+    clock.now = start + 59.5
+    assert await peer.storage.is_banned("c", "u")
+    assert not await peer.storage.is_banned("c", "w")
+    clock.now = start + 60
+    assert not await peer.storage.is_banned("c", "u")
+    assert not await storage.storage.is_banned("c", "u")
+    await storage.storage.ban("c", "u")  # until unban ...
+    await storage.storage.ban("c", "u", until=start + 100)  # ... replaced by a shorter one
+    assert await peer.storage.is_banned("c", "u")
+    await storage.storage.ban("c", "u", until=start)  # already past: lifts it
+    assert not await peer.storage.is_banned("c", "u")
+    clock.now = start + 10**6
+    await storage.storage.ban("c", "x", until=start + 10**7)
+    assert await peer.storage.is_banned("c", "x")
+
+
+# -- limits (base.Limits) ------------------------------------------------------------------------
+
+
+async def test_a_bucket_is_shared_by_every_process(storage: Running, peer: Running) -> None:
+    """Processes spend one bucket together; once empty each is told how long to wait."""
+    hour = 3600.0
+    assert await storage.storage.take_token("slow:c:u", rate=1 / hour, burst=2) == 0.0
+    assert await peer.storage.take_token("slow:c:u", rate=1 / hour, burst=2) == 0.0
+    for running in (storage, peer, storage):  # a refusal spends nothing: the wait stays
+        wait = await running.storage.take_token("slow:c:u", rate=1 / hour, burst=2)
+        assert hour - 60 < wait <= hour
+    assert await peer.storage.take_token("slow:c:v", rate=1 / hour, burst=2) == 0.0
+
+
+async def test_slow_mode_is_once_per_interval(storage: Running, peer: Running) -> None:
+    """rate=1/N, burst=1: one action, then a wait of up to N seconds, in any process."""
+    assert await storage.storage.take_token("k", rate=1 / 30, burst=1) == 0.0
+    wait = await peer.storage.take_token("k", rate=1 / 30, burst=1)
+    assert 25 < wait <= 30
+
+
+async def test_a_bucket_refills_at_its_rate(storage: Running) -> None:
+    """The wait is at most 1/rate for one token, and a token comes back in that time."""
+    assert await storage.storage.take_token("fast", rate=50.0, burst=1) == 0.0
+    assert 0 <= await storage.storage.take_token("fast", rate=50.0, burst=1) <= 1 / 50
+    await _eventually(lambda: _is(storage.storage.take_token("fast", rate=50.0, burst=1), 0.0))
+
+
 async def _not(check: Awaitable[bool]) -> bool:
     return not await check
+
+
+async def _is(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:

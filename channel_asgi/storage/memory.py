@@ -15,13 +15,22 @@ Memory is bounded as a whole, not only per channel (``docs/storage.md``, "Memory
   heap ordered by when), at most ``_SWEEP_BATCH`` of them per call.
 - Retained history counts against ``max_history_bytes``: each broadcast its payload and id plus
   ``_EVENT_BYTES``, each channel holding history ``_CHANNEL_BYTES`` (what Python spends on them,
-  measured by ``benchmarks/storage_memory.py``). Counting is O(1) per append. Past the budget the
-  least recently used idle channels are dropped whole; only when no idle channel is left do
-  watched channels lose their oldest broadcasts, least recently used channel first. Their
-  viewers already have those broadcasts; a resume from one of them reports ``recovered`` false.
+  measured by ``benchmarks/storage_memory.py``). Counting is O(1) per append. The archive counts
+  too, each archived broadcast its payload and id plus ``ARCHIVED_BYTES`` (``memory_archive``),
+  its payload counted again while the history shares it. Past the budget the least recently
+  used idle channels are dropped whole, archive included; only when no idle channel is left do
+  watched channels lose their oldest broadcasts (history first, then the oldest media time of
+  the archive), least recently used channel first. Their viewers already have those
+  broadcasts; a resume from one of them reports ``recovered`` false.
 - Ids come from one counter for the whole storage, so a channel dropped and used again never
   reuses an id; a resume from an id the storage forgot reports ``recovered`` false, never a
   silent gap. Closed channels are remembered apart from the history, and never dropped.
+- Bans and token buckets live apart from the channels. Bans are few (moderators make them);
+  ``ban`` forgets the channel's ended bans, ``is_banned`` an ended one it finds. Buckets are
+  bounded in number, the least recently used forgotten first (it starts full again).
+
+Bans and buckets read ``channel_asgi.clock`` (``time()`` and ``monotonic()``), the edge's clock,
+so that a test which stops it moves them too; ``clock=`` judges ``ttl`` and presence.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import heapq
 import itertools
 import math
 import time
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Final
@@ -39,7 +49,18 @@ import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from .base import Deliver, Delivery, History, PresenceTotals, StorageChannelClosed, StoredEvent
+from .. import clock as edge_clock
+from .base import (
+    ArchivePage,
+    Deliver,
+    Delivery,
+    History,
+    PresenceTotals,
+    StorageChannelClosed,
+    StoredEvent,
+)
+from .checks import check_bucket, check_page, check_time
+from .memory_archive import MediaArchive
 
 __all__ = ["MemoryStorage"]
 
@@ -49,6 +70,8 @@ _CHANNEL_BYTES: Final = 1100
 _EVENT_BYTES: Final = 200
 #: Channels the sweep visits per call, so that one call never holds the loop for long.
 _SWEEP_BATCH: Final = 1000
+#: Token buckets remembered; past it the least recently used is forgotten (it starts full).
+_MAX_BUCKETS: Final = 100_000
 DEFAULT_MAX_HISTORY_BYTES: Final = 256 * 2**20
 
 
@@ -58,6 +81,7 @@ def _cost(event: StoredEvent) -> int:
 
 class _Channel:
     __slots__ = (
+        "archive",
         "counted",
         "events",
         "events_bytes",
@@ -79,6 +103,7 @@ class _Channel:
         self.listeners = 0  # the apps listening (see the module docstring)
         self.ttl: float | None = None  # of the newest append
         self.expires_at: float | None = None  # the deadline of its entry in the expiry heap
+        self.archive: MediaArchive | None = None
 
     @property
     def live(self) -> bool:
@@ -137,6 +162,11 @@ class MemoryStorage:
         self._consumers: list[Deliver] = []
         #: channel -> [joined, left, announced at, interval], for large channels
         self._presence: dict[str, list[float]] = {}
+        #: channel (or "*") -> user id -> when the ban ends (Unix seconds; None: never)
+        self._bans: dict[str, dict[str, float | None]] = {}
+        #: bucket key -> (tokens, when counted), least recently used first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._max_buckets = _MAX_BUCKETS
         # Event ids are "<when this storage started, in ms>-<sequence>" (the shape of Redis
         # stream ids): ordered by publication, and never equal to an id a browser kept from an
         # earlier process, which then resumes as unknown (``recovered`` false).
@@ -164,10 +194,13 @@ class MemoryStorage:
     def _settle(self, channel: str, state: _Channel, *, touch: bool = True) -> None:
         """Recount a channel after a change, and drop it when it holds nothing worth keeping."""
         live = state.live
-        if not live and state.last_id is None:
+        archive = state.archive
+        if not live and state.last_id is None and not archive:
             self._drop(channel, state)
             return
-        counted = state.events_bytes + _CHANNEL_BYTES if state.events or not live else 0
+        counted = 0
+        if state.events or archive or not live:
+            counted = state.events_bytes + _CHANNEL_BYTES + (archive.bytes if archive else 0)
         self._bytes += counted - state.counted
         state.counted = counted
         ring, other = (self._live, self._idle) if live else (self._idle, self._live)
@@ -234,6 +267,8 @@ class MemoryStorage:
             state = self._channels[channel]
             if state.events:  # a watched channel counts only while it has broadcasts
                 state.events_bytes -= _cost(state.events.popleft()[0])
+            elif state.archive:
+                state.archive.evict(1)
             self._settle(channel, state, touch=False)
 
     def sweep(self) -> bool:
@@ -264,7 +299,7 @@ class MemoryStorage:
 
     def _deliver(self, delivery: Delivery) -> None:
         state = self._channels.get(delivery.channel)
-        if state is None or not state.listeners:
+        if delivery.channel != "*" and (state is None or not state.listeners):
             return
         for deliver in self._consumers:
             deliver(delivery)
@@ -299,11 +334,21 @@ class MemoryStorage:
             self._settle(channel, state)
 
     async def append(
-        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
+        self,
+        channel: str,
+        payload: bytes,
+        *,
+        keep: int,
+        ttl: float | None = None,
+        archive: int = 0,
+        timestamp: float | None = None,
     ) -> str:
-        """Retain a broadcast, deliver it, and return its id."""
+        """Retain (and archive) a broadcast, deliver it, and return its id."""
         if channel in self._closed:
             raise StorageChannelClosed(channel)
+        stamp = timestamp if archive > 0 else None
+        if stamp is not None:
+            check_time("timestamp", stamp)
         state = self._channels.get(channel) or self._state(channel)
         events = state.events
         if (
@@ -327,6 +372,8 @@ class MemoryStorage:
             (self._live if state.listeners or state.viewers else self._idle).move_to_end(channel)
         else:
             event_id = self._append(channel, state, payload, keep, ttl)
+        if stamp is not None:
+            self._archive(channel, state, StoredEvent(event_id, payload), archive, stamp)
         limit = self.max_history_bytes
         if limit is not None and self._bytes > limit:
             self._enforce_budget()
@@ -362,6 +409,26 @@ class MemoryStorage:
         self._settle(channel, state)
         return event_id
 
+    def _archive(
+        self, channel: str, state: _Channel, event: StoredEvent, size: int, timestamp: float
+    ) -> None:
+        archive = state.archive
+        if archive is None:
+            archive = state.archive = MediaArchive()
+        archive.add(timestamp, self._number(event.id), event, size)
+        self._settle(channel, state, touch=False)
+
+    def _number(self, event_id: str) -> int:
+        """The sequence number in one of this storage's ids (ids are prefix, then sequence)."""
+        return int(event_id[len(self._id_prefix) :])
+
+    def _number_of(self, event_id: str) -> int | None:
+        """The sequence number of ``event_id`` if this storage made it, else None."""
+        digits = event_id[len(self._id_prefix) :]
+        if event_id.startswith(self._id_prefix) and digits.isascii() and digits.isdigit():
+            return int(digits)
+        return None
+
     async def send(self, delivery: Delivery) -> None:
         """Deliver an event that is not retained."""
         self._deliver(delivery)
@@ -388,11 +455,114 @@ class MemoryStorage:
             return History(events[:end])
         if after == last_id:
             return History([], True)
-        for index, event in enumerate(events):
-            if event.id == after:
-                start = index + 1
-                return History(events[start : None if end is None else start + end], True)
-        return History(events[:end], False)
+        start = self._resume_index(events, after, last_id)
+        if start is None:
+            return History(events[:end], False)
+        return History(events[start : None if end is None else start + end], True)
+
+    def _resume_index(
+        self, events: list[StoredEvent], after: str, last_id: str | None
+    ) -> int | None:
+        """Where the broadcasts after ``after`` start in ``events``; None if some are gone.
+
+        ``after`` need not be retained: one that ``delete_event`` removed still marks a place,
+        and while a broadcast older than it is retained, none after it was evicted (eviction
+        and expiry take the oldest first).
+        """
+        sequence = self._number_of(after)
+        if sequence is None or last_id is None or not events:
+            return None
+        if not self._number(events[0].id) <= sequence <= self._number(last_id):
+            return None
+        return bisect_right(events, sequence, key=lambda event: self._number(event.id))
+
+    async def archive_range(
+        self,
+        channel: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 200,
+        after: str | None = None,
+    ) -> ArchivePage:
+        """Return a page of the archive: two bisections and the page's walk."""
+        check_page(start, end, limit)
+        state = self._channels.get(channel)
+        archive = None if state is None else state.archive
+        if archive is None:
+            if after is not None:
+                raise ValueError(f"after: {after!r} is not an event of this archive")
+            return ArchivePage([])
+        return archive.page(start, end, limit, after)
+
+    async def delete_event(self, channel: str, event_id: str) -> bool:
+        """Remove a broadcast from the history and the archive (keeping its archive place)."""
+        state = self._channels.get(channel)
+        if state is None:
+            return False
+        removed = False
+        events = state.events
+        found = next((i for i, (e, _) in enumerate(events or ()) if e.id == event_id), None)
+        if events is not None and found is not None:
+            state.events_bytes -= _cost(events[found][0])
+            del events[found]
+            removed = True
+        if state.archive is not None and state.archive.delete(event_id):
+            removed = True
+        if removed:
+            self._settle(channel, state, touch=False)
+        return removed
+
+    async def ban(self, channel: str, user_id: str, *, until: float | None = None) -> None:
+        """Ban a user until ``until`` (Unix seconds, by ``channel_asgi.clock.time()``)."""
+        check_time("until", until)
+        bans = self._bans.setdefault(channel, {})
+        bans[user_id] = until
+        now = edge_clock.time()
+        for user, end in list(bans.items()):
+            if end is not None and end <= now:
+                del bans[user]
+        if not bans:
+            del self._bans[channel]
+
+    async def unban(self, channel: str, user_id: str) -> None:
+        """Lift a ban."""
+        bans = self._bans.get(channel)
+        if bans is not None:
+            bans.pop(user_id, None)
+            if not bans:
+                del self._bans[channel]
+
+    async def is_banned(self, channel: str, user_id: str) -> bool:
+        """Return whether a ban on ``channel`` or on ``"*"`` is in force."""
+        return self._in_force(channel, user_id) or (channel != "*" and self._in_force("*", user_id))
+
+    def _in_force(self, channel: str, user_id: str) -> bool:
+        bans = self._bans.get(channel)
+        if bans is None or user_id not in bans:
+            return False
+        end = bans[user_id]
+        if end is None or end > edge_clock.time():
+            return True
+        del bans[user_id]  # ended: forget it
+        if not bans:
+            del self._bans[channel]
+        return False
+
+    async def take_token(self, key: str, *, rate: float, burst: float) -> float:
+        """Spend a token of a bucket in this process (``channel_asgi.clock.monotonic()``)."""
+        check_bucket(rate, burst)
+        now = edge_clock.monotonic()
+        buckets = self._buckets
+        tokens, at = buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - at) * rate)
+        if tokens < 1:
+            return (1 - tokens) / rate
+        buckets[key] = (tokens - 1, now)
+        buckets.move_to_end(key)
+        if len(buckets) > self._max_buckets:
+            buckets.popitem(last=False)
+        return 0.0
 
     async def join(self, channel: str, connection_id: str) -> int:
         """Count a live connection."""

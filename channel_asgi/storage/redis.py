@@ -11,14 +11,22 @@ Layout, under ``prefix`` (``P``)::
     P:pj:{channel}    hash        joins and leaves of a large channel not yet announced
     P:pt:{channel}    string      set for one presence_interval by the process that announces
     P:closed          set         closed channels
-    P:control         pub/sub     "C<channel>" / "O<channel>" when a channel is closed or opened
+    P:control         pub/sub     "C<channel>" / "O<channel>" when a channel is closed or opened;
+                                  "D<delivery>" for a delivery to every channel ("*")
+    P:a:{channel}     sorted set  the archive: each archived broadcast's place, scored by its
+                                  timestamp (its id, each part 20 digits wide: ties sort by id)
+    P:ap:{channel}    hash        archived payloads by place (a deleted one keeps its place only)
+    P:b:{channel}     hash        bans: {user id: end in Unix seconds, "" for none}; P:b:* for
+                                  every channel. Expires a grace after its last ban ends.
+    P:t:{key}         hash        a token bucket: {tokens, at}; expires once it would be full
 
-A broadcast is one script call: append to the stream, remember its id and publish it, so its cost
-is O(1) round trips whatever the number of subscribers. Calls are pipelined automatically (one
-pipeline in flight; the calls made meanwhile go in the next), and consecutive appends to a channel
-in a pipeline are one script call and one pub/sub message. Each process holds one pub/sub connection
-for all the channels it serves. A process renews its lease every ``presence_ttl / 3`` seconds; one
-that dies stops counting in ``viewer_count`` when its lease expires, and is pruned then.
+A broadcast is one script call: append to the stream (and the archive), remember its id and
+publish it, so its cost is O(1) round trips whatever the number of subscribers. Calls are
+pipelined automatically (one pipeline in flight; the calls made meanwhile go in the next), and
+consecutive appends to a channel in a pipeline are one script call and one pub/sub message. Each
+process holds one pub/sub connection for all the channels it serves. A process renews its lease
+every ``presence_ttl / 3`` seconds; one that dies stops counting in ``viewer_count`` when its
+lease expires, and is pruned then.
 
 When the pub/sub connection drops, the reader reconnects with backoff, subscribes again and first
 delivers, from the streams, the broadcasts published while it was away. A channel's messages are
@@ -29,6 +37,10 @@ on their way. A Redis failure at a call surfaces as
 sent and its reply never came, as :class:`~channel_asgi.storage.base.StorageNoReply` (it may
 have happened; see ``redis_pipeline``). Redis Cluster is not supported (the scripts touch keys
 of several channels).
+
+The archive and the bans have no ttl, so they survive an app restart; a deleted broadcast
+leaves the stream (XDEL) and its payload leaves the archive. Token buckets are judged by Redis's
+clock, bans by the clock of the process that asks (``base.Moderation``).
 """
 
 from __future__ import annotations
@@ -45,8 +57,10 @@ import msgspec
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from .. import clock
 from . import redis_scripts as scripts
 from .base import (
+    ArchivePage,
     Deliver,
     Delivery,
     History,
@@ -57,6 +71,7 @@ from .base import (
     decode_delivery,
     encode_delivery,
 )
+from .checks import check_bucket, check_page, check_time
 from .redis_pipeline import AutoPipeline, Call, unavailable
 
 if TYPE_CHECKING:
@@ -75,11 +90,33 @@ _BACKOFF_MAX: Final = 5.0
 #: pipeline in flight (see redis_pipeline), so a handful is plenty; a burst waits its turn.
 _MAX_CONNECTIONS: Final = 32
 _SOCKET_TIMEOUT: Final = 2.0
+#: How long a channel's bans key outlives its last ban (see redis_scripts.TIDY_BANS_LUA).
+_BAN_GRACE_MS: Final = 60_000
 
 
 def _stream_id(event_id: str) -> tuple[int, int]:
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _place(event_id: str) -> str | None:
+    """An event id's member in the archive (``redis_scripts.PLACE_LUA``); None if malformed."""
+    ms, dash, seq = event_id.partition("-")
+    for part in (ms, seq):
+        if not (part.isascii() and part.isdigit()) or int(part) >= 2**64:
+            return None
+    return f"{int(ms):020d}-{int(seq):020d}" if dash else None
+
+
+def _unplace(member: bytes) -> str:
+    """The event id of an archive member."""
+    ms, _, seq = member.partition(b"-")
+    return f"{int(ms)}-{int(seq)}"
+
+
+def _score(value: float) -> str:
+    """A float as Redis reads it back exactly (a sorted-set score, a bound, a ban's end)."""
+    return repr(float(value))
 
 
 class RedisStorage:
@@ -307,7 +344,10 @@ class RedisStorage:
                 self._confirmed[channel].set()
 
     def _control(self, data: bytes) -> None:
-        """A channel was closed (``C<name>``) or opened (``O<name>``) by some process."""
+        """A channel was closed (``C<name>``) or opened (``O<name>``), or a delivery to ``"*"``."""
+        if data[:1] == b"D":
+            self._decode_and_deliver("*", data[1:])
+            return
         if self._closed is None:
             return
         name = data[1:].decode()
@@ -331,13 +371,16 @@ class RedisStorage:
                     del self._floor[channel]
                 self._broadcast(channel, event_id, parts[index + 1])
         elif data[:1] == b"D":
-            try:
-                delivery = decode_delivery(data[1:])
-            except msgspec.DecodeError:
-                logger.warning("Ignoring a malformed delivery on channel %r", channel)
-                return
-            if self._deliver is not None:
-                self._deliver(delivery)
+            self._decode_and_deliver(channel, data[1:])
+
+    def _decode_and_deliver(self, channel: str, data: bytes) -> None:
+        try:
+            delivery = decode_delivery(data)
+        except msgspec.DecodeError:
+            logger.warning("Ignoring a malformed delivery on channel %r", channel)
+            return
+        if self._deliver is not None:
+            self._deliver(delivery)
 
     def _broadcast(self, channel: str, event_id: str, payload: bytes) -> None:
         self._last_seen[channel] = event_id
@@ -417,27 +460,43 @@ class RedisStorage:
                 await pubsub.unsubscribe(self._topic(channel))
 
     async def append(
-        self, channel: str, payload: bytes, *, keep: int, ttl: float | None = None
+        self,
+        channel: str,
+        payload: bytes,
+        *,
+        keep: int,
+        ttl: float | None = None,
+        archive: int = 0,
+        timestamp: float | None = None,
     ) -> str:
-        """Retain and publish a broadcast in one script call; return its stream id."""
+        """Retain (and archive) and publish a broadcast in one script call; return its id."""
         keys = [
             self._key("h", channel),
             self._key("last", channel),
             self._topic(channel),
             self._key("closed"),
+            self._key("a", channel),
+            self._key("ap", channel),
         ]
-        args = (4, *keys, keep, "" if ttl is None else int(ttl * 1000), channel)
+        size = max(archive, 0)
+        item: tuple[Any, ...] = (payload,)
+        if size:
+            check_time("timestamp", timestamp)
+            item = ("" if timestamp is None else _score(timestamp), payload)
+        args = (6, *keys, keep, "" if ttl is None else int(ttl * 1000), channel, size)
         # Appends to one channel queued together are merged into one script call.
-        call = Call("append", args, scripts.APPEND, item=payload)
+        call = Call("append", args, scripts.APPEND, item=item)
         event_id = await self._pipeline.queue(call)
         if event_id is None:
             raise StorageChannelClosed(channel)
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     async def send(self, delivery: Delivery) -> None:
-        """Publish a delivery that is not retained."""
+        """Publish a delivery that is not retained (to ``"*"``: on the control topic)."""
         data = b"D" + encode_delivery(delivery)
-        await self._pipeline.command("PUBLISH", self._topic(delivery.channel), data)
+        every = delivery.channel == "*"
+        topic = self._key("control") if every else self._topic(delivery.channel)
+        await self._pipeline.command("PUBLISH", topic, data)
 
     async def history(
         self,
@@ -461,6 +520,69 @@ class RedisStorage:
         ]
         recovered = None if flag == b"" else flag == b"1"
         return History(events, recovered)
+
+    async def archive_range(
+        self,
+        channel: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 200,
+        after: str | None = None,
+    ) -> ArchivePage:
+        """Return a page of the archive, by rank in its sorted set (see the Archive protocol)."""
+        check_page(start, end, limit)
+        place = "" if after is None else _place(after)
+        reply = None
+        if place is not None:  # a malformed after is in no archive
+            keys = [self._key("a", channel), self._key("ap", channel)]
+            bounds = ["" if bound is None else _score(bound) for bound in (start, end)]
+            reply = await self._pipeline.script(
+                "archive_range", scripts.ARCHIVE_RANGE, keys, [*bounds, limit, place], writes=False
+            )
+        if reply is None:
+            raise ValueError(f"after: {after!r} is not an event of this archive")
+        events = [
+            StoredEvent(_unplace(reply[i]), bytes(reply[i + 1])) for i in range(1, len(reply), 2)
+        ]
+        return ArchivePage(events, reply[0] == 1)
+
+    async def delete_event(self, channel: str, event_id: str) -> bool:
+        """Remove a broadcast from the stream and the archive in one script call."""
+        place = _place(event_id)
+        if place is None:
+            return False
+        keys = [self._key("h", channel), self._key("ap", channel)]
+        reply = await self._pipeline.script("delete", scripts.DELETE, keys, [event_id, place])
+        return bool(reply)
+
+    async def ban(self, channel: str, user_id: str, *, until: float | None = None) -> None:
+        """Record a ban in the channel's bans hash, and forget its ended ones."""
+        check_time("until", until)
+        ends = "" if until is None else _score(until)
+        args = [user_id, ends, _score(clock.time()), _BAN_GRACE_MS]
+        await self._pipeline.script("ban", scripts.BAN, [self._key("b", channel)], args)
+
+    async def unban(self, channel: str, user_id: str) -> None:
+        """Remove a ban from the channel's bans hash, and forget its ended ones."""
+        args = [user_id, _score(clock.time()), _BAN_GRACE_MS]
+        await self._pipeline.script("unban", scripts.UNBAN, [self._key("b", channel)], args)
+
+    async def is_banned(self, channel: str, user_id: str) -> bool:
+        """Read the bans of the channel and of ``"*"``; judge their ends by this process's clock."""
+        keys = [self._key("b", channel), self._key("b", "*")]
+        ends = await self._pipeline.script("banned", scripts.BANNED, keys, [user_id], writes=False)
+        now = clock.time()
+        return any(end is not None and (end == b"" or float(end) > now) for end in ends)
+
+    async def take_token(self, key: str, *, rate: float, burst: float) -> float:
+        """Spend a token of a bucket shared by every process, by Redis's clock, in one script."""
+        check_bucket(rate, burst)
+        args = [_score(rate), _score(burst)]
+        reply = await self._pipeline.script(
+            "take_token", scripts.TAKE_TOKEN, [self._key("t", key)], args
+        )
+        return float(reply)
 
     async def _presence(self, channel: str, connection_id: str, delta: int) -> int:
         keys = [self._key("v", channel), self._key("procs"), self._key("c", self.process_id)]

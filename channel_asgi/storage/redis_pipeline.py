@@ -67,15 +67,15 @@ class Call:
         args: tuple[Any, ...],
         source: str = "",
         *,
-        item: bytes | None = None,
+        item: tuple[Any, ...] | None = None,
         writes: bool = True,
     ) -> None:
         self.name = name  #: the command, or the script's name
         self.args = args
         self.source = source  #: a script's Lua source ("" for a plain command)
-        #: Consecutive queued calls with an item, the same script and the same arguments run
-        #: as one script call, their items appended to the arguments; it replies with a list,
-        #: one result per call.
+        #: Consecutive queued calls with an item (a tuple of values), the same script and the
+        #: same arguments run as one script call, their items' values appended to the
+        #: arguments; it replies with a list, one result per call.
         self.item = item
         #: Whether it changes something in Redis (then a lost reply "may have been applied").
         self.writes = writes
@@ -225,7 +225,7 @@ class AutoPipeline:
             first = group[0]
             args = first.args
             if first.item is not None:
-                args += tuple(call.item for call in group)
+                args += tuple(value for call in group for value in call.item or ())
             if first.source:
                 commands.append(("EVALSHA", self._shas[first.source], *args))
             else:

@@ -1,14 +1,44 @@
 """The Lua scripts of ``RedisStorage``, each one atomic call to Redis.
 
-The scripts that need the time read the server's own clock (``TIME``), so leases, ttl and
-presence intervals are judged by one clock, whatever the clocks of the app processes say.
+The scripts that need the time read the server's own clock (``TIME``), so leases, ttl,
+presence intervals and token buckets are judged by one clock, whatever the clocks of the app
+processes say. Bans are the exception the protocol makes: their ends are judged by the clock of
+the process that asks (``base.Moderation``), which the ban scripts get as an argument to tidy up.
+
+A number a script returns or writes goes through ``string.format``: Lua numbers reach Redis as
+integers, and ``tostring`` keeps only 14 digits.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["APPEND", "COALESCE", "CONNECTED", "HISTORY", "LEASE", "PRESENCE", "VIEWERS"]
+__all__ = [
+    "APPEND",
+    "ARCHIVE_RANGE",
+    "BAN",
+    "BANNED",
+    "COALESCE",
+    "CONNECTED",
+    "DELETE",
+    "HISTORY",
+    "LEASE",
+    "PRESENCE",
+    "TAKE_TOKEN",
+    "UNBAN",
+    "VIEWERS",
+]
+
+# An event id's place in order, as its member in the archive's sorted set: "<ms>-<seq>" with
+# each part 20 digits wide, so that places compare as strings in id order (and members of
+# equal score, which Redis sorts as strings, sort by publication). nil for a malformed id.
+PLACE_LUA: Final = """
+local function place(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if not ms or #ms > 20 or #seq > 20 then return nil end
+  return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
+end
+"""
 
 # Presence helpers shared by the scripts: count the live processes' viewers, pruning dead ones.
 COUNT_LUA: Final = """
@@ -31,19 +61,38 @@ local function count(viewers, procs, now)
 end
 """
 
-# KEYS: stream, last, topic, closed. ARGV: keep, ttl_ms ('' for none), channel, payload...
+# KEYS: stream, last, topic, closed, archive, archived payloads. ARGV: keep, ttl_ms ('' for
+# none), channel, archive size (0 for none), then for each broadcast its payload, or, with an
+# archive, its timestamp ('' for not archived) and its payload.
 # Appends the payloads in order and publishes them as one message, "B<id>\n<payload>" pairs
-# joined by "\n" (neither ids nor encoded envelopes hold a line break). Returns the new ids, or
-# nil (false) when the channel is closed: nothing is stored or sent.
-APPEND: Final = """
+# joined by "\n" (neither ids nor encoded envelopes hold a line break); archives those with a
+# timestamp, then evicts the lowest scores (the oldest media time) beyond the archive's size.
+# Returns the new ids, or nil (false) when the channel is closed: nothing is stored or sent.
+APPEND: Final = (
+    PLACE_LUA
+    + """
 if redis.call('SISMEMBER', KEYS[4], ARGV[3]) == 1 then return false end
-local keep = tonumber(ARGV[1])
+local keep, size = tonumber(ARGV[1]), tonumber(ARGV[4])
+local step = size > 0 and 2 or 1
 local ids, parts = {}, {}
-for i = 4, #ARGV do
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', keep, '*', 'p', ARGV[i])
+for i = 5, #ARGV, step do
+  local payload = ARGV[i + step - 1]
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', keep, '*', 'p', payload)
   ids[#ids + 1] = id
   parts[#parts + 1] = id
-  parts[#parts + 1] = ARGV[i]
+  parts[#parts + 1] = payload
+  if step == 2 and ARGV[i] ~= '' then
+    local member = place(id)
+    redis.call('ZADD', KEYS[5], ARGV[i], member)
+    redis.call('HSET', KEYS[6], member, payload)
+  end
+end
+if size > 0 then
+  local over = redis.call('ZCARD', KEYS[5]) - size
+  if over > 0 then
+    local evicted = redis.call('ZPOPMIN', KEYS[5], over)
+    for j = 1, #evicted, 2 do redis.call('HDEL', KEYS[6], evicted[j]) end
+  end
 end
 redis.call('SET', KEYS[2], ids[#ids])
 if ARGV[2] ~= '' then
@@ -57,10 +106,16 @@ end
 redis.call('PUBLISH', KEYS[3], 'B' .. table.concat(parts, '\\n'))
 return ids
 """
+)
 
 # KEYS: stream, last. ARGV: after ('' for none), ttl_ms ('' for none), limit ('' for none).
 # Returns {recovered ('' none, '1', '0'), id1, payload1, id2, payload2, ...}.
-HISTORY: Final = """
+# A resume recovers when nothing after `after` was evicted: it is older than the newest id and
+# not older than the oldest retained entry (eviction and trimming take the oldest first), be it
+# retained or deleted since (XDEL).
+HISTORY: Final = (
+    PLACE_LUA
+    + """
 local low = '-'
 if ARGV[2] ~= '' then
   local t = redis.call('TIME')
@@ -91,15 +146,137 @@ if ARGV[1] == '' then
   return prepend('', range(low))
 end
 local after = ARGV[1]
-if redis.call('GET', KEYS[2]) == after then
+local last = redis.call('GET', KEYS[2])
+if last == after then
   return {'1'}
 end
-local ok, found = pcall(redis.call, 'XRANGE', KEYS[1], after, after)
-if ok and #found == 1 then
-  local items = range('(' .. after)
-  return prepend('1', items)
+local at = place(after)
+if at and last and at < place(last) then
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if oldest[1] and place(oldest[1][1]) <= at then
+    return prepend('1', range('(' .. after))
+  end
 end
 return prepend('0', range(low))
+"""
+)
+
+# KEYS: archive, archived payloads. ARGV: start ('' for none), end ('' for none), limit, the
+# place of `after` ('' for none). Ranks from two ZCOUNTs (and a ZRANK), then the page by rank:
+# O(log n + k), and the deleted members (no payload) the page steps over.
+# Returns nil (false) when `after` is not archived, else {more (0 or 1), place1, payload1, ...}.
+ARCHIVE_RANGE: Final = """
+local low = 0
+if ARGV[1] ~= '' then low = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[1]) end
+if ARGV[4] ~= '' then
+  local rank = redis.call('ZRANK', KEYS[1], ARGV[4])
+  if not rank then return false end
+  if rank + 1 > low then low = rank + 1 end
+end
+local high
+if ARGV[2] ~= '' then
+  high = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[2])
+else
+  high = redis.call('ZCARD', KEYS[1])
+end
+local limit = tonumber(ARGV[3])
+local out, found = {0}, 0
+while low < high do
+  local stop = math.min(high, low + math.min(limit - found + 1, 1000)) - 1
+  local members = redis.call('ZRANGE', KEYS[1], low, stop)
+  local payloads = redis.call('HMGET', KEYS[2], unpack(members))
+  for j = 1, #members do
+    if payloads[j] then
+      if found == limit then
+        out[1] = 1
+        return out
+      end
+      out[#out + 1] = members[j]
+      out[#out + 1] = payloads[j]
+      found = found + 1
+    end
+  end
+  low = stop + 1
+end
+return out
+"""
+
+# KEYS: stream, archived payloads. ARGV: event id, its place. The archive keeps the member (its
+# place, for paging; see base.Archive) and loses the payload. Returns how many held it (0-2).
+DELETE: Final = """
+return redis.call('XDEL', KEYS[1], ARGV[1]) + redis.call('HDEL', KEYS[2], ARGV[2])
+"""
+
+# Drop a channel's ended bans and let its key expire a grace after the last one ends (a host
+# whose clock trails still sees a ban until it ends by that clock), or never while one is for
+# ever. The expiry is capped near the year 33658, which Redis can hold.
+TIDY_BANS_LUA: Final = """
+local function tidy(bans, now, grace_ms)
+  local latest, forever = nil, false
+  local fields = redis.call('HGETALL', bans)
+  for i = 1, #fields, 2 do
+    local ends = fields[i + 1]
+    if ends == '' then
+      forever = true
+    elseif tonumber(ends) <= now then
+      redis.call('HDEL', bans, fields[i])
+    elseif not latest or tonumber(ends) > latest then
+      latest = tonumber(ends)
+    end
+  end
+  if forever then
+    redis.call('PERSIST', bans)
+  elseif latest then
+    local at = math.min(math.ceil(latest * 1000) + grace_ms, 1e15)
+    redis.call('PEXPIREAT', bans, string.format('%.0f', at))
+  end
+end
+"""
+
+# KEYS: the channel's bans. ARGV: user id, end (Unix seconds, '' for none), now, grace_ms.
+BAN: Final = (
+    TIDY_BANS_LUA
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+tidy(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+return 1
+"""
+)
+
+# KEYS: the channel's bans. ARGV: user id, now, grace_ms.
+UNBAN: Final = (
+    TIDY_BANS_LUA
+    + """
+redis.call('HDEL', KEYS[1], ARGV[1])
+tidy(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+return 1
+"""
+)
+
+# KEYS: the channel's bans, the bans on every channel. ARGV: user id. Returns both ends.
+BANNED: Final = """
+return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
+"""
+
+# KEYS: bucket. ARGV: rate (tokens a second), burst. Returns '0' when a token was spent, else
+# the seconds until the bucket holds one (nothing spent). The key expires once the bucket would
+# be full again, which a missing bucket is (capped near the year 33658, as bans).
+TAKE_TOKEN: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tokens = burst
+local held = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+if held[1] then
+  tokens = math.min(burst, tonumber(held[1]) + math.max(0, now - tonumber(held[2])) * rate)
+end
+if tokens < 1 then return string.format('%.17g', (1 - tokens) / rate) end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'at', string.format('%.17g', now))
+local full_ms = math.min(math.ceil((burst - tokens) / rate * 1000), 1e15)
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', full_ms))
+return '0'
 """
 
 # KEYS: viewers, procs, conns. ARGV: process, connection, delta (1 join, -1 leave), lease_ms.

@@ -13,8 +13,9 @@ from channel_asgi import ChannelApp
 from channel_asgi.storage import History, MemoryStorage, StorageChannelClosed
 from channel_asgi.storage.conformance import WAIT, running
 from channel_asgi.storage.memory import _CHANNEL_BYTES, _EVENT_BYTES
+from channel_asgi.storage.memory_archive import ARCHIVED_BYTES
 
-from ..helpers import subscribe
+from ..helpers import FakeClock, subscribe
 
 
 async def test_a_later_process_does_not_recognise_an_earlier_ones_ids() -> None:
@@ -50,9 +51,13 @@ def recount(storage: MemoryStorage) -> int:
     total = 0
     for state in storage._channels.values():
         events = list(state.events or ())
-        if events or (state.last_id is not None and not state.live):
+        archived = [] if state.archive is None else state.archive._entries
+        if events or archived or (state.last_id is not None and not state.live):
             total += _CHANNEL_BYTES
         total += sum(len(e.payload) + len(e.id) + _EVENT_BYTES for e, _ in events)
+        for entry in archived:  # a deleted broadcast leaves its id
+            kept = len(entry) if isinstance(entry, str) else len(entry.payload) + len(entry.id)
+            total += kept + ARCHIVED_BYTES
     return total
 
 
@@ -281,3 +286,143 @@ def test_bad_options_are_refused(options: dict[str, Any], error: type[Exception]
     """Each option is checked at construction, naming the bad value."""
     with pytest.raises(error, match="must be"):
         MemoryStorage(**options)
+
+
+async def archive(storage: MemoryStorage, channel: str, count: int, **options: Any) -> list[str]:
+    """Broadcast ``count`` archived messages, at media times 0, 1, 2...; return their ids."""
+    options = {"keep": 100, "archive": 1000, **options}
+    return [
+        await storage.append(channel, body(n), timestamp=float(n), **options) for n in range(count)
+    ]
+
+
+async def archived(storage: MemoryStorage, channel: str) -> list[str]:
+    return [e.id for e in (await storage.archive_range(channel, limit=10_000)).events]
+
+
+async def test_an_idle_channel_over_the_budget_goes_with_its_archive() -> None:
+    """The archive counts against max_history_bytes; an idle channel is dropped with it."""
+    probe = MemoryStorage()
+    await archive(probe, "p", 5, keep=0)
+    per_channel = probe.history_bytes
+    assert per_channel > 5 * (len(body(0)) + ARCHIVED_BYTES)
+    storage = MemoryStorage(max_history_bytes=3 * per_channel + per_channel // 4)
+    ids = {name: await archive(storage, name, 5, keep=0) for name in ("a", "b", "c")}
+    await storage.archive_range("a")
+    await storage.history("a")  # a use: "b" is now the least recently used
+    ids["d"] = await archive(storage, "d", 5, keep=0)
+    assert await archived(storage, "b") == []
+    for name in ("a", "c", "d"):
+        assert await archived(storage, name) == ids[name]
+    assert storage.history_bytes == recount(storage)
+
+
+async def test_a_watched_channel_over_the_budget_loses_history_then_its_oldest_media_time() -> None:
+    """Only watched channels left: history goes first, then the archive's oldest media time."""
+    probe = MemoryStorage()
+    await archive(probe, "p", 10, keep=3)
+    budget = probe.history_bytes + probe.history_bytes // 4  # ids a digit longer
+    storage = MemoryStorage(max_history_bytes=budget)
+    await storage.listen("live")
+    ids = await archive(storage, "live", 10, keep=3)
+    for n in range(10, 30):
+        ids.append(await storage.append("live", body(n), keep=3, archive=1000, timestamp=n))
+        kept = await archived(storage, "live")
+        assert kept == ids[-len(kept) :]  # the oldest media time went first
+        if len(kept) < len(ids):  # the archive lost some: no history was left to lose
+            assert (await storage.history("live")).events == []
+        assert storage.history_bytes == recount(storage) <= budget
+    assert len(kept) < len(ids)
+    await storage.unlisten("live")
+
+
+async def test_accounting_matches_a_recount_with_archives_and_deletions() -> None:
+    """Counting stays exact through archiving, archive size changes, evictions and deletes."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock, max_history_bytes=60_000)
+    await storage.join("seen", "c")
+    made: list[tuple[str, str]] = []
+    for n in range(400):
+        channel = f"room-{n % 11}" if n % 3 else "seen"
+        event_id = await storage.append(
+            channel,
+            body(n, size=n % 200),
+            keep=(n % 5) or 1,
+            ttl=30.0 if n % 4 == 0 else None,
+            archive=(n % 9) * 3,
+            timestamp=float(n % 17),
+        )
+        made.append((channel, event_id))
+        if n % 7 == 0:
+            await storage.delete_event(*made[n // 2])
+        clock.now += 0.5
+        if n % 50 == 0:
+            storage.sweep()
+        assert storage.history_bytes == recount(storage) <= 60_000
+
+
+async def test_a_deleted_archived_broadcast_frees_its_payload() -> None:
+    """A deletion keeps only the id in the archive (for paging) and counts that alone."""
+    storage = MemoryStorage()
+    ids = await archive(storage, "c", 3, keep=0)
+    before = storage.history_bytes
+    assert await storage.delete_event("c", ids[1])
+    assert before - storage.history_bytes == len(body(1))
+    assert storage.history_bytes == recount(storage)
+
+
+async def test_buckets_are_bounded_the_least_recently_used_forgotten_first(
+    clock: FakeClock,
+) -> None:
+    """Past the bound the bucket used longest ago goes, and starts full again."""
+    storage = MemoryStorage()
+    storage._max_buckets = 2
+    for key in ("a", "b"):
+        assert await storage.take_token(key, rate=0.1, burst=1) == 0.0
+    assert await storage.take_token("a", rate=0.1, burst=1) == 10.0  # refused: not a use
+    assert await storage.take_token("c", rate=0.1, burst=1) == 0.0  # "a" is forgotten
+    assert list(storage._buckets) == ["b", "c"]
+    assert await storage.take_token("a", rate=0.1, burst=1) == 0.0
+
+
+async def test_a_bucket_refills_by_the_edge_clock(clock: FakeClock) -> None:
+    """MemoryStorage's buckets read channel_asgi.clock.monotonic(): the clock fixture moves them."""
+    storage = MemoryStorage()
+    assert await storage.take_token("k", rate=0.1, burst=2) == 0.0
+    assert await storage.take_token("k", rate=0.1, burst=2) == 0.0
+    assert await storage.take_token("k", rate=0.1, burst=2) == 10.0
+    clock.advance(4)
+    assert await storage.take_token("k", rate=0.1, burst=2) == pytest.approx(6.0)
+    clock.advance(6)
+    assert await storage.take_token("k", rate=0.1, burst=2) == 0.0
+    clock.advance(1000)  # refills to burst, no further
+    assert [await storage.take_token("k", rate=0.1, burst=2) for _ in range(3)][-1] > 0
+
+
+async def test_ended_bans_are_forgotten(clock: FakeClock) -> None:
+    """A ban call forgets the channel's ended bans, a check the ended one it finds."""
+    storage = MemoryStorage()
+    now = clock.time()
+    await storage.ban("c", "u", until=now + 5)
+    await storage.ban("c", "v", until=now + 100)
+    await storage.ban("*", "w", until=now + 5)
+    clock.advance(10)
+    await storage.ban("c", "x")
+    assert set(storage._bans["c"]) == {"v", "x"}
+    assert not await storage.is_banned("d", "w")
+    assert "*" not in storage._bans
+    await storage.unban("c", "v")
+    await storage.unban("c", "x")
+    assert storage._bans == {}
+
+
+async def test_an_archive_outlives_its_expired_history() -> None:
+    """history_ttl frees the history; the archive, which has no ttl, keeps the channel."""
+    clock = Clock()
+    storage = MemoryStorage(clock=clock)
+    ids = await archive(storage, "vod", 3, ttl=5.0)
+    clock.now += 6
+    assert storage.sweep() is False
+    assert (await storage.history("vod")).events == []
+    assert await archived(storage, "vod") == ids
+    assert storage.history_bytes == recount(storage) > 0

@@ -89,3 +89,28 @@ async def test_appends_to_other_channels_and_other_calls_in_one_pipeline(
         ]
     assert all(isinstance(results[f"shut{n}"], StorageChannelClosed) for n in range(3))
     assert results["viewers"] == 0
+
+
+async def test_an_archived_broadcast_is_one_script_call_and_a_burst_is_merged(
+    counted: tuple[Running, list[str]],
+) -> None:
+    """Archiving adds no round trip: history, archive and publish are one EVALSHA."""
+    live, sent = counted
+    storage = live.storage
+    await storage.append("vod", b'{"n":-1}', keep=10, archive=100, timestamp=0.0)  # loads it
+    sent.clear()
+    ids = {0: await storage.append("vod", b'{"n":0}', keep=10, archive=100, timestamp=5.0)}
+    assert sent == ["EVALSHA"]
+    sent.clear()
+
+    async def append(n: int) -> None:
+        stamp = None if n == 3 else float(10 - n)
+        ids[n] = await storage.append("vod", b'{"n":%d}' % n, keep=10, archive=100, timestamp=stamp)
+
+    async with anyio.create_task_group() as group:
+        for n in range(1, 8):
+            group.start_soon(append, n)
+    assert sent.count("EVALSHA") < 7, sent  # merged, timestamps and all
+    page = await storage.archive_range("vod", start=1.0)  # n=3 has no timestamp
+    by_time = [7, 6, 0, 5, 4, 2, 1]  # media time 3, 4, 5, 5 (n=0 published first), 6, 8, 9
+    assert [e.id for e in page.events] == [ids[n] for n in by_time]

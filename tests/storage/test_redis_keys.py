@@ -1,0 +1,87 @@
+"""What RedisStorage keeps in Redis for the archive, bans and buckets, and for how long."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+
+from channel_asgi import clock
+from channel_asgi.storage import RedisStorage
+from channel_asgi.storage.conformance import running
+from channel_asgi.storage.redis import _place, _unplace
+
+
+@pytest.fixture
+async def keys(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client, to look at the storage's keys."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_the_archive_survives_a_restart_and_never_expires(
+    redis_url: str, redis_prefix: str, keys: redis.asyncio.Redis
+) -> None:
+    """A new RedisStorage (a restarted app) reads the archive; its keys have no ttl."""
+    async with running(RedisStorage(redis_url, prefix=redis_prefix)) as first:
+        ids = [
+            await first.storage.append(
+                "vod", b'{"n":%d}' % n, keep=2, ttl=60.0, archive=10, timestamp=float(n)
+            )
+            for n in range(5)
+        ]
+    restarted = RedisStorage(redis_url, prefix=redis_prefix)
+    try:
+        page = await restarted.archive_range("vod")
+    finally:
+        await restarted.aclose()
+    assert [e.id for e in page.events] == ids
+    assert [e.payload for e in page.events] == [b'{"n":%d}' % n for n in range(5)]
+    assert await keys.pttl(f"{redis_prefix}:h:vod") > 0  # the history has its ttl
+    for kind in ("a", "ap"):
+        assert await keys.pttl(f"{redis_prefix}:{kind}:vod") == -1
+
+
+def test_archive_places_sort_as_their_ids() -> None:
+    """Members of one score sort as strings: the fixed width makes that the ids' order."""
+    ids = ["9-5", "10-0", "10-2", "10-10", "123456789012-0", "123456789012-11"]
+    places = [_place(event_id) for event_id in ids]
+    assert sorted(places, key=str) == places
+    assert [_unplace(str(place).encode()) for place in places] == ids
+    for malformed in ("garbage", "1", "1-", "-1", "1-2-3", "1-x", "\u0661-2", f"{2**64}-0"):
+        assert _place(malformed) is None, malformed
+
+
+async def test_a_channels_bans_key_expires_a_grace_after_its_last_ban(
+    redis_url: str, redis_prefix: str, keys: redis.asyncio.Redis
+) -> None:
+    """Timed bans: the key expires a minute after the last ends; a ban for ever keeps it."""
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    key = f"{redis_prefix}:b:c"
+    try:
+        await storage.ban("c", "u", until=clock.time() + 100)
+        await storage.ban("c", "v", until=clock.time() + 10)
+        assert 150_000 < await keys.pttl(key) <= 160_000
+        await storage.ban("c", "w")
+        assert await keys.pttl(key) == -1
+        await storage.unban("c", "w")
+        assert 150_000 < await keys.pttl(key) <= 160_000
+        await storage.unban("c", "u")
+        await storage.unban("c", "v")
+        assert not await keys.exists(key)
+    finally:
+        await storage.aclose()
+
+
+async def test_a_bucket_key_expires_once_it_would_be_full(
+    redis_url: str, redis_prefix: str, keys: redis.asyncio.Redis
+) -> None:
+    """A bucket missing from Redis is full, so its key lives only until it would be."""
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    try:
+        assert await storage.take_token("k", rate=0.5, burst=3) == 0.0
+        assert 0 < await keys.pttl(f"{redis_prefix}:t:k") <= 2000  # one token, at 0.5 a second
+    finally:
+        await storage.aclose()
