@@ -23,6 +23,9 @@ Scenarios, for each server:
 * **the number check** (SPEC 6.1): channel_asgi against itself with the check switched off
   (``benchmarks/unchecked.py``), in the publish-only rounds (loaded together) and in saturated
   fan-out at 1000 subscribers, alternating ``--check-rounds`` times;
+* **metrics** (SPEC 6.4): channel_asgi with ``--metrics`` against itself without, in saturated
+  fan-out at 1000 subscribers and in the light-load runs (CPU per delivery), alternating
+  ``--check-rounds`` times;
 * **servers**: channel_asgi on uvicorn, hypercorn, granian and daphne (memory storage), and on
   uvicorn and gunicorn with two uvicorn workers (RedisStorage), paced at ``--servers-rate``
   publishes per second to ``--servers-subs`` subscribers: server CPU per delivery (every process
@@ -1052,6 +1055,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
         },
     }
+    results["metrics"] = metrics_part(binary, ours, subs, args)
     fan_out = results["number_check"]["fan_out"]
     say(
         f"number check {subs}: {fan_out['on']['deliveries_per_s']:,.0f}/s on, "
@@ -1074,6 +1078,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"(memory, same rounds: {pair['memory']['deliveries_per_s']:,.0f}/s)"
         )
     return results
+
+
+#: channel_asgi with ``--metrics`` (Prometheus counting on): what the metrics cost.
+METRICS_ON = channel_asgi_target("channel_asgi, metrics on", "--metrics")
+
+
+def metrics_part(binary: Path, ours: Target, subs: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Metrics on against off: saturated deliveries/s and light-load CPU per delivery, paired."""
+    pair = {"on": METRICS_ON, "off": ours}
+    fan_out = side_by_side(binary, pair, subs, args.check_rounds, args)
+    light: dict[str, list[float]] = {"on": [], "off": []}
+    for index in range(args.check_rounds):
+        for name, target in list(pair.items()) if index % 2 == 0 else list(pair.items())[::-1]:
+            report = latency(binary, target, args.latency_subs, args.rate, args.latency_count)
+            light[name].append(report["server_cpu_per_100k"])
+    part = {
+        "subs": subs,
+        "fan_out": fan_out,
+        "light_cpu": {**light, "ratio": paired(light["on"], light["off"])},
+    }
+    print(
+        f"metrics {subs}: {fan_out['on']['deliveries_per_s']:,.0f}/s on, "
+        f"{fan_out['off']['deliveries_per_s']:,.0f}/s off; light CPU on / off "
+        f"{part['light_cpu']['ratio']['median']:.3f}x",
+        file=sys.stderr,
+        flush=True,
+    )
+    return part
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
@@ -1116,9 +1148,10 @@ def faults(results: dict[str, Any], name: str) -> int:
     if name == "channel_asgi":  # its RedisStorage runs, and the memory runs paired with them
         for pair in results.get("redis", {}).values():
             reports += [*pair["runs"]["redis"], *pair["runs"]["memory"]]
-        if "number_check" in results:  # and the runs with the number check on and off
-            for side in results["number_check"]["fan_out"]["runs"].values():
-                reports += side
+        for part in ("number_check", "metrics"):  # and the runs of the on / off pairs
+            if part in results:
+                for side in results[part]["fan_out"]["runs"].values():
+                    reports += side
         for row in results.get("mounts", {}).get("variants", {}).values():
             if row["code"] == "checkout":  # and this code's runs, bare and mounted
                 reports += [*row["light"]["runs"], *row["saturated"]["runs"]]
@@ -1199,6 +1232,22 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
                 check["publish_only"]["ratio"],
                 ">= 0.95x",
                 lambda v: v >= 0.95,
+            ),
+        ]
+    if "metrics" in results:
+        metrics = results["metrics"]
+        goals += [
+            (
+                f"metrics on / off, deliveries/s at {metrics['subs']} subscribers",
+                metrics["fan_out"]["ratio"],
+                ">= 0.95x",
+                lambda v: v >= 0.95,
+            ),
+            (
+                "metrics on / off, server CPU per delivery, light load",
+                metrics["light_cpu"]["ratio"],
+                "<= 1.05x",
+                lambda v: v <= 1.05,
             ),
         ]
     if "mounts" in results:

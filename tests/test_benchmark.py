@@ -268,3 +268,28 @@ def test_the_mount_goals_take_the_direct_write_from_the_ref() -> None:
     # the ref's lost delivery is in its own row, not in this checkout's goal
     assert "| deliveries lost or repeated, every channel_asgi run | 0 | 0 | yes |" in markdown
     assert "| forced on through Starlette's `send` wrappers |" in markdown
+
+
+def test_the_metrics_rows_are_goals_of_the_table() -> None:
+    """Metrics on / off: deliveries/s and light-load CPU, each with its goal."""
+    bench = bench_module()
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    ratio = {"median": 0.97, "low": 0.95, "high": 0.99}
+    results["metrics"] = {
+        "subs": 1000,
+        "fan_out": {"ratio": ratio, "runs": {"on": [], "off": []}},
+        "light_cpu": {
+            "on": [1.0],
+            "off": [1.0],
+            "ratio": {"median": 1.07, "low": 1.0, "high": 1.1},
+        },
+    }
+    markdown = bench.table(results, bench.ratios(results))
+    assert (
+        "| metrics on / off, deliveries/s at 1000 subscribers | 0.97x (rounds 0.95 to 0.99) "
+        "| >= 0.95x | yes |" in markdown
+    )
+    assert (
+        "| metrics on / off, server CPU per delivery, light load | 1.07x (rounds 1.00 to 1.10) "
+        "| <= 1.05x | no |" in markdown
+    )
