@@ -12,7 +12,7 @@ import pytest
 from channel_asgi.storage import MemoryStorage, RedisStorage, Storage
 from channel_asgi.storage.conformance import Inbox, Running, running
 
-from ..helpers import free_port
+from ..helpers import FakeClock, free_port
 
 __all__ = ["Inbox", "Running", "running"]
 
@@ -24,9 +24,13 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_storage(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[[], Storage]]:
-    """A factory: each call is another process's view of one shared storage."""
+    """A factory: each call is another process's view of one shared storage.
+
+    The memory backend runs on the test's clock (the ``clock`` fixture), which ``elapse`` moves.
+    """
     if backend == "memory":
-        shared = MemoryStorage()
+        clock: FakeClock = request.getfixturevalue("clock")
+        shared = MemoryStorage(clock=clock.monotonic)
         yield lambda: shared
     else:
         url = request.getfixturevalue("redis_url")

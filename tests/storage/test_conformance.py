@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import anyio
+import pytest
+
 from channel_asgi.storage.conformance import *  # noqa: F403 - the suite's tests and fixtures
+
+from ..helpers import FakeClock
 
 
 def test_every_test_of_the_suite_is_exported() -> None:
@@ -11,3 +18,17 @@ def test_every_test_of_the_suite_is_exported() -> None:
 
     tests = {name for name in dir(conformance) if name.startswith("test_")}
     assert tests <= set(conformance.__all__)
+
+
+@pytest.fixture  # type: ignore[no-redef]  # the suite's waits in real time; memory's clock moves
+def elapse(backend: str, request: pytest.FixtureRequest) -> Callable[[float], Awaitable[None]]:
+    """Memory: move the test's clock, waiting for nothing. Redis judges time by its own clock
+    (``TIME``), which no test can move: there time really passes."""
+    if backend != "memory":
+        return anyio.sleep
+    clock: FakeClock = request.getfixturevalue("clock")
+
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
+
+    return advance
