@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
+import anyio
+
 from . import clock
 from .errors import (
     BadRequest,
@@ -23,6 +25,7 @@ from .errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from .lifecycle import asyncio_loop
 
 __all__ = [
     "BodyDeadlines",
@@ -189,6 +192,10 @@ class BodyDeadlines:
             PayloadTooLarge: the body exceeds ``limit`` bytes.
             RequestTimeout: the body did not arrive in time.
         """
+        if asyncio_loop() is None:  # trio: a deadline on the event loop's own clock
+            with anyio.move_on_after(self.timeout):
+                return await read_body(headers, receive, limit)
+            raise self._late()
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - an ASGI app always runs in a task
             return await read_body(headers, receive, limit)
@@ -202,13 +209,14 @@ class BodyDeadlines:
             uncancel = getattr(task, "uncancel", None)  # Python 3.11+
             if uncancel is not None:
                 uncancel()
-            raise RequestTimeout(
-                f"The body did not arrive within {self.timeout} s (body_timeout)"
-            ) from None
+            raise self._late() from None
         finally:
             del reads[task]
             if self._expired:
                 self._expired.discard(task)
+
+    def _late(self) -> RequestTimeout:
+        return RequestTimeout(f"The body did not arrive within {self.timeout} s (body_timeout)")
 
     def sweep(self) -> None:
         """Cancel the reads that are past their deadline (call every :attr:`interval`)."""

@@ -26,7 +26,9 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-__all__ = ["Runner", "run_every", "server_is_exiting", "watch_exit_signals"]
+from .errors import ChannelError
+
+__all__ = ["Runner", "asyncio_loop", "run_every", "server_is_exiting", "watch_exit_signals"]
 
 Background = Callable[..., Coroutine[Any, Any, None]]
 
@@ -132,7 +134,7 @@ class Runner:
         self._forget_closed_loop()
         if self._ready is not None:
             raise RuntimeError("The ChannelApp is already running")
-        self._loop = _asyncio_loop()
+        self._loop = asyncio_loop()
         self._thread = get_ident()
         self._ready = anyio.Event()
         group = anyio.create_task_group()
@@ -167,11 +169,12 @@ class Runner:
             return
         self._forget_closed_loop()
         if self._ready is None:
-            loop = _asyncio_loop()
-            if loop is None:
-                raise RuntimeError(
-                    "A ChannelApp starts itself only on asyncio; under another event loop, "
-                    "serve it with lifespan or use 'async with channels:'"
+            loop = asyncio_loop()
+            if loop is None:  # a 500 whose message says what to do, not a traceback
+                raise ChannelError(
+                    500,
+                    "A ChannelApp starts itself only on asyncio; under another event loop "
+                    "(trio), serve it with lifespan or use 'async with channels:'",
                 )
             self._loop = loop
             self._thread = get_ident()
@@ -210,7 +213,8 @@ class Runner:
             await task
 
 
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+def asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """Return the running asyncio event loop, or None on another one (trio)."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:  # another event loop (trio)

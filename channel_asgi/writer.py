@@ -7,8 +7,9 @@ cancelling the writer, which may be stuck in a send; that cancellation is the co
 business and ends here. Whatever happens, the cleanup (leave, announce it, run the hooks) runs
 shielded, with a deadline so that a storage outage cannot hold the task forever.
 
-These are plain asyncio tasks rather than an anyio task group: a task group per connection
+On asyncio these are plain tasks rather than an anyio task group: a task group per connection
 would add to the memory every idle connection holds, and idle connections should stay small.
+Off asyncio (trio), the same contract runs in an anyio task group.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Final, Protocol
 import anyio
 
 from .engine import Engine, Opening
+from .lifecycle import asyncio_loop
 from .mailbox import SEND_HISTORY, Close, Mailbox
 
 __all__ = ["CLEANUP_TIMEOUT", "Sink", "pump", "run_connection"]
@@ -95,6 +97,9 @@ async def run_connection(
     A connection cut for being too slow ends without an error (``mailbox.closed`` is then
     ``Close.SLOW``); any other error of the writer is raised here, after the cleanup.
     """
+    if asyncio_loop() is None:
+        await _run_on_anyio(engine, mailbox, opening, write, watch)
+        return
     own = asyncio.current_task()
     if own is None:  # pragma: no cover - an ASGI app always runs in a task
         raise RuntimeError("a connection must run in a task")
@@ -139,3 +144,39 @@ async def run_connection(
     error = writer.exception()
     if error is not None:
         raise error
+
+
+async def _run_on_anyio(
+    engine: Engine,
+    mailbox: Mailbox,
+    opening: Opening,
+    write: Coroutine[Any, Any, None],
+    watch: Coroutine[Any, Any, None],
+) -> None:
+    """:func:`run_connection` off asyncio (trio): the same contract, in an anyio task group."""
+    writer_scope = anyio.CancelScope()
+    failure: list[Exception] = []
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def run_writer() -> None:
+                with writer_scope:
+                    try:
+                        await write
+                    except Exception as exc:  # raised here after the cleanup, as on asyncio
+                        failure.append(exc)
+                group.cancel_scope.cancel()  # the writer ended: stop watching
+
+            mailbox.interrupt_with(writer_scope.cancel)
+            group.start_soon(run_writer)
+            await watch
+            # The watcher saw the client leave (the mailbox is closed): the writer ends.
+            group.cancel_scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT / 2
+    finally:
+        write.close()  # never started when the group was cancelled first: no warning
+        mailbox.interrupt_with(None)
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
+            await engine.disconnect(mailbox, opening)
+    if failure:
+        raise failure[0]
