@@ -214,21 +214,27 @@ class Presence(Protocol):
     """**Protocol**: who is connected to which channel, across every process.
 
     The app calls :meth:`join` once for each live subscriber connection (SSE or WebSocket; a
-    server-side subscriber is not a viewer) and :meth:`leave` once when it has gone. Connection
-    ids are unique; each connection joins one channel.
+    server-side subscriber is not a viewer), with the connection's user id (an anonymous user's
+    is the id its ``init`` gave it), and :meth:`leave` once when it has gone. Connection ids are
+    unique; each connection joins one channel, as one user.
 
     **Leases.** A process can die without leaving. A backend shared by several processes must
-    stop counting the connections of a process that died, and stop reporting them connected,
-    within a bounded time (``RedisStorage``: its ``presence_ttl``, renewed by ``run``), and a
-    process that stops normally (``run`` ends) removes its presence at once.
+    stop counting the connections of a process that died, and stop reporting them connected and
+    present (:meth:`presence`), within a bounded time (``RedisStorage``: its ``presence_ttl``,
+    renewed by ``run``), and a process that stops normally (``run`` ends) removes its presence
+    at once.
 
     Every method raises :class:`StorageUnreachable` when the backend cannot be reached; the
     ones that change something raise :class:`StorageNoReply` instead when the change was sent
     and no reply came.
     """
 
-    async def join(self, channel: str, connection_id: str) -> int:
-        """Count a live connection on ``channel``.
+    async def join(self, channel: str, connection_id: str, user_id: str | None = None) -> int:
+        """Count a live connection on ``channel``, of ``user_id`` when given.
+
+        The backend keeps the user id with the connection until :meth:`leave` (or until the
+        lease of its process ends), for :meth:`presence`. A connection joined without one is
+        counted by :meth:`viewer_count` but listed by no user.
 
         Returns:
             The channel's viewer count across all processes, this connection included.
@@ -254,6 +260,20 @@ class Presence(Protocol):
 
     async def viewer_count(self, channel: str) -> int:
         """Return the number of live connections on ``channel`` across all processes.
+
+        Raises:
+            StorageUnreachable: the backend cannot be reached, or did not answer (a read).
+        """
+        ...
+
+    async def presence(self, channel: str) -> dict[str, int]:
+        """Return who is connected to ``channel``: user id -> live connections, in all processes.
+
+        Each user joined on the channel and not left counts once per connection, whichever
+        process holds it; users with none are absent (an unknown channel gives ``{}``). The
+        connections of a process whose lease ended are not counted, as in
+        :meth:`viewer_count`. A read costs one round trip (``RedisStorage``: one script), and
+        grows with the channel's users, not with the other channels.
 
         Raises:
             StorageUnreachable: the backend cannot be reached, or did not answer (a read).

@@ -22,7 +22,11 @@ with a server, a new client of the same server and key prefix)::
 
 ``make_unreachable_storage`` is the other fixture a backend defines: a factory of instances that
 cannot reach their backend, for the tests of failures (skipped without it; a backend that cannot
-be unreachable may define it to ``pytest.skip`` with its reason). The rules the tests check are
+be unreachable may define it to ``pytest.skip`` with its reason). A shared backend also defines
+``make_lapsing_storage``: a factory of views of the same store as ``make_storage``'s, whose
+presence lease is short (a few seconds at most); the suite never runs them, so their lease is
+never renewed, as for a process that died (skipped without it; a backend whose processes cannot
+die apart from it, like ``MemoryStorage``, may ``pytest.skip``). The rules the tests check are
 those of ``channel_asgi.storage.base``.
 
 The tests are async and need pytest with anyio's plugin (``anyio_backend`` selects the event
@@ -63,6 +67,7 @@ __all__ = [
     "Inbox",
     "Running",
     "elapse",
+    "lapsing_storage",
     "peer",
     "pytestmark",
     "running",
@@ -73,6 +78,8 @@ __all__ = [
     "test_a_bucket_is_shared_by_every_process",
     "test_a_bucket_refills_at_its_rate",
     "test_a_delivery_to_every_channel_reaches_every_process",
+    "test_a_join_without_a_user_counts_but_is_listed_by_no_one",
+    "test_a_process_whose_lease_lapsed_drops_out_of_presence",
     "test_a_resume_or_a_page_from_a_deleted_id_goes_on_after_it",
     "test_a_second_listen_returns_and_deliveries_flow",
     "test_an_unreachable_backend_fails_with_storage_unreachable",
@@ -109,6 +116,8 @@ __all__ = [
     "test_is_connected_spans_processes",
     "test_large_and_unusual_payloads_round_trip",
     "test_ping_returns_while_the_backend_is_reachable",
+    "test_presence_counts_each_users_connections_across_processes",
+    "test_presence_drops_connections_that_left",
     "test_presence_is_announced_once_per_interval_across_processes",
     "test_presence_totals_carry_the_viewer_count",
     "test_request_deliveries_cross_processes",
@@ -207,6 +216,16 @@ def unreachable_storage(
         make: Callable[[], Storage] = request.getfixturevalue("make_unreachable_storage")
     except pytest.FixtureLookupError:
         pytest.skip("no make_unreachable_storage fixture: define one to test how the backend fails")
+    return make()
+
+
+@pytest.fixture
+def lapsing_storage(make_storage: Callable[[], Storage], request: pytest.FixtureRequest) -> Storage:
+    """``make_lapsing_storage()``, never run: a process that died; skipped without that fixture."""
+    try:
+        make: Callable[[], Storage] = request.getfixturevalue("make_lapsing_storage")
+    except pytest.FixtureLookupError:
+        pytest.skip("no make_lapsing_storage fixture: define one to test presence leases")
     return make()
 
 
@@ -457,8 +476,10 @@ _CALLS: Final[dict[str, Callable[[Storage], Awaitable[object]]]] = {
     "send to every channel": lambda s: s.send(Delivery("*", "end", payload(1), to_user="u")),
     "history": lambda s: s.history("c"),
     "join": lambda s: s.join("c", "k"),
+    "join with a user": lambda s: s.join("c", "k", "u"),
     "leave": lambda s: s.leave("c", "k"),
     "viewer_count": lambda s: s.viewer_count("c"),
+    "presence": lambda s: s.presence("c"),
     "is_connected": lambda s: s.is_connected("k"),
     "coalesce_presence": lambda s: s.coalesce_presence("c", 1, 0, interval=1.0),
     "close_channel": lambda s: s.close_channel("c", b"{}"),
@@ -514,6 +535,70 @@ async def test_is_connected_spans_processes(storage: Running, peer: Running) -> 
     assert not await storage.storage.is_connected("never")
 
 
+async def test_presence_counts_each_users_connections_across_processes(
+    storage: Running, peer: Running
+) -> None:
+    """presence maps each user to their live connections in every process, any user id."""
+    odd = "ü:ser/1 with spaces"
+    assert await storage.storage.join("p", "a1", "alice") == 1
+    assert await peer.storage.join("p", "a2", "alice") == 2
+    assert await peer.storage.join("p", "a3", "alice") == 3
+    assert await storage.storage.join("p", "b1", odd) == 4
+    for running in (storage, peer):
+        assert await running.storage.presence("p") == {"alice": 3, odd: 1}
+    assert await storage.storage.presence("other") == {}
+    for connection_id, owner in (("a1", storage), ("a2", peer), ("a3", peer), ("b1", storage)):
+        await owner.storage.leave("p", connection_id)
+
+
+async def test_presence_drops_connections_that_left(storage: Running, peer: Running) -> None:
+    """A leave takes one connection off its user; a user with none left is absent."""
+    await storage.storage.join("p", "a1", "alice")
+    await peer.storage.join("p", "a2", "alice")
+    await peer.storage.join("p", "b1", "bob")
+    await storage.storage.join("q", "a3", "alice")  # another channel: apart
+    assert await peer.storage.leave("p", "a2") == 2
+    assert await storage.storage.presence("p") == {"alice": 1, "bob": 1}
+    await storage.storage.leave("p", "a1")
+    assert await peer.storage.presence("p") == {"bob": 1}
+    await peer.storage.leave("p", "b1")
+    assert await storage.storage.presence("p") == {}
+    assert await peer.storage.presence("q") == {"alice": 1}
+    await storage.storage.leave("q", "a3")
+    assert await peer.storage.presence("q") == {}
+
+
+async def test_a_join_without_a_user_counts_but_is_listed_by_no_one(storage: Running) -> None:
+    """join's user_id is optional: such a connection is a viewer that presence does not list."""
+    await storage.storage.join("p", "k1")
+    await storage.storage.join("p", "k2", "u")
+    assert await storage.storage.viewer_count("p") == 2
+    assert await storage.storage.presence("p") == {"u": 1}
+    await storage.storage.leave("p", "k1")
+    assert await storage.storage.presence("p") == {"u": 1}
+    await storage.storage.leave("p", "k2")
+    assert await storage.storage.viewer_count("p") == 0
+
+
+async def test_a_process_whose_lease_lapsed_drops_out_of_presence(
+    storage: Running, lapsing_storage: Storage
+) -> None:
+    """A process that stops renewing its lease (it died) leaves presence and the counts."""
+    await storage.storage.join("p", "alive", "u")
+    await lapsing_storage.join("p", "dead-1", "u")
+    await lapsing_storage.join("p", "dead-2", "w")
+    assert await storage.storage.presence("p") == {"u": 2, "w": 1}
+
+    async def lapsed() -> bool:
+        return await storage.storage.presence("p") == {"u": 1}
+
+    await _eventually(lapsed)  # the lease itself is a real wait, by the backend's clock
+    assert await storage.storage.viewer_count("p") == 1
+    assert not await storage.storage.is_connected("dead-2")
+    assert await storage.storage.is_connected("alive")
+    await storage.storage.leave("p", "alive")
+
+
 async def test_close_and_open_span_processes(storage: Running, peer: Running) -> None:
     """close_channel marks it closed everywhere and delivers end; open_channel undoes it."""
     await peer.storage.listen("c")
@@ -545,7 +630,8 @@ async def test_channel_names_with_every_allowed_character(storage: Running) -> N
     channel = "Aa0_-.:@/x" * 20
     event_id = await storage.storage.append(channel, payload(1), keep=5)
     assert [e.id for e in (await storage.storage.history(channel)).events] == [event_id]
-    assert await storage.storage.join(channel, "k") == 1
+    assert await storage.storage.join(channel, "k", "u") == 1
+    assert await storage.storage.presence(channel) == {"u": 1}
     assert await storage.storage.leave(channel, "k") == 0
 
 

@@ -40,7 +40,7 @@ import itertools
 import math
 import time
 from bisect import bisect_right
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Final
 
@@ -99,7 +99,7 @@ class _Channel:
         self.counted = 0  # what the channel adds to the storage's total now
         self.last_id: str | None = None  # the newest id ever appended (until it expires)
         self.last_at = 0.0  # when it was appended
-        self.viewers: set[str] | None = None
+        self.viewers: dict[str, str | None] | None = None  # connection id -> user id
         self.listeners = 0  # the apps listening (see the module docstring)
         self.ttl: float | None = None  # of the newest append
         self.expires_at: float | None = None  # the deadline of its entry in the expiry heap
@@ -564,12 +564,12 @@ class MemoryStorage:
             buckets.popitem(last=False)
         return 0.0
 
-    async def join(self, channel: str, connection_id: str) -> int:
-        """Count a live connection."""
+    async def join(self, channel: str, connection_id: str, user_id: str | None = None) -> int:
+        """Count a live connection, and remember its user."""
         state = self._state(channel)
         if state.viewers is None:
-            state.viewers = set()
-        state.viewers.add(connection_id)
+            state.viewers = {}
+        state.viewers[connection_id] = user_id
         self._connections.add(connection_id)
         self._settle(channel, state)
         return len(state.viewers)
@@ -580,7 +580,7 @@ class MemoryStorage:
         state = self._channels.get(channel)
         if state is None or state.viewers is None:
             return 0
-        state.viewers.discard(connection_id)
+        state.viewers.pop(connection_id, None)
         count = len(state.viewers)
         if not count:
             state.viewers = None
@@ -591,6 +591,13 @@ class MemoryStorage:
         """Return the number of live connections."""
         state = self._channels.get(channel)
         return 0 if state is None or state.viewers is None else len(state.viewers)
+
+    async def presence(self, channel: str) -> dict[str, int]:
+        """Return the live connections of each user on the channel."""
+        state = self._channels.get(channel)
+        if state is None or state.viewers is None:
+            return {}
+        return dict(Counter(user for user in state.viewers.values() if user is not None))
 
     async def is_connected(self, connection_id: str) -> bool:
         """Return whether the connection is live."""

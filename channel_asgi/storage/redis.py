@@ -8,6 +8,9 @@ Layout, under ``prefix`` (``P``)::
     P:v:{channel}     hash        viewers per process: {process id: connection count}
     P:procs           sorted set  live processes, scored by when their lease expires (ms)
     P:c:{process}     set         the process's live connection ids (expires with its lease)
+    P:u:{channel}:{process}
+                      hash        the process's users on the channel: {user id: connection
+                                  count} (expires with its lease)
     P:pj:{channel}    hash        joins and leaves of a large channel not yet announced
     P:pt:{channel}    string      set for one presence_interval by the process that announces
     P:closed          set         closed channels
@@ -25,8 +28,8 @@ publish it, so its cost is O(1) round trips whatever the number of subscribers. 
 pipelined automatically (one pipeline in flight; the calls made meanwhile go in the next), and
 consecutive appends to a channel in a pipeline are one script call and one pub/sub message. Each
 process holds one pub/sub connection for all the channels it serves. A process renews its lease
-every ``presence_ttl / 3`` seconds; one that dies stops counting in ``viewer_count`` when its
-lease expires, and is pruned then.
+every ``presence_ttl / 3`` seconds; one that dies stops counting in ``viewer_count`` and
+``presence`` when its lease expires, and is pruned then.
 
 When the pub/sub connection drops, the reader reconnects with backoff, subscribes again and first
 delivers, from the streams, the broadcasts published while it was away. A channel's messages are
@@ -48,6 +51,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -171,7 +175,8 @@ class RedisStorage:
         self._closed: set[str] | None = None
         self._last_seen: dict[str, str] = {}
         self._floor: dict[str, tuple[int, int]] = {}
-        self._local: dict[str, set[str]] = {}
+        #: channel -> {connection id: user id} of this process's connections
+        self._local: dict[str, dict[str, str | None]] = {}
         self._emptied: set[str] = set()  # channels left since the last lease renewal
         self._pipeline = AutoPipeline(self._redis)
         self._connected = _NotYet()
@@ -183,6 +188,9 @@ class RedisStorage:
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}:{kind}:{name}" if name else f"{self.prefix}:{kind}"
+
+    def _users_key(self, channel: str) -> str:
+        return self._key("u", f"{channel}:{self.process_id}")
 
     def _topic(self, channel: str) -> str:
         return f"{self.prefix}:e:{channel}"
@@ -245,6 +253,7 @@ class RedisStorage:
                     pipe.delete(self._key("c", self.process_id))
                     for channel in self._local:
                         pipe.hdel(self._key("v", channel), self.process_id)
+                        pipe.delete(self._users_key(channel))
                     await pipe.execute()
             except Exception:
                 logger.debug("Removing this process's presence failed", exc_info=True)
@@ -399,9 +408,13 @@ class RedisStorage:
         emptied, self._emptied = self._emptied, set()
         args: list[Any] = [self.process_id, self._lease_ms]
         for channel in emptied - self._local.keys():
-            args += [self._key("v", channel), 0]
+            args += [self._key("v", channel), 0, self._users_key(channel), 0]
         for channel, connections in self._local.items():
-            args += [self._key("v", channel), len(connections)]
+            users = Counter(user for user in connections.values() if user is not None)
+            args += [self._key("v", channel), len(connections), self._users_key(channel)]
+            args.append(len(users))
+            for user, count in users.items():
+                args += [user, count]
         args.append("")
         for connections in self._local.values():
             args += connections
@@ -584,26 +597,46 @@ class RedisStorage:
         )
         return float(reply)
 
-    async def _presence(self, channel: str, connection_id: str, delta: int) -> int:
-        keys = [self._key("v", channel), self._key("procs"), self._key("c", self.process_id)]
+    async def _presence(
+        self, channel: str, connection_id: str, delta: int, user_id: str | None
+    ) -> int:
+        keys = [
+            self._key("v", channel),
+            self._key("procs"),
+            self._key("c", self.process_id),
+            self._users_key(channel),
+        ]
         args = [self.process_id, connection_id, delta, self._lease_ms]
+        if user_id is not None:
+            args.append(user_id)
         return int(await self._pipeline.script("presence", scripts.PRESENCE, keys, args))
 
-    async def join(self, channel: str, connection_id: str) -> int:
+    def _forget(self, channel: str, connection_id: str) -> str | None:
+        """Drop a connection from this process's presence; return its user id."""
+        connections = self._local.get(channel)
+        if connections is None:
+            return None
+        user_id = connections.pop(connection_id, None)
+        if not connections:
+            del self._local[channel]
+            self._emptied.add(channel)  # the renewal zeroes it if the call to Redis fails
+        return user_id
+
+    async def join(self, channel: str, connection_id: str, user_id: str | None = None) -> int:
         """Count a connection of this process; return the channel's viewers in all processes."""
-        count = await self._presence(channel, connection_id, 1)
-        self._local.setdefault(channel, set()).add(connection_id)
-        return count
+        # Recorded before the call is queued, so that a lease renewal (which replaces this
+        # process's users on the channel whole) queued before or after it agrees with it.
+        self._local.setdefault(channel, {})[connection_id] = user_id
+        try:
+            return await self._presence(channel, connection_id, 1, user_id)
+        except BaseException:
+            self._forget(channel, connection_id)
+            raise
 
     async def leave(self, channel: str, connection_id: str) -> int:
         """Stop counting a connection; return the channel's viewers in all processes."""
-        connections = self._local.get(channel)
-        if connections is not None:
-            connections.discard(connection_id)
-            if not connections:
-                del self._local[channel]
-                self._emptied.add(channel)  # the renewal zeroes it if the call below fails
-        return await self._presence(channel, connection_id, -1)
+        user_id = self._forget(channel, connection_id)
+        return await self._presence(channel, connection_id, -1, user_id)
 
     async def viewer_count(self, channel: str) -> int:
         """Return the channel's live connections in every process whose lease is current."""
@@ -611,6 +644,16 @@ class RedisStorage:
         # Only reads (its pruning of dead processes is the same whenever it runs).
         reply = await self._pipeline.script("viewers", scripts.VIEWERS, keys, [], writes=False)
         return int(reply)
+
+    async def presence(self, channel: str) -> dict[str, int]:
+        """Add up the users of every process on the channel whose lease is current."""
+        keys = [self._key("v", channel), self._key("procs")]
+        prefix = self._key("u", f"{channel}:")
+        # Only reads (like viewer_count's, its pruning of dead processes is idempotent).
+        reply = await self._pipeline.script(
+            "presence_list", scripts.PRESENT, keys, [prefix], writes=False
+        )
+        return {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}
 
     async def is_connected(self, connection_id: str) -> bool:
         """Return whether any live process holds ``connection_id``."""

@@ -24,6 +24,7 @@ __all__ = [
     "HISTORY",
     "LEASE",
     "PRESENCE",
+    "PRESENT",
     "TAKE_TOKEN",
     "UNBAN",
     "VIEWERS",
@@ -279,21 +280,66 @@ redis.call('PEXPIRE', KEYS[1], string.format('%.0f', full_ms))
 return '0'
 """
 
-# KEYS: viewers, procs, conns. ARGV: process, connection, delta (1 join, -1 leave), lease_ms.
+# KEYS: viewers, procs, conns, users. ARGV: process, connection, delta (1 join, -1 leave),
+# lease_ms, and the connection's user id when it has one. The users hash is this process's on
+# the channel, and expires with its lease like the connections.
 PRESENCE: Final = (
     COUNT_LUA
     + """
 local now = now_ms()
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
-local left = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[3]))
+local delta, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
+local left = redis.call('HINCRBY', KEYS[1], ARGV[1], delta)
 if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-if tonumber(ARGV[3]) > 0 then
+if delta > 0 then
   redis.call('SADD', KEYS[3], ARGV[2])
 else
   redis.call('SREM', KEYS[3], ARGV[2])
 end
-redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]))
+redis.call('PEXPIRE', KEYS[3], lease)
+if ARGV[5] then
+  if redis.call('HINCRBY', KEYS[4], ARGV[5], delta) <= 0 then
+    redis.call('HDEL', KEYS[4], ARGV[5])
+  end
+  redis.call('PEXPIRE', KEYS[4], lease)
+end
 return count(KEYS[1], KEYS[2], now)
+"""
+)
+
+# KEYS: viewers, procs. ARGV: the prefix of the channel's users hashes (one per process).
+# Adds up the users of the processes whose lease is current, pruning the others as count does.
+# Returns {user1, connections1, user2, connections2, ...}.
+PRESENT: Final = (
+    COUNT_LUA
+    + """
+local now = now_ms()
+local order, totals = {}, {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local lease = redis.call('ZSCORE', KEYS[2], fields[i])
+  if lease and tonumber(lease) >= now then
+    local held = redis.call('HGETALL', ARGV[1] .. fields[i])
+    for j = 1, #held, 2 do
+      local user = held[j]
+      if not totals[user] then
+        order[#order + 1] = user
+        totals[user] = 0
+      end
+      totals[user] = totals[user] + tonumber(held[j + 1])
+    end
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+local out = {}
+for _, user in ipairs(order) do
+  if totals[user] > 0 then
+    out[#out + 1] = user
+    out[#out + 1] = totals[user]
+  end
+end
+return out
 """
 )
 
@@ -331,8 +377,9 @@ end
 return 0
 """
 
-# KEYS: procs, conns. ARGV: process, lease_ms, then pairs of (viewers key, count), then
-# connection ids after a '' separator. Renews the lease and re-asserts this process's presence
+# KEYS: procs, conns. ARGV: process, lease_ms, then for each channel (viewers key, count,
+# users key, n, then n pairs of user id and count), then connection ids after a '' separator.
+# Renews the lease and re-asserts this process's presence, its users hashes replaced whole
 # (which also heals it after Redis lost its data).
 LEASE: Final = """
 local t = redis.call('TIME')
@@ -343,7 +390,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - lease)
 local i = 3
 while ARGV[i] ~= '' do
   redis.call('HSET', ARGV[i], ARGV[1], ARGV[i + 1])
-  i = i + 2
+  local users, n = ARGV[i + 2], tonumber(ARGV[i + 3])
+  redis.call('DEL', users)
+  for j = i + 4, i + 2 + 2 * n, 2 do
+    redis.call('HSET', users, ARGV[j], ARGV[j + 1])
+  end
+  if n > 0 then redis.call('PEXPIRE', users, lease) end
+  i = i + 4 + 2 * n
 end
 i = i + 1
 if i <= #ARGV then

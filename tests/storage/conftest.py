@@ -52,3 +52,23 @@ async def make_unreachable_storage(backend: str) -> AsyncIterator[Callable[[], S
     yield make
     for storage in made:
         await storage.aclose()
+
+
+@pytest.fixture
+async def make_lapsing_storage(
+    backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[[], Storage]]:
+    """Views of the shared Redis with a lease of 1.5 s, which the suite never renews."""
+    if backend == "memory":
+        pytest.skip("MemoryStorage lives in its one process: its presence dies with it")
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    made: list[RedisStorage] = []
+
+    def make() -> Storage:
+        made.append(RedisStorage(url, prefix=prefix, presence_ttl=1.5))
+        return made[-1]
+
+    yield make
+    for storage in made:
+        await storage.aclose()

@@ -1,9 +1,11 @@
-"""What RedisStorage keeps in Redis for the archive, bans and buckets, and for how long."""
+"""What RedisStorage keeps in Redis (archive, bans, buckets, presence), and for how long."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
+import anyio.lowlevel
 import pytest
 import redis.asyncio
 
@@ -11,6 +13,8 @@ from channel_asgi import clock
 from channel_asgi.storage import RedisStorage
 from channel_asgi.storage.conformance import running
 from channel_asgi.storage.redis import _place, _unplace
+
+from ..helpers import eventually
 
 
 @pytest.fixture
@@ -83,5 +87,43 @@ async def test_a_bucket_key_expires_once_it_would_be_full(
     try:
         assert await storage.take_token("k", rate=0.5, burst=3) == 0.0
         assert 0 < await keys.pttl(f"{redis_prefix}:t:k") <= 2000  # one token, at 0.5 a second
+    finally:
+        await storage.aclose()
+
+
+async def test_a_processs_users_key_lives_with_its_lease_and_is_renewed_whole(
+    redis_url: str, redis_prefix: str, keys: redis.asyncio.Redis
+) -> None:
+    """P:u:{channel}:{process} expires with the lease; a renewal writes it again if it is lost."""
+    storage = RedisStorage(redis_url, prefix=redis_prefix, presence_ttl=1.5)
+    key = f"{redis_prefix}:u:room:{storage.process_id}"
+    async with running(storage):
+        await storage.join("room", "k1", "alice")
+        await storage.join("room", "k2", "alice")
+        await storage.join("room", "k3", "bob")
+        assert await keys.hgetall(key) == {b"alice": b"2", b"bob": b"1"}
+        assert 0 < await keys.pttl(key) <= 1500
+        await keys.delete(key)  # as if Redis had lost its data
+        await eventually(
+            lambda: storage.presence("room"), lambda got: got == {"alice": 2, "bob": 1}
+        )
+        await storage.leave("room", "k3")
+        assert await keys.hgetall(key) == {b"alice": b"2"}
+    assert not await keys.exists(key)  # a process that stops removes its presence at once
+
+
+async def test_a_lease_renewal_during_a_join_keeps_the_joined_user(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A renewal queued while a join is in flight re-asserts that join too (it replaces whole)."""
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    try:
+        await storage.join("room", "k0", "bob")
+        async with anyio.create_task_group() as group:
+            group.start_soon(storage.join, "room", "k1", "alice")
+            await anyio.lowlevel.checkpoint()  # the join is queued, its reply not read yet
+            await storage._renew()
+        assert await storage.presence("room") == {"alice": 1, "bob": 1}
+        assert await storage.viewer_count("room") == 2
     finally:
         await storage.aclose()
