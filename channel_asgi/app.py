@@ -585,6 +585,16 @@ class ChannelApp:
         return await self.storage.viewer_count(_checked_channel(channel))
 
     @maps_storage_errors
+    async def presence(self, channel: str) -> dict[str, int]:
+        """Return who is connected to ``channel``: user id -> live connections, in every process.
+
+        Anonymous users appear under the user id their ``init`` gave them; server-side
+        subscribers are not connections. A worker that died drops out within its presence
+        lease, as in :meth:`viewer_count`.
+        """
+        return await self.storage.presence(_checked_channel(channel))
+
+    @maps_storage_errors
     async def close_channel(self, channel: str) -> None:
         """End a channel: subscribers get ``end`` and are disconnected; then it answers 404.
 

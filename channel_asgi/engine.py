@@ -215,7 +215,7 @@ class Engine:
         try:
             await hub.listen(channel)
             listening = True
-            viewer_count = await self.storage.join(channel, connection_id)
+            viewer_count = await self.storage.join(channel, connection_id, user_id)
             joined = True
             recovered = None
             if last_event_id is not None and not may_replay:

@@ -212,6 +212,8 @@ async def test_publish_is_503_while_redis_is_down_and_flows_again_after(
             assert event.json["message"] == {"text": "after"}
         # presence is re-asserted into the fresh Redis by the lease renewal
         await eventually(lambda: channels.viewer_count("f"), lambda n: n == 2, interval=0.1)
+        users = {one.user_id: 1, two.user_id: 1}
+        await eventually(lambda: channels.presence("f"), lambda got: got == users, interval=0.1)
 
 
 async def test_a_storage_outage_at_startup_answers_503_until_redis_is_up(

@@ -113,10 +113,10 @@ async def test_history_survives_restarting_every_worker(
         assert [(await sub.stream.next()).id for _ in range(2)] == ids[1:]
 
 
-async def test_a_killed_worker_drops_out_of_viewer_count_by_expiry(
+async def test_a_killed_worker_drops_out_of_viewer_count_and_presence_by_expiry(
     server_process, client: httpx.AsyncClient, redis_url: str, redis_prefix: str
 ) -> None:
-    """SIGKILL leaves no chance to clean up; the lease expiry removes its viewers."""
+    """SIGKILL leaves no chance to clean up; the lease expiry removes its viewers and users."""
     ttl = "2"
     doomed = server_process(worker(redis_url, redis_prefix, "--presence-ttl", ttl))
     alive = server_process(worker(redis_url, redis_prefix, "--presence-ttl", ttl)).base
@@ -131,8 +131,30 @@ async def test_a_killed_worker_drops_out_of_viewer_count_by_expiry(
             storage = RedisStorage(redis_url, prefix=redis_prefix)
             try:
                 await eventually(lambda: storage.viewer_count("v"), lambda n: n == 1, interval=0.2)
+                assert await storage.presence("v") == {watcher.user_id: 1}
             finally:
                 await storage.aclose()
+
+
+async def test_presence_adds_up_a_users_connections_on_every_worker(
+    server_process, client: httpx.AsyncClient, redis_url: str, redis_prefix: str
+) -> None:
+    """One user on two workers (twice on one) is 3 for an app elsewhere; gone once they close."""
+    a = server_process(worker(redis_url, redis_prefix)).base
+    b = server_process(worker(redis_url, redis_prefix)).base
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    async with ChannelApp(storage=storage, secret=SECRET) as elsewhere:
+        alice = {"authorization": f"Bearer {elsewhere.issue_token('alice')}"}
+        async with (
+            subscribe(client, f"{a}/subscribe/room", alice) as first,
+            subscribe(client, f"{b}/subscribe/room", alice),
+            subscribe(client, f"{b}/subscribe/room", alice),
+            subscribe(client, f"{a}/subscribe/room") as anonymous,
+        ):
+            assert first.user_id == "alice"
+            assert await elsewhere.presence("room") == {"alice": 3, anonymous.user_id: 1}
+            assert await elsewhere.viewer_count("room") == 4
+        await eventually(lambda: elsewhere.presence("room"), lambda users: users == {})
 
 
 async def test_one_pubsub_connection_per_process_and_constant_cost_per_publish(

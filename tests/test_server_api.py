@@ -1,4 +1,4 @@
-"""The server-side API: publish, subscribe, viewer_count, close/open, and the hooks."""
+"""The server-side API: publish, subscribe, viewer_count, presence, close/open, and the hooks."""
 
 from __future__ import annotations
 
@@ -111,6 +111,34 @@ async def test_viewer_count_counts_live_connections(serve, client: httpx.AsyncCl
     async with subscribe(client, f"{base}/subscribe/v"), subscribe(client, f"{base}/subscribe/v"):
         assert await channels.viewer_count("v") == 2
     await eventually(lambda: channels.viewer_count("v"), lambda n: n == 0)
+
+
+async def test_presence_maps_each_user_to_their_live_connections(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """presence lists signed-in and anonymous users by the id init gave them; not server-side."""
+    channels = ChannelApp(secret="p" * 40)
+    base = await serve(channels)
+    alice = {"authorization": f"Bearer {channels.issue_token('alice')}"}
+    assert await channels.presence("room") == {}
+    async with (
+        channels.subscribe("room"),
+        subscribe(client, f"{base}/subscribe/room", alice) as first,
+        subscribe(client, f"{base}/subscribe/room", alice),
+        subscribe(client, f"{base}/subscribe/room") as anonymous,
+    ):
+        assert first.user_id == "alice"
+        assert await channels.presence("room") == {"alice": 2, anonymous.user_id: 1}
+        assert await channels.presence("elsewhere") == {}
+    await eventually(lambda: channels.presence("room"), lambda users: users == {})
+
+
+@pytest.mark.parametrize("channel", ["", "a b", "x" * 201, 7])
+async def test_presence_of_a_bad_channel_name_is_refused(channel: object) -> None:
+    """The channel is checked as viewer_count checks it: ValueError, or TypeError for a non-str."""
+    async with ChannelApp() as channels:
+        with pytest.raises(TypeError if isinstance(channel, int) else ValueError):
+            await channels.presence(channel)  # type: ignore[arg-type]
 
 
 async def test_close_channel_ends_streams_and_refuses_until_reopened(

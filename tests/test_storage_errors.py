@@ -26,7 +26,7 @@ SECRET = "e" * 40
 
 
 class FailingStorage(MemoryStorage):
-    """A MemoryStorage whose appends, joins and viewer counts fail, once ``failure`` is set."""
+    """A MemoryStorage whose appends, joins and presence reads fail, once ``failure`` is set."""
 
     failure: StorageError | None = None
 
@@ -49,13 +49,17 @@ class FailingStorage(MemoryStorage):
             channel, payload, keep=keep, ttl=ttl, archive=archive, timestamp=timestamp
         )
 
-    async def join(self, channel: str, connection_id: str) -> int:
+    async def join(self, channel: str, connection_id: str, user_id: str | None = None) -> int:
         self._fail()
-        return await super().join(channel, connection_id)
+        return await super().join(channel, connection_id, user_id)
 
     async def viewer_count(self, channel: str) -> int:
         self._fail()
         return await super().viewer_count(channel)
+
+    async def presence(self, channel: str) -> dict[str, int]:
+        self._fail()
+        return await super().presence(channel)
 
 
 # The storage error (its class and argument: each test makes its own, since a raised one holds
@@ -111,6 +115,8 @@ async def test_the_server_side_api_raises_the_public_refusals(
         assert raised.value.__cause__ is failure
         with pytest.raises(refusal):
             await channels.viewer_count("room")
+        with pytest.raises(refusal):
+            await channels.presence("room")
 
 
 async def test_an_outage_is_caught_as_storage_unavailable_around_publish() -> None:
