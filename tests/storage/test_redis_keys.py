@@ -127,3 +127,24 @@ async def test_a_lease_renewal_during_a_join_keeps_the_joined_user(
         assert await storage.viewer_count("room") == 2
     finally:
         await storage.aclose()
+
+
+async def test_the_renewal_after_a_channels_last_leave_clears_what_redis_still_holds(
+    redis_url: str, redis_prefix: str, keys: redis.asyncio.Redis
+) -> None:
+    """A leave that never reached Redis is repaired by the next renewal: no viewer, no user."""
+    storage = RedisStorage(redis_url, prefix=redis_prefix)
+    key = f"{redis_prefix}:u:room:{storage.process_id}"
+    try:
+        await storage.join("room", "k1", "alice")
+        await storage.leave("room", "k1")
+        # as if the leave had been lost on its way to Redis
+        await keys.hset(key, "alice", 1)
+        await keys.hset(f"{redis_prefix}:v:room", storage.process_id, 1)
+        assert await storage.presence("room") == {"alice": 1}
+        await storage._renew()
+        assert await storage.presence("room") == {}
+        assert await storage.viewer_count("room") == 0
+        assert not await keys.exists(key)
+    finally:
+        await storage.aclose()
