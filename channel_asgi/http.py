@@ -25,7 +25,6 @@ from .errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from .lifecycle import asyncio_loop
 
 __all__ = [
     "BodyDeadlines",
@@ -192,11 +191,12 @@ class BodyDeadlines:
             PayloadTooLarge: the body exceeds ``limit`` bytes.
             RequestTimeout: the body did not arrive in time.
         """
-        if asyncio_loop() is None:  # trio: a deadline on the event loop's own clock
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not on asyncio (trio): a deadline on the event loop's own clock
             with anyio.move_on_after(self.timeout):
                 return await read_body(headers, receive, limit)
-            raise self._late()
-        task = asyncio.current_task()
+            raise self._late() from None
         if task is None:  # pragma: no cover - an ASGI app always runs in a task
             return await read_body(headers, receive, limit)
         reads = self._reads

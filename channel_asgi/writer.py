@@ -22,7 +22,6 @@ from typing import Any, Final, Protocol
 import anyio
 
 from .engine import Engine, Opening
-from .lifecycle import asyncio_loop
 from .mailbox import SEND_HISTORY, Close, Mailbox
 
 __all__ = ["CLEANUP_TIMEOUT", "Sink", "pump", "run_connection"]
@@ -97,10 +96,11 @@ async def run_connection(
     A connection cut for being too slow ends without an error (``mailbox.closed`` is then
     ``Close.SLOW``); any other error of the writer is raised here, after the cleanup.
     """
-    if asyncio_loop() is None:
+    try:
+        own = asyncio.current_task()
+    except RuntimeError:  # not on asyncio (trio)
         await _run_on_anyio(engine, mailbox, opening, write, watch)
         return
-    own = asyncio.current_task()
     if own is None:  # pragma: no cover - an ASGI app always runs in a task
         raise RuntimeError("a connection must run in a task")
     writer = asyncio.ensure_future(write)
