@@ -11,15 +11,21 @@ standard functions themselves, not wrappers, so a publish, which reads the time 
 limit and its token, pays what ``time.monotonic()`` and ``time.time()`` cost: one attribute
 lookup and a call each.
 
+``sleep(seconds)`` is what the app's periodic work waits on between two ticks (heartbeats, the
+presence interval, the sweep of body deadlines, the exit watch; ``lifecycle.run_every``): anyio's
+own sleep, which a fake clock replaces with one that returns when the test advances past it.
+
 The storage backends read it for bans (``time()`` judges when a ban ends, in every backend) and
 for ``MemoryStorage``'s token buckets (``monotonic()``); ``RedisStorage``'s buckets use Redis's
-clock. Not read here: the event loop's clock (anyio's sleeps and timeouts, heartbeats, the
-presence interval, the body deadlines' sweep interval) and the storages' history ttl and
-presence, judged by a ``clock=`` of their own (``MemoryStorage``) or by Redis.
+clock. Not read here: the event loop's clock (anyio's timeouts: hooks, webhooks, health checks)
+and the storages' history ttl and presence, judged by a ``clock=`` of their own
+(``MemoryStorage``) or by Redis.
 """
 
 from __future__ import annotations
 
 from time import monotonic, time
 
-__all__ = ["monotonic", "time"]
+from anyio import sleep
+
+__all__ = ["monotonic", "sleep", "time"]

@@ -26,6 +26,7 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from . import clock
 from .errors import ChannelError
 
 __all__ = ["Runner", "asyncio_loop", "run_every", "server_is_exiting", "watch_exit_signals"]
@@ -230,7 +231,7 @@ async def run_every(
     """Call ``tick`` (sync or async) every ``interval`` seconds until cancelled."""
     task_status.started()
     while True:
-        await anyio.sleep(interval)
+        await clock.sleep(interval)
         result = tick()
         if isinstance(result, Awaitable):
             await result

@@ -63,12 +63,14 @@ def _quiet_secret_warning(caplog: pytest.LogCaptureFixture) -> None:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """Stop the library's clock (``channel_asgi.clock``); the test moves it with ``advance``.
 
-    Rate limits refill, tokens expire and body deadlines pass when the test says so, not by
-    sleeping. Servers the test runs in this process (``serve``) read the same clock.
+    Rate limits refill, tokens expire, body deadlines pass and the app's periodic work
+    (heartbeats, presence announcements) ticks when the test says so, not by sleeping. Servers
+    the test runs in this process (``serve``) read the same clock.
     """
     fake = FakeClock()
     monkeypatch.setattr(channel_asgi.clock, "time", fake.time)
     monkeypatch.setattr(channel_asgi.clock, "monotonic", fake.monotonic)
+    monkeypatch.setattr(channel_asgi.clock, "sleep", fake.sleep)
     return fake
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import uvicorn
 
@@ -79,6 +80,7 @@ class FakeClock:
     def __init__(self) -> None:
         self._wall = float(int(time.time()))
         self._monotonic = float(int(time.monotonic()))
+        self._sleepers: list[tuple[float, anyio.Event]] = []  # (when it is over, its event)
 
     def time(self) -> float:
         """Unix seconds, as ``time.time()``."""
@@ -89,11 +91,28 @@ class FakeClock:
         return self._monotonic
 
     def advance(self, seconds: float) -> None:
-        """Move both clocks ``seconds`` forward."""
+        """Move both clocks ``seconds`` forward, and wake the sleeps that are then over."""
         if seconds < 0:
             raise ValueError(f"a clock does not go back, got {seconds!r}")
         self._wall += seconds
         self._monotonic += seconds
+        due = [sleeper for sleeper in self._sleepers if sleeper[0] <= self._monotonic]
+        for sleeper in due:
+            self._sleepers.remove(sleeper)
+            sleeper[1].set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once the clock has been advanced ``seconds`` (``channel_asgi.clock.sleep``)."""
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        sleeper = (self._monotonic + seconds, anyio.Event())
+        self._sleepers.append(sleeper)
+        try:
+            await sleeper[1].wait()
+        finally:
+            if sleeper in self._sleepers:
+                self._sleepers.remove(sleeper)
 
 
 def free_socket() -> socket.socket:
@@ -305,3 +324,22 @@ class DownStorage(MemoryStorage):
         return await super().append(
             channel, payload, keep=keep, ttl=ttl, archive=archive, timestamp=timestamp
         )
+
+
+@asynccontextmanager
+async def ticking(clock: FakeClock, step: float, *, limit: int = 100_000) -> AsyncIterator[None]:
+    """Advance ``clock`` by ``step`` each time every task is blocked, for the block (bounded).
+
+    The app's periodic work (heartbeats, presence announcements) then runs tick after tick, as
+    fast as the loop serves it, while the block waits for what it produces.
+    """
+
+    async def tick() -> None:
+        for _ in range(limit):
+            await anyio.wait_all_tasks_blocked()
+            clock.advance(step)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(tick)
+        yield
+        group.cancel_scope.cancel()

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 
 from channel_asgi import ChannelApp, ChannelMiddleware
 
-from .helpers import WAIT, publish, subscribe
+from .helpers import WAIT, FakeClock, publish, subscribe, ticking
 
 
 async def roundtrip(client: httpx.AsyncClient, base: str, channel: str = "15") -> None:
@@ -177,17 +177,20 @@ async def test_async_with_starts_and_stops(anyio_backend: str) -> None:
     assert not channels.running
 
 
-async def test_starts_on_first_use_without_lifespan(serve, client: httpx.AsyncClient) -> None:
+async def test_starts_on_first_use_without_lifespan(
+    serve, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
     """Mounted apps get no lifespan; the first request starts the background work."""
-    channels = ChannelApp(heartbeat=0.1)
+    channels = ChannelApp(heartbeat=15.0)
     host = Starlette(routes=[Mount("/channel", app=channels)])
     base = await serve(host, lifespan="on")
     assert not channels.running
     async with subscribe(client, f"{base}/channel/subscribe/x") as sub:
         assert channels.running
         with anyio.fail_after(WAIT):
-            while "ping" not in sub.stream.comments:
-                await sub.stream.next(comments=True)
+            async with ticking(clock, 5.0):
+                while "ping" not in sub.stream.comments:
+                    await sub.stream.next(comments=True)
 
 
 async def test_websocket_outside_the_ws_route_is_refused_with_json(serve) -> None:

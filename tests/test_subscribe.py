@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from channel_asgi import ChannelApp
+from channel_asgi.storage import MemoryStorage
 
-from .helpers import WAIT, Subscriber, publish, subscribe
+from .helpers import WAIT, FakeClock, Subscriber, publish, subscribe, ticking
 
 
 async def test_subscribe_sends_sse_headers_and_init_first(serve, client: httpx.AsyncClient) -> None:
@@ -55,11 +56,14 @@ async def test_join_and_leave_reach_others_with_viewer_count(
 
 
 async def test_above_system_events_max_viewers_joins_and_leaves_are_coalesced_into_counts(
-    serve, client: httpx.AsyncClient
+    serve, client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     """Past the threshold no join or leave is sent one by one: a "count" event per interval
-    carries how many joined and left since the last one, and the viewer count."""
-    base = await serve(ChannelApp(system_events_max_viewers=2, presence_interval=0.2))
+    carries how many joined and left since the last one, and the viewer count (the interval
+    passes on the test's clock)."""
+    storage = MemoryStorage(clock=clock.monotonic)
+    channels = ChannelApp(storage=storage, system_events_max_viewers=2, presence_interval=5.0)
+    base = await serve(channels)
     url = f"{base}/subscribe/crowd"
 
     async def counts(sub: Subscriber, joined: int, left: int) -> dict[str, object]:
@@ -76,7 +80,7 @@ async def test_above_system_events_max_viewers_joins_and_leaves_are_coalesced_in
     async with subscribe(client, url) as first, subscribe(client, url) as second:
         join = (await first.stream.until("system")).json["message"]  # 2 viewers: one by one
         assert join == {"status": "join", "user_id": second.user_id, "viewer_count": 2}
-        async with subscribe(client, url):
+        async with subscribe(client, url), ticking(clock, 5.0):
             async with subscribe(client, url):
                 last = await counts(first, joined=2, left=0)
                 assert last["viewer_count"] == 4
@@ -119,11 +123,11 @@ async def test_broadcast_reaches_every_subscriber_with_an_id(
 
 
 async def test_heartbeat_comments_arrive_at_the_configured_interval(
-    serve, client: httpx.AsyncClient
+    serve, client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
-    """An idle stream carries ': ping' comments."""
-    base = await serve(ChannelApp(heartbeat=0.1))
-    async with subscribe(client, f"{base}/subscribe/quiet") as sub:
+    """An idle stream carries ': ping' comments (the heartbeat ticks on the test's clock)."""
+    base = await serve(ChannelApp(heartbeat=15.0))
+    async with subscribe(client, f"{base}/subscribe/quiet") as sub, ticking(clock, 5.0):
         with anyio.fail_after(WAIT):
             while sub.stream.comments.count("ping") < 2:
                 await sub.stream.next(comments=True)
