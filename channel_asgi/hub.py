@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import anyio
+import msgspec
 
 from . import sse
 from .connection import Framing
 from .fastpath import DirectWriter, direct_start
 from .http import Send
 from .mailbox import Close, Mailbox, put_many
-from .protocol import with_id
+from .protocol import for_channel, with_id
 from .scheduler import WriteScheduler
 from .storage.base import Delivery, Storage
 
@@ -239,36 +240,68 @@ class Hub:
     # -- delivery ------------------------------------------------------------------------------
 
     def dispatch(self, delivery: Delivery) -> None:
-        """Frame ``delivery`` once per framing and queue it for every matching mailbox."""
+        """Frame ``delivery`` once per framing and queue it for every matching mailbox.
+
+        A delivery to channel ``"*"`` applies to every channel this process holds (see
+        :meth:`_dispatch_everywhere`).
+        """
         room = self._rooms.get(delivery.channel)
         if room is None:
+            if delivery.channel == "*":
+                self._dispatch_everywhere(delivery)
             return
         self._scheduler.dispatched()
         if room.opening:
             self._collect(room, delivery)
-        if delivery.kind == "request":
+        kind = delivery.kind
+        if kind == "request":
             target = room.by_connection.get(delivery.to_connection or "")
             if target is not None:
                 target.request_history()
             return
-        payload = delivery.payload
-        if delivery.id is not None:
-            payload = with_id(payload, delivery.id)
-        if delivery.to_user is not None or delivery.to_connection is not None:
+        targeted = delivery.to_user is not None or delivery.to_connection is not None
+        if targeted:
             targets = dict(room.by_user.get(delivery.to_user or "", {}))
             sender = room.by_connection.get(delivery.to_connection or "")
             if sender is not None:
                 targets[sender.connection_id] = sender
-            self._offer(targets.values(), payload, delivery)
+            ending = list(targets.values())
+        else:
+            ending = list(room.by_connection.values())
+        if kind == "disconnect":
+            for mailbox in ending:
+                mailbox.close(Close.DISCONNECT)
+            return
+        payload = delivery.payload
+        if delivery.id is not None:
+            payload = with_id(payload, delivery.id)
+        if targeted:
+            self._offer(ending, payload, delivery)
         else:
             replayed = _replayed_to(room, delivery.id) if room.catching_up else None
             for framing, members in room.by_framing.items():
                 if members:
                     frame = _frame(framing, payload, delivery.id)
                     self._offer_framed(members.values(), frame, delivery, replayed)
-        if delivery.kind == "end":
-            for mailbox in list(room.by_connection.values()):
+        if kind == "end":  # the channel's connections, or only the addressee's (a ban)
+            for mailbox in ending:
                 mailbox.close(Close.END)
+
+    def _dispatch_everywhere(self, delivery: Delivery) -> None:
+        """Apply a delivery to ``"*"`` to each channel of this process that it concerns.
+
+        Each channel gets it as its own, with its name as the envelope's ``stream_id``
+        (``protocol.for_channel``); one addressed to a user goes only to the channels where
+        that user has a connection (live or still opening). It is news for every channel, such
+        as a ban on every channel, and rare: it may walk every room.
+        """
+        user = delivery.to_user
+        for channel, room in list(self._rooms.items()):
+            if user is not None and user not in room.by_user:
+                if all(opening.mailbox.user_id != user for opening in room.opening.values()):
+                    continue
+            payload = for_channel(delivery.payload, channel)
+            self.dispatch(msgspec.structs.replace(delivery, channel=channel, payload=payload))
 
     def _deliver_one(self, mailbox: Mailbox, delivery: Delivery) -> None:
         if not _wants(mailbox, delivery):
@@ -279,6 +312,9 @@ class Hub:
         payload = delivery.payload
         if delivery.id is not None:
             payload = with_id(payload, delivery.id)
+        if delivery.kind == "disconnect":
+            mailbox.close(Close.DISCONNECT)
+            return
         if not mailbox.put(_frame(mailbox.framing, payload, delivery.id)):
             _too_slow(mailbox)
         if delivery.kind == "end":

@@ -27,7 +27,8 @@ __all__ = ["SEND_HISTORY", "Close", "Mailbox", "put_many"]
 class Close(enum.Enum):
     """Why a mailbox was closed."""
 
-    END = "end"  #: the channel was closed
+    END = "end"  #: the channel was closed, or the user banned (an ``end`` event was queued)
+    DISCONNECT = "disconnect"  #: ``channels.disconnect``: ended with no event; it may reconnect
     SLOW = "slow"  #: it did not keep up and its buffer overflowed
     GONE = "gone"  #: the client disconnected
     SHUTDOWN = "shutdown"  #: the app is stopping

@@ -27,6 +27,7 @@ __all__ = [
     "decode_publish",
     "encode",
     "encode_event",
+    "for_channel",
     "skip_undecodable",
     "with_id",
 ]
@@ -268,6 +269,21 @@ def with_id(payload: bytes, event_id: str) -> bytes:
     return b'{"id":' + _encoder.encode(event_id) + b"," + payload[1:]
 
 
+_EVERY_CHANNEL: Final = b'{"stream_id":"*",'
+
+
+def for_channel(payload: bytes, channel: str) -> bytes:
+    """Return an envelope :func:`encode_event` made for channel ``"*"``, as one of ``channel``.
+
+    News for every channel (a ban on ``"*"``) is encoded once, and each process's hub gives it
+    the ``stream_id`` of each channel it reaches (``stream_id`` is always the channel). Any
+    other payload is returned as it is.
+    """
+    if not payload.startswith(_EVERY_CHANNEL):
+        return payload
+    return b'{"stream_id":' + _encoder.encode(channel) + b"," + payload[len(_EVERY_CHANNEL) :]
+
+
 class Reply(msgspec.Struct, omit_defaults=True):
     """The JSON reply to a publish, and to every refusal."""
 
@@ -292,6 +308,13 @@ class PresenceMessage(msgspec.Struct):
     status: str
     user_id: str
     viewer_count: int
+
+
+class ModerationMessage(msgspec.Struct):
+    """``message`` of the ``system`` event of a deleted broadcast (``status`` "deleted")."""
+
+    status: str
+    id: str
 
 
 class CountMessage(msgspec.Struct):

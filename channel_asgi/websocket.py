@@ -46,7 +46,12 @@ __all__ = ["Ack", "Error", "WebSocketRoute", "refuse"]
 
 logger = logging.getLogger("channel_asgi")
 
-_CLOSE_CODES: Final = {Close.END: 1000, Close.SHUTDOWN: 1001, Close.SLOW: 1008}
+_CLOSE_CODES: Final = {
+    Close.END: 1000,
+    Close.SHUTDOWN: 1001,
+    Close.SLOW: 1008,
+    Close.DISCONNECT: 4000,  # channels.disconnect: an app-defined code, "reconnect if you like"
+}
 
 
 class _Frame(msgspec.Struct):

@@ -162,6 +162,67 @@ def test_end_closes_every_mailbox_after_the_end_event() -> None:
     assert len(queued(sub)) == 1
 
 
+def test_an_end_addressed_to_a_user_ends_only_that_users_mailboxes() -> None:
+    """A ban's end: the user's connections get it and close; the others stay open, untouched."""
+    hub = new_hub()
+    mallory1, mallory2, alice = (
+        subscriber("m1", "mallory"),
+        subscriber("m2", "mallory", Framing.TEXT),
+        subscriber("a", "alice"),
+    )
+    live(hub, mallory1, mallory2, alice)
+    hub.dispatch(Delivery("ch", "end", b'{"type":"end"}', to_user="mallory"))
+    assert (mallory1.closed, mallory2.closed, alice.closed) == (Close.END, Close.END, None)
+    assert queued(mallory1) == [sse.event(b'{"type":"end"}')]
+    assert queued(mallory2) == ['{"type":"end"}']
+    assert queued(alice) == []
+
+
+def test_a_disconnect_closes_the_users_mailboxes_writing_nothing() -> None:
+    """A disconnect: no event, a close that says "reconnect if you like"; opening ones too."""
+    hub = new_hub()
+    mallory, opening, alice = (
+        subscriber("m1", "mallory"),
+        subscriber("m2", "mallory"),
+        subscriber("a", "alice"),
+    )
+    live(hub, mallory, alice)
+    hub.attach(opening)
+    hub.dispatch(Delivery("ch", "event", b"{}", "1-0"))
+    hub.dispatch(Delivery("ch", "disconnect", to_user="mallory"))
+    assert (mallory.closed, alice.closed) == (Close.DISCONNECT, None)
+    assert len(queued(mallory)) == 1  # what was queued before is still written
+    hub.activate(opening)
+    assert opening.closed is Close.DISCONNECT
+    assert len(queued(opening)) == 1
+
+
+def test_a_delivery_to_every_channel_reaches_each_channel_of_the_user_as_its_own() -> None:
+    """ "*": every room where the user has a connection (live or opening), with its stream_id."""
+    hub = new_hub()
+    on_a = Mailbox("a", "m1", "mallory", Framing.TEXT, 1 << 20)
+    opening_on_b = Mailbox("b/c", "m2", "mallory", Framing.TEXT, 1 << 20)
+    alice = Mailbox("a", "a1", "alice", Framing.TEXT, 1 << 20)
+    elsewhere = Mailbox("d", "a2", "alice", Framing.TEXT, 1 << 20)
+    live(hub, on_a, alice, elsewhere)
+    hub.attach(opening_on_b)
+    end = b'{"stream_id":"*","message":{"status":"banned"},"type":"end"}'
+    hub.dispatch(Delivery("*", "end", end, to_user="mallory"))
+    assert queued(on_a) == ['{"stream_id":"a","message":{"status":"banned"},"type":"end"}']
+    assert on_a.closed is Close.END
+    hub.activate(opening_on_b)
+    assert queued(opening_on_b) == [
+        '{"stream_id":"b/c","message":{"status":"banned"},"type":"end"}'
+    ]
+    assert opening_on_b.closed is Close.END
+    assert (queued(alice), queued(elsewhere), alice.closed, elsewhere.closed) == (
+        [],
+        [],
+        None,
+        None,
+    )
+
+
 def test_heartbeat_pings_only_after_a_whole_quiet_interval() -> None:
     """A ping after HEARTBEAT_TICKS quiet ticks; any event restarts the count."""
     hub = new_hub()

@@ -105,7 +105,7 @@ class StorageChannelClosed(StorageError):
 # -- what a storage keeps and carries ------------------------------------------------------------
 
 #: What a delivery asks of the processes that get it.
-DeliveryKind = Literal["event", "request", "end"]
+DeliveryKind = Literal["event", "request", "end", "disconnect"]
 
 
 class Delivery(msgspec.Struct, array_like=True, gc=False):
@@ -117,8 +117,10 @@ class Delivery(msgspec.Struct, array_like=True, gc=False):
     Attributes:
         channel: the channel it belongs to, or ``"*"`` for every channel (:meth:`Storage.send`).
         kind: ``"event"`` (write ``payload`` to the matching connections), ``"request"`` (send
-            the channel's history to ``to_connection``) or ``"end"`` (write ``payload``, then
-            close every connection of the channel).
+            the channel's history to ``to_connection``), ``"end"`` (write ``payload``, then
+            close the matching connections: every connection of the channel, or with
+            ``to_user`` only that user's, as for a ban) or ``"disconnect"`` (close the matching
+            connections, writing nothing: they may reconnect).
         payload: the encoded envelope, without ``id``.
         id: the event id of a retained broadcast, else None.
         to_user: only connections of this user get it (with ``to_connection``), when given.

@@ -463,6 +463,8 @@ async def test_deliveries_round_trip_through_the_codec() -> None:
         Delivery("c", "event", b"{}", to_user="u", to_connection="k", exclude_connection="e"),
         Delivery("c", "request", to_connection="k"),
         Delivery("c", "end", b'{"type":"end"}'),
+        Delivery("*", "end", b'{"type":"end"}', to_user="u"),
+        Delivery("c", "disconnect", to_user="u"),
     ):
         assert decode_delivery(encode_delivery(delivery)) == delivery
     for malformed in (b"not msgpack", msgspec.msgpack.encode(["c", "broadcast", b"{}"])):
