@@ -127,6 +127,15 @@ class Access:
             return False
         return True
 
+    def slow_mode(self, channel: str, default: float | None) -> float | None:
+        """Return the seconds between two broadcasts of a user on ``channel`` (None: off)."""
+        if not self.patterns.registered:
+            return default
+        found = self.patterns.match(channel)
+        if found is None or found[0].slow_mode is None:
+            return default
+        return found[0].slow_mode or None
+
     def history_size(self, channel: str, default: int) -> int:
         """Return how many broadcasts ``channel`` retains."""
         if not self.patterns.registered:

@@ -115,6 +115,8 @@ class ChannelApp:
         webhook_timeout: seconds a webhook call may take.
         rate_limit: ``(per_second, burst)`` publishes per user, or None.
         ip_rate_limit: ``(per_second, burst)`` publishes per client address, or None.
+        slow_mode: seconds a user waits between two broadcasts on a channel, or None (channel
+            patterns may differ).
         system_events_max_viewers: above this many viewers, join/leave events of a channel are
             coalesced into one ``count`` event per ``presence_interval``.
         presence_interval: seconds between coalesced ``count`` events.
@@ -149,6 +151,7 @@ class ChannelApp:
         webhook_timeout: float = 5.0,
         rate_limit: tuple[float, float] | None = None,
         ip_rate_limit: tuple[float, float] | None = None,
+        slow_mode: float | None = None,
         system_events_max_viewers: int = 1000,
         presence_interval: float = 1.0,
         reconnect_delay: float = 3.0,
@@ -169,6 +172,7 @@ class ChannelApp:
             webhook_timeout=webhook_timeout,
             rate_limit=rate_limit,
             ip_rate_limit=ip_rate_limit,
+            slow_mode=slow_mode,
             system_events_max_viewers=system_events_max_viewers,
             presence_interval=presence_interval,
             reconnect_delay=reconnect_delay,
@@ -446,6 +450,7 @@ class ChannelApp:
         anonymous_publish: bool = True,
         history: int | None = None,
         types: Iterable[str] | None = None,
+        slow_mode: float | None = None,
     ) -> ChannelPattern:
         """Set the rules of the channels matching ``pattern`` (e.g. ``"chats/{id}"``).
 
@@ -459,6 +464,8 @@ class ChannelApp:
             history: broadcasts retained (instead of ``history_size``).
             types: the publish types allowed; others are 403. Without ``request``, a resume
                 replays nothing (``recovered: false``).
+            slow_mode: seconds a user waits between two broadcasts (instead of the app's
+                ``slow_mode``; 0 turns it off).
 
         Returns:
             The registered pattern. The most specific matching pattern (most literal segments;
@@ -471,6 +478,7 @@ class ChannelApp:
             anonymous_publish=anonymous_publish,
             history=history,
             types=None if types is None else frozenset(types),
+            slow_mode=slow_mode,
         )
         self._access.add_pattern(rules)
         return rules

@@ -46,7 +46,11 @@ def _rate(name: str, value: tuple[float, float] | None) -> tuple[float, float] |
         per_second, burst = value
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be (per_second, burst), got {value!r}") from None
-    return (_positive(f"{name} per_second", per_second), _positive(f"{name} burst", burst))
+    rate = _positive(f"{name} per_second", per_second)
+    burst = _positive(f"{name} burst", burst)
+    if burst < 1:  # a bucket that never holds a whole token would refuse everything
+        raise ValueError(f"{name} burst must be at least 1, got {burst!r}")
+    return (rate, burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,7 @@ class Settings:
     webhook_timeout: float = 5.0
     rate_limit: tuple[float, float] | None = None
     ip_rate_limit: tuple[float, float] | None = None
+    slow_mode: float | None = None
     system_events_max_viewers: int = 1000
     presence_interval: float = 1.0
     reconnect_delay: float = 3.0
@@ -87,6 +92,8 @@ class Settings:
         set_(self, "webhook_timeout", _positive("webhook_timeout", self.webhook_timeout))
         set_(self, "rate_limit", _rate("rate_limit", self.rate_limit))
         set_(self, "ip_rate_limit", _rate("ip_rate_limit", self.ip_rate_limit))
+        if self.slow_mode is not None:
+            set_(self, "slow_mode", _positive("slow_mode", self.slow_mode))
         _count("system_events_max_viewers", self.system_events_max_viewers)
         set_(self, "presence_interval", _positive("presence_interval", self.presence_interval))
         set_(self, "reconnect_delay", _positive("reconnect_delay", self.reconnect_delay))

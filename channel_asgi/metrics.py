@@ -201,7 +201,7 @@ class PrometheusMetrics:
             ),
             "rate_limited": counter(
                 "rate_limited",
-                "Requests refused with 429, by limit (user, ip, connections)",
+                "Requests refused with 429, by limit (user, ip, slow_mode, connections)",
                 ("limit",),
             ),
             "hook_failures": counter(
@@ -232,7 +232,7 @@ class PrometheusMetrics:
             ("storage_errors", "no_reply"),
             ("resumes", "true"),
             ("resumes", "false"),
-            *(("rate_limited", limit) for limit in ("user", "ip", "connections")),
+            *(("rate_limited", limit) for limit in ("user", "ip", "slow_mode", "connections")),
             *(("bridge_events", outcome) for outcome in ("sent", "failed", "dropped")),
             *(
                 ("hook_failures", hook, reason)

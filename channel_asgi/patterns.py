@@ -8,6 +8,7 @@ registered.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class ChannelPattern:
         anonymous_publish: whether anonymous users' publish tokens may publish (else 403).
         history: broadcasts retained per channel (overrides the app's ``history_size``).
         types: the publish types allowed (others are 403), or None for all.
+        slow_mode: seconds a user waits between two broadcasts (overrides the app's
+            ``slow_mode``; 0 turns it off), or None for the app's.
     """
 
     pattern: str
@@ -60,6 +63,7 @@ class ChannelPattern:
     anonymous_publish: bool = True
     history: int | None = None
     types: frozenset[str] | None = None
+    slow_mode: float | None = None
     literal_segments: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +83,12 @@ class ChannelPattern:
                 raise ValueError(
                     f"unknown publish types {sorted(unknown)}; use {sorted(PUBLISH_TYPES)}"
                 )
+        if self.slow_mode is not None and (
+            isinstance(self.slow_mode, bool)
+            or not isinstance(self.slow_mode, (int, float))
+            or not 0 <= self.slow_mode < math.inf
+        ):
+            raise ValueError(f"slow_mode must be a finite number >= 0, got {self.slow_mode!r}")
         if self.authorize is not None and not callable(self.authorize):
             raise TypeError(f"authorize must be callable, got {self.authorize!r}")
         literal = sum(1 for s in segments if not _PARAM.fullmatch(s))

@@ -1,9 +1,13 @@
 """``POST /publish/{channel}?token=…``: check a publish in the documented order, then act on it.
 
 The order of checks is part of the protocol (SPEC, "Order of checks on publish"): closed channel,
-content type, body size (and its arrival within ``body_timeout``), token, rate limit, body, widget
-key, authorisation, ``on_publish``, and the ``request`` connection. Nothing is delivered or stored
-before every check has passed.
+content type, body size (and its arrival within ``body_timeout``), token, rate limit, body,
+widget key, authorisation, slow mode, ``on_publish``, and the ``request`` connection. Nothing is
+delivered or stored before every check has passed.
+
+Slow mode needs the body (only broadcasts count) and comes before the ``on_publish`` hooks, so a
+user who sends too fast costs the host's hooks nothing; a broadcast refused by a hook has spent
+its slow-mode token.
 
 Every publish is counted once (``metrics.Tally``), with its envelope type (``unknown`` when it
 was refused before its body was read) and the status it was answered with: the checks before the
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Final, cast
 
 import anyio
@@ -59,7 +64,7 @@ from .protocol import (
     encode,
     publish_type,
 )
-from .ratelimit import RateLimiter
+from .ratelimit import PublishLimits
 from .tokens import PublishClaims
 from .webhooks import call_webhook, check_webhook_url, cloud_event, url_allowed
 
@@ -99,10 +104,14 @@ class PublishRoute:
         self._access = access
         self._http = http
         settings = engine.settings
-        self._user_limit = RateLimiter(*settings.rate_limit) if settings.rate_limit else None
-        self._ip_limit = RateLimiter(*settings.ip_rate_limit) if settings.ip_rate_limit else None
+        self._limits = PublishLimits(
+            engine.storage,
+            settings.rate_limit,
+            settings.ip_rate_limit,
+            partial(access.slow_mode, default=settings.slow_mode),
+        )
         # Settings do not change: the checks that cannot refuse anything are skipped outright.
-        self._limited = self._user_limit is not None or self._ip_limit is not None
+        self._ip_limited = settings.ip_rate_limit is not None
         self._widget_keys = settings.widget_keys
         self._max_body = settings.max_body_bytes
         #: Bounds the time bodies take to arrive; the app sweeps it every ``interval``.
@@ -132,7 +141,7 @@ class PublishRoute:
         except Exception as exc:
             engine.tally.refused(UNKNOWN_TYPE, exc)
             raise
-        client = client_address(scope) if self._ip_limit is not None else None
+        client = client_address(scope) if self._ip_limited else None
         reply = await self.handle(claims, body, client)
         await send_json(send, reply.code, encode(reply), reply_headers)
 
@@ -160,8 +169,8 @@ class PublishRoute:
         started = tally.start()
         kind = UNKNOWN_TYPE
         try:
-            if self._limited:
-                self._check_rate(claims.user_id, client)
+            if self._limits.rated:
+                await self._check_rate(claims.user_id, client)
             envelope = decode_publish(body)
             kind = publish_type(envelope)
             reply = await self._checked(envelope, claims, local)
@@ -190,6 +199,14 @@ class PublishRoute:
             envelope.url, self._engine.settings.webhook_urls
         ):
             raise Forbidden("The webhook URL is not under an allowed prefix (webhook_urls)")
+        if isinstance(envelope, BroadcastBody):
+            slow = await self._limits.over_slow_mode(channel, claims.user_id)
+            if slow is not None:
+                seconds, wait = slow
+                self._engine.tally.add("rate_limited", "slow_mode")
+                raise TooManyRequests(
+                    wait, f"Slow mode: one message every {seconds:g} s; retry after {wait} s"
+                )
         if self._hooks.on_publish:
             connection = Connection(claims.user_id, channel, claims.connection_id)
             message = await self._run_publish_hooks(envelope, connection)
@@ -205,19 +222,13 @@ class PublishRoute:
             return Reply(200, _OK_REQUEST_HERE)
         return await self._act(envelope, claims)
 
-    def _check_rate(self, user_id: str, client: str | None) -> None:
-        """Refuse with 429 when a limit is exceeded; a refused publish spends nothing."""
-        checks = [(self._user_limit, user_id), (self._ip_limit, client)]
-        active = [(limit, key) for limit, key in checks if limit is not None and key is not None]
-        wait = max((limit.wait(key) for limit, key in active), default=0)
-        if wait:
-            over = (
-                "user" if self._user_limit is not None and self._user_limit.wait(user_id) else "ip"
-            )
-            self._engine.tally.add("rate_limited", over)
+    async def _check_rate(self, user_id: str, client: str | None) -> None:
+        """Refuse with 429 when a limit is exceeded (the buckets are the storage's)."""
+        over = await self._limits.over_rate(user_id, client)
+        if over is not None:
+            limit, wait = over
+            self._engine.tally.add("rate_limited", limit)
             raise TooManyRequests(wait)
-        for limit, key in active:
-            limit.take(key)
 
     @staticmethod
     def _check_widget_key(envelope: PublishBody, keys: Iterable[str]) -> None:

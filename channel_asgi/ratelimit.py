@@ -1,60 +1,95 @@
-"""Limits per client: token-bucket rate limits on publishes, and open connections per address.
+"""Limits per client: token buckets on publishes, and open connections per address.
 
-Buckets live in this process: with several workers, each enforces the limit on the publishes it
-serves. The number of buckets is bounded; the least recently used are forgotten first (a forgotten
-bucket starts full again). Open connections are counted in this process too; an address is
-forgotten as soon as its last connection ends, so the count is bounded by the connections open.
+``rate_limit`` (per user), ``ip_rate_limit`` (per client address) and ``slow_mode`` (per user and
+channel, broadcasts only) are buckets of the storage (``Storage.take_token``): on a shared storage
+every process takes from the same bucket, so N workers together allow what one would. A refusal
+takes no token from the bucket that refused; with both ``rate_limit`` and ``ip_rate_limit`` on,
+the user's bucket is asked first, and a refusal by the address's bucket has already spent the
+user's token (the storage takes from one bucket at a time). Open connections are counted in this
+process; an address is forgotten as soon as its last connection ends, so the count is bounded by
+the connections open.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
-from . import clock
 from .errors import TooManyConnections
+from .storage.base import Storage
 
-__all__ = ["ConnectionLimit", "RateLimiter"]
+__all__ = ["ConnectionLimit", "PublishLimits"]
 
-_MAX_BUCKETS: Final = 100_000
+#: A wait this much over a whole number of seconds is that number (float rounding).
+_ROUNDING: Final = 1e-9
 
 
-class RateLimiter:
-    """``per_second`` tokens refill each bucket, up to ``burst``; a publish takes one.
+def _retry_after(wait: float) -> int:
+    """``Retry-After``: the wait in whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(wait - _ROUNDING))
+
+
+class PublishLimits:
+    """The publish rate limits and slow mode, as token buckets of the storage.
 
     Args:
-        per_second: the sustained rate.
-        burst: how many may be sent at once after a quiet period.
-        max_buckets: how many keys are remembered.
+        storage: holds the buckets (shared by every process when the storage is).
+        user: ``(per_second, burst)`` publishes per user, or None.
+        ip: ``(per_second, burst)`` publishes per client address, or None.
+        slow_mode: returns a channel's ``slow_mode`` in seconds (None or 0: off).
     """
 
-    def __init__(self, per_second: float, burst: float, *, max_buckets: int = _MAX_BUCKETS) -> None:
-        if not per_second > 0 or not burst >= 1:
-            raise ValueError(f"need per_second > 0 and burst >= 1, got {per_second!r}, {burst!r}")
-        self.rate = float(per_second)
-        self.burst = float(burst)
-        self._max = max_buckets
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+    def __init__(
+        self,
+        storage: Storage,
+        user: tuple[float, float] | None,
+        ip: tuple[float, float] | None,
+        slow_mode: Callable[[str], float | None],
+    ) -> None:
+        self._storage = storage
+        self._user = user
+        self._ip = ip
+        self.slow_mode = slow_mode
+        #: Whether a rate limit is on (else :meth:`over_rate` need not be called).
+        self.rated = user is not None or ip is not None
 
-    def _level(self, key: str, now: float) -> float:
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        return min(self.burst, tokens + (now - last) * self.rate)
+    async def over_rate(self, user_id: str, client: str | None) -> tuple[str, int] | None:
+        """Take a token from the user's and the address's buckets.
 
-    def wait(self, key: str) -> int:
-        """Return 0 if ``key`` may publish now, else the whole seconds until it may."""
-        tokens = self._level(key, clock.monotonic())
-        if tokens >= 1:
-            return 0
-        return max(1, math.ceil((1 - tokens) / self.rate))
+        Returns:
+            None when the publish may go; else the limit that refused it (``"user"`` or
+            ``"ip"``) and the ``Retry-After`` in seconds.
 
-    def take(self, key: str) -> None:
-        """Spend one token of ``key`` (after :meth:`wait` said 0)."""
-        now = clock.monotonic()
-        self._buckets[key] = (self._level(key, now) - 1, now)
-        self._buckets.move_to_end(key)
-        while len(self._buckets) > self._max:
-            self._buckets.popitem(last=False)
+        Raises:
+            StorageError: the storage cannot be reached (503), or did not answer (504).
+        """
+        for name, limit, subject in (("user", self._user, user_id), ("ip", self._ip, client)):
+            if limit is None or subject is None:
+                continue
+            rate, burst = limit
+            wait = await self._storage.take_token(f"rate:{name}:{subject}", rate=rate, burst=burst)
+            if wait:
+                return name, _retry_after(wait)
+        return None
+
+    async def over_slow_mode(self, channel: str, user_id: str) -> tuple[float, int] | None:
+        """Take the user's slow-mode token of ``channel``.
+
+        Returns:
+            None when the broadcast may go; else the channel's ``slow_mode`` and the
+            ``Retry-After`` in seconds.
+
+        Raises:
+            StorageError: the storage cannot be reached (503), or did not answer (504).
+        """
+        seconds = self.slow_mode(channel)
+        if not seconds:
+            return None
+        # A space parts the two: channel names have none, so no two pairs share a bucket.
+        key = f"slow:{channel} {user_id}"
+        wait = await self._storage.take_token(key, rate=1.0 / seconds, burst=1.0)
+        return (seconds, _retry_after(wait)) if wait else None
 
 
 class ConnectionLimit:

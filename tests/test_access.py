@@ -377,6 +377,10 @@ async def test_the_most_specific_pattern_wins_and_ties_go_to_the_first(
         ("bad name", {}),
         ("ok", {"types": {"shout"}}),
         ("ok", {"history": -1}),
+        ("ok", {"slow_mode": -1}),
+        ("ok", {"slow_mode": float("nan")}),
+        ("ok", {"slow_mode": "5"}),
+        ("ok", {"slow_mode": True}),
     ],
 )
 def test_bad_patterns_are_refused(pattern: str, kwargs: dict[str, object]) -> None:

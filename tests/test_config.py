@@ -50,6 +50,8 @@ SETTINGS_TYPE_ERRORS = [
     pytest.param("rate_limit", 5, "5", id="rate_limit-number"),
     pytest.param("rate_limit", ("1", 2), "'1'", id="rate_limit-str-rate"),
     pytest.param("ip_rate_limit", (1,), "(1,)", id="ip_rate_limit-one-item"),
+    pytest.param("slow_mode", "10", "'10'", id="slow_mode-str"),
+    pytest.param("slow_mode", True, "True", id="slow_mode-bool"),
     pytest.param("system_events_max_viewers", 1000.0, "1000.0", id="max_viewers-float"),
     pytest.param("presence_interval", "1", "'1'", id="presence_interval-str"),
     pytest.param("max_connections_per_ip", 2.5, "2.5", id="max_connections_per_ip-float"),
@@ -78,6 +80,10 @@ SETTINGS_VALUE_ERRORS = [
     pytest.param("webhook_timeout", 0, "0", id="webhook_timeout-zero"),
     pytest.param("rate_limit", (0, 1), "0", id="rate_limit-zero-rate"),
     pytest.param("rate_limit", (1, -1), "-1", id="rate_limit-negative-burst"),
+    pytest.param("ip_rate_limit", (1, 0.5), "0.5", id="ip_rate_limit-burst-below-one"),
+    pytest.param("slow_mode", 0, "0", id="slow_mode-zero"),
+    pytest.param("slow_mode", -1.0, "-1.0", id="slow_mode-negative"),
+    pytest.param("slow_mode", NAN, "nan", id="slow_mode-nan"),
     pytest.param("system_events_max_viewers", -1, "-1", id="system_events_max_viewers-negative"),
     pytest.param("presence_interval", 0, "0", id="presence_interval-zero"),
     pytest.param("reconnect_delay", -3.0, "-3.0", id="reconnect_delay-negative"),
@@ -217,6 +223,7 @@ def test_defaults_are_those_of_the_spec() -> None:
     assert settings.webhook_timeout == 5.0
     assert settings.rate_limit is None
     assert settings.ip_rate_limit is None
+    assert settings.slow_mode is None
     assert settings.system_events_max_viewers == 1000
     assert settings.presence_interval == 1.0
     assert settings.max_connections_per_ip == 256
