@@ -67,6 +67,7 @@ from .lifecycle import Runner, run_every, server_is_exiting, watch_exit_signals
 from .listener import Listener
 from .mailbox import Close
 from .metrics import FLUSH_INTERVAL, MetricsRoute, PrometheusMetrics, Tally
+from .moderation import EVERY_CHANNEL
 from .numbers import encode_checked
 from .patterns import Authorizer, ChannelPattern, PatternSet
 from .protocol import Reply, encode, with_id
@@ -616,6 +617,69 @@ class ChannelApp:
         """Make a closed channel usable again."""
         await self.storage.open_channel(_checked_channel(channel))
 
+    # -- moderation (docs/moderation.md) ---------------------------------------------------------
+
+    @maps_storage_errors
+    async def delete_message(self, channel: str, event_id: str) -> bool:
+        """Remove a broadcast from the channel's history and archive, in every process.
+
+        Every subscriber then gets ``{"type": "system", "message": {"status": "deleted",
+        "id": event_id}}``; resumes and ``request`` replies never return it again.
+
+        Returns:
+            True when it was removed; False when the channel holds no such broadcast (an
+            unknown or evicted id, or one deleted already): nothing is sent then.
+
+        Raises:
+            ValueError: a bad channel name, or an ``event_id`` that is not a string.
+            StorageUnavailable: the storage cannot be reached. When it comes after the
+                removal (the ``deleted`` event could not be sent), the broadcast is gone from
+                history and archive, but the pages that show it were not told.
+            StorageTimeout: the storage got the deletion but did not answer.
+        """
+        channel = _checked_channel(channel)
+        if not isinstance(event_id, str):
+            raise ValueError(f"event_id must be a str, got {event_id!r}")
+        await self._runner.ensure_started()
+        return await self._engine.moderator.delete_message(channel, event_id)
+
+    @maps_storage_errors
+    async def ban(self, channel: str, user_id: str, *, seconds: float | None = None) -> None:
+        """Ban a user from ``channel`` (``"*"``: every channel), in every process.
+
+        The user's live connections there (SSE and WebSocket) get an ``end`` event with
+        ``{"status": "banned"}`` and close; until the ban ends, their subscribes and publishes
+        there answer 403. A new ban replaces the user's earlier one on that channel.
+
+        Args:
+            channel: the channel, or ``"*"``.
+            user_id: the user, as ``init`` and ``author_id`` name them.
+            seconds: how long the ban lasts, or None until :meth:`unban`.
+
+        Raises:
+            ValueError: a bad channel name, an empty ``user_id``, or ``seconds`` not > 0.
+            StorageUnavailable: the storage cannot be reached; nobody was banned. When it
+                comes after the ban was recorded (its connections could not be told), the ban
+                holds and the connections stay open: ban again.
+            StorageTimeout: the storage got the ban but did not answer; it may hold.
+        """
+        channel = _moderated_channel(channel)
+        user_id = _checked_user(user_id)
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not 0 < seconds < math.inf
+        ):
+            raise ValueError(f"seconds must be a finite number > 0 or None, got {seconds!r}")
+        await self._runner.ensure_started()
+        await self._engine.moderator.ban(channel, user_id, seconds)
+
+    @maps_storage_errors
+    async def unban(self, channel: str, user_id: str) -> None:
+        """Lift a ban of :meth:`ban` (each channel's and ``"*"``'s are lifted on their own)."""
+        channel = _moderated_channel(channel)
+        await self._engine.moderator.unban(channel, _checked_user(user_id))
+
     # -- hooks ---------------------------------------------------------------------------------
 
     def on_connect(self, hook: HookT) -> HookT:
@@ -667,6 +731,17 @@ def _checked_channel(channel: str) -> str:
         return validate_channel(channel)
     except ChannelError as exc:
         raise ValueError(f"{exc.message}: {channel!r}") from None
+
+
+def _moderated_channel(channel: str) -> str:
+    """A channel name, or ``"*"`` (every channel)."""
+    return EVERY_CHANNEL if channel == EVERY_CHANNEL else _checked_channel(channel)
+
+
+def _checked_user(user_id: str) -> str:
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError(f"user_id must be a non-empty str, got {user_id!r}")
+    return user_id
 
 
 def _error_headers(exc: ChannelError) -> list[tuple[bytes, bytes]]:

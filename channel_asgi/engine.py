@@ -26,6 +26,7 @@ from .http import Send
 from .hub import Hub
 from .mailbox import Close, Mailbox
 from .metrics import Tally
+from .moderation import Moderator
 from .protocol import Envelope, InitMessage, encode, encode_event
 from .storage.base import Delivery, Storage, StorageError, StoredEvent
 from .tokens import TokenSigner
@@ -120,6 +121,7 @@ class Engine:
         self.tally = Tally() if tally is None else tally
         self.history = HistoryReader(storage, history_size, settings.history_ttl)
         self.announcer = Announcer(settings, storage)
+        self.moderator = Moderator(storage)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -217,6 +219,8 @@ class Engine:
             listening = True
             viewer_count = await self.storage.join(channel, connection_id, user_id)
             joined = True
+            if not anonymous:  # listening: a ban made from here on reaches it (moderation)
+                await self.moderator.refuse_banned(channel, user_id)
             recovered = None
             if last_event_id is not None and not may_replay:
                 recovered = False

@@ -1,13 +1,15 @@
 """``POST /publish/{channel}?token=…``: check a publish in the documented order, then act on it.
 
 The order of checks is part of the protocol (SPEC, "Order of checks on publish"): closed channel,
-content type, body size (and its arrival within ``body_timeout``), token, rate limit, body,
+content type, body size (and its arrival within ``body_timeout``), token, ban, rate limit, body,
 widget key, authorisation, slow mode, ``on_publish``, and the ``request`` connection. Nothing is
 delivered or stored before every check has passed.
 
-Slow mode needs the body (only broadcasts count) and comes before the ``on_publish`` hooks, so a
-user who sends too fast costs the host's hooks nothing; a broadcast refused by a hook has spent
-its slow-mode token.
+The ban comes right after the token: it is about who publishes, as the token is, and a banned
+user's publishes then cost no rate-limit token and no parse (it is asked only for identified
+users, see ``moderation``). Slow mode needs the body (only broadcasts count) and comes before the
+``on_publish`` hooks, so a user who sends too fast costs the host's hooks nothing; a broadcast
+refused by a hook has spent its slow-mode token.
 
 Every publish is counted once (``metrics.Tally``), with its envelope type (``unknown`` when it
 was refused before its body was read) and the status it was answered with: the checks before the
@@ -169,6 +171,8 @@ class PublishRoute:
         started = tally.start()
         kind = UNKNOWN_TYPE
         try:
+            if not claims.anonymous:  # see moderation: anonymous ids are new on each subscribe
+                await self._engine.moderator.refuse_banned(claims.channel, claims.user_id)
             if self._limits.rated:
                 await self._check_rate(claims.user_id, client)
             envelope = decode_publish(body)

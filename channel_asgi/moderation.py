@@ -1,0 +1,85 @@
+"""Moderation: deleting a broadcast, banning a user, ending a user's connections.
+
+Each action is a storage change followed by one delivery that every process holding the
+channel's connections acts on (``hub``):
+
+- ``delete_message``: ``Storage.delete_event``, then a ``system`` event
+  ``{"status": "deleted", "id"}`` to the channel, on the path join and leave events take;
+- ``ban``: ``Storage.ban``, then an ``end`` event ``{"status": "banned"}`` addressed to the user
+  (``to_user``), which ends only that user's connections; a ban on ``"*"`` goes to ``"*"``,
+  and each process's hub gives it to every channel where the user has a connection;
+- ``disconnect``: a ``disconnect`` delivery addressed to the user: the connections close with
+  nothing written (an SSE response completes, a WebSocket closes with 4000), and the client may
+  reconnect.
+
+A ban is enforced where a user acts, by asking the storage (:meth:`Moderator.refuse_banned`):
+on subscribe, after the connection listens to the channel (so a ban made while it opens
+reaches it as a delivery, and one made before is found), and on every publish and WebSocket
+frame. Only identified users are asked about: an anonymous user's id is new on each subscribe,
+so a ban of one ends its connections, and asking for every anonymous publish would cost the
+hot path a storage round trip for nothing that holds. There is no cache of bans in the
+process: a cache learnt from deliveries would let a publish through on a worker the news had
+not reached yet, and nothing the banned user sends after the ban may be delivered.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from . import clock
+from .errors import Forbidden
+from .protocol import ModerationMessage, encode, encode_event
+from .storage.base import Delivery, Storage
+
+__all__ = ["EVERY_CHANNEL", "Moderator"]
+
+#: The channel name of a ban on every channel.
+EVERY_CHANNEL: Final = "*"
+
+_BANNED: Final = encode({"status": "banned"})
+
+
+class Moderator:
+    """The moderation actions of one app, on its storage.
+
+    Args:
+        storage: bans, history and delivery to every process.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    async def refuse_banned(self, channel: str, user_id: str) -> None:
+        """Raise :class:`Forbidden` (403) while ``user_id`` is banned from ``channel`` or ``"*"``.
+
+        Raises:
+            Forbidden: the user is banned.
+            StorageError: the storage cannot say (503, or 504).
+        """
+        if await self._storage.is_banned(channel, user_id):
+            raise Forbidden("You are banned from this channel")
+
+    async def delete_message(self, channel: str, event_id: str) -> bool:
+        """Remove a broadcast from history and archive; tell the subscribers if it was there."""
+        if not await self._storage.delete_event(channel, event_id):
+            return False
+        message = encode(ModerationMessage("deleted", event_id))
+        await self._storage.send(
+            Delivery(channel, "event", encode_event("system", channel, message))
+        )
+        return True
+
+    async def ban(self, channel: str, user_id: str, seconds: float | None) -> None:
+        """Ban ``user_id`` from ``channel`` (or ``"*"``), then end their live connections."""
+        until = None if seconds is None else clock.time() + seconds
+        await self._storage.ban(channel, user_id, until=until)
+        end = encode_event("end", channel, _BANNED)  # for "*", each hub names its channels
+        await self._storage.send(Delivery(channel, "end", end, to_user=user_id))
+
+    async def unban(self, channel: str, user_id: str) -> None:
+        """Lift the ban of ``user_id`` on ``channel`` (or ``"*"``)."""
+        await self._storage.unban(channel, user_id)
+
+    async def disconnect(self, channel: str, user_id: str) -> None:
+        """End ``user_id``'s connections on ``channel`` in every process; they may reconnect."""
+        await self._storage.send(Delivery(channel, "disconnect", to_user=user_id))
