@@ -680,6 +680,28 @@ class ChannelApp:
         channel = _moderated_channel(channel)
         await self._engine.moderator.unban(channel, _checked_user(user_id))
 
+    @maps_storage_errors
+    async def disconnect(self, channel: str, user_id: str) -> int:
+        """End a user's connections on ``channel``, in every process; they may reconnect.
+
+        Nothing is written to them: an SSE response completes (``EventSource`` reconnects by
+        itself, with ``Last-Event-ID``) and a WebSocket closes with code 4000. Unlike
+        :meth:`ban`, a new subscribe is welcome at once.
+
+        Returns:
+            How many live connections (SSE and WebSocket) the user had on the channel, in
+            every process (as :meth:`presence` counts them, just before).
+
+        Raises:
+            ValueError: a bad channel name, or an empty ``user_id``.
+            StorageUnavailable: the storage cannot be reached; nothing was ended.
+            StorageTimeout: the storage got the request but did not answer.
+        """
+        channel = _checked_channel(channel)
+        user_id = _checked_user(user_id)
+        await self._runner.ensure_started()
+        return await self._engine.moderator.disconnect(channel, user_id)
+
     # -- hooks ---------------------------------------------------------------------------------
 
     def on_connect(self, hook: HookT) -> HookT:

@@ -10,7 +10,9 @@ channel's connections acts on (``hub``):
   and each process's hub gives it to every channel where the user has a connection;
 - ``disconnect``: a ``disconnect`` delivery addressed to the user: the connections close with
   nothing written (an SSE response completes, a WebSocket closes with 4000), and the client may
-  reconnect.
+  reconnect. How many there were is read from ``Storage.presence`` just before: every process's
+  connections are there, and a reply from each process would need to know how many processes
+  there are.
 
 A ban is enforced where a user acts, by asking the storage (:meth:`Moderator.refuse_banned`):
 on subscribe, after the connection listens to the channel (so a ban made while it opens
@@ -80,6 +82,14 @@ class Moderator:
         """Lift the ban of ``user_id`` on ``channel`` (or ``"*"``)."""
         await self._storage.unban(channel, user_id)
 
-    async def disconnect(self, channel: str, user_id: str) -> None:
-        """End ``user_id``'s connections on ``channel`` in every process; they may reconnect."""
+    async def disconnect(self, channel: str, user_id: str) -> int:
+        """End ``user_id``'s connections on ``channel`` in every process; they may reconnect.
+
+        Returns:
+            How many live connections the user had there (``Storage.presence``, every
+            process), read just before they were told to close.
+        """
+        count = (await self._storage.presence(channel)).get(user_id, 0)
+        # Sent even when none was counted: a connection still opening gets it in its backlog.
         await self._storage.send(Delivery(channel, "disconnect", to_user=user_id))
+        return count

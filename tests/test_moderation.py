@@ -20,9 +20,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from channel_asgi import ChannelApp
+from channel_asgi.client import Client, Transport
 from channel_asgi.storage import MemoryStorage
 
-from .helpers import WAIT, FakeClock, Subscriber, publish, subscribe
+from .helpers import WAIT, FakeClock, Subscriber, eventually, publish, subscribe
 
 SECRET = "m" * 40
 
@@ -333,3 +334,66 @@ async def test_moderation_arguments_are_checked(
     with pytest.raises(ValueError, match=mentions.replace("*", r"\*")):
         await getattr(channels, call)(**arguments)
     assert not channels.running
+
+
+# -- disconnect ----------------------------------------------------------------------------------
+
+
+async def test_disconnect_ends_the_users_connections_quietly_and_counts_them(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """The SSE response completes with no end event, the WebSocket closes with 4000; 2 found."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    token = channels.issue_token("kicked")
+    async with (
+        subscribe(client, f"{base}/subscribe/chat?token={token}") as sse,
+        ws_subscribe(base, "chat", token) as (ws, _),
+        subscribe(client, f"{base}/subscribe/chat") as bystander,
+    ):
+        assert await channels.disconnect("chat", "kicked") == 2
+        assert [e for e in await rest_of(sse) if e["type"] == "end"] == []
+        assert await ws_close_code(ws) == 4000
+        event_id = await channels.publish("chat", "on we go")
+        assert (await bystander.stream.until("broadcast")).id == event_id
+        resume = {"Last-Event-ID": event_id}
+        async with subscribe(client, f"{base}/subscribe/chat?token={token}", resume) as back:
+            assert back.init["message"]["recovered"] is True
+    await eventually(lambda: channels.presence("chat"), lambda users: "kicked" not in users)
+    assert await channels.disconnect("chat", "kicked") == 0
+    assert await channels.disconnect("elsewhere", "nobody") == 0
+
+
+async def test_disconnect_through_one_app_counts_and_ends_another_apps_connections(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """Apps sharing a storage: A finds the user's two connections held by B and ends them."""
+    storage = MemoryStorage()
+    a = ChannelApp(storage=storage, secret=SECRET)
+    b = ChannelApp(storage=storage, secret=SECRET)
+    await serve(a)
+    base_b = await serve(b)
+    async with subscribe(client, f"{base_b}/subscribe/chat") as one:
+        token = a.issue_token(one.user_id)  # the same user again, identified this time
+        async with subscribe(client, f"{base_b}/subscribe/chat?token={token}") as two:
+            assert await a.disconnect("chat", one.user_id) == 2
+            for sub in (one, two):
+                assert [e["type"] for e in await rest_of(sub)] in ([], ["system"])
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_the_python_client_reconnects_after_a_disconnect(serve, transport: Transport) -> None:
+    """A disconnect is not an end: the client resumes and goes on iterating."""
+    channels = ChannelApp(secret=SECRET)
+    base = await serve(channels)
+    async with Client(base, transport=transport) as http, http.subscribe("chat") as sub:
+        before = await channels.publish("chat", "before")
+        with anyio.fail_after(WAIT):
+            assert (await anext(aiter(sub))).id == before
+        assert await channels.disconnect("chat", str(sub.user_id)) == 1
+        missed = await channels.publish("chat", "while away")
+        with anyio.fail_after(WAIT):  # replayed on the resume, or live if it came back first
+            event = await anext(aiter(sub))
+        assert (event.type, event.id) == ("broadcast", missed)
+        await eventually(lambda: sub.recovered is not None)
+        assert sub.recovered is True
