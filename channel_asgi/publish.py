@@ -203,10 +203,9 @@ class PublishRoute:
             envelope.url, self._engine.settings.webhook_urls
         ):
             raise Forbidden("The webhook URL is not under an allowed prefix (webhook_urls)")
-        if isinstance(envelope, BroadcastBody):
-            slow = await self._limits.over_slow_mode(channel, claims.user_id)
-            if slow is not None:
-                seconds, wait = slow
+        if isinstance(envelope, BroadcastBody) and (seconds := self._limits.slow_mode(channel)):
+            wait = await self._limits.over_slow_mode(channel, claims.user_id, seconds)
+            if wait is not None:
                 self._engine.tally.add("rate_limited", "slow_mode")
                 raise TooManyRequests(
                     wait, f"Slow mode: one message every {seconds:g} s; retry after {wait} s"

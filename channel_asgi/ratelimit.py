@@ -50,6 +50,7 @@ class PublishLimits:
         self._storage = storage
         self._user = user
         self._ip = ip
+        #: Returns a channel's ``slow_mode`` in seconds (None or 0: off).
         self.slow_mode = slow_mode
         #: Whether a rate limit is on (else :meth:`over_rate` need not be called).
         self.rated = user is not None or ip is not None
@@ -73,23 +74,19 @@ class PublishLimits:
                 return name, _retry_after(wait)
         return None
 
-    async def over_slow_mode(self, channel: str, user_id: str) -> tuple[float, int] | None:
-        """Take the user's slow-mode token of ``channel``.
+    async def over_slow_mode(self, channel: str, user_id: str, seconds: float) -> int | None:
+        """Take the user's slow-mode token of ``channel`` (``seconds``: its ``slow_mode``).
 
         Returns:
-            None when the broadcast may go; else the channel's ``slow_mode`` and the
-            ``Retry-After`` in seconds.
+            None when the broadcast may go; else the ``Retry-After`` in seconds.
 
         Raises:
             StorageError: the storage cannot be reached (503), or did not answer (504).
         """
-        seconds = self.slow_mode(channel)
-        if not seconds:
-            return None
         # A space parts the two: channel names have none, so no two pairs share a bucket.
         key = f"slow:{channel} {user_id}"
         wait = await self._storage.take_token(key, rate=1.0 / seconds, burst=1.0)
-        return (seconds, _retry_after(wait)) if wait else None
+        return _retry_after(wait) if wait else None
 
 
 class ConnectionLimit:
