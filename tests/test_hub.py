@@ -223,6 +223,18 @@ def test_a_delivery_to_every_channel_reaches_each_channel_of_the_user_as_its_own
     )
 
 
+def test_a_delivery_to_every_channel_without_a_payload_is_applied_as_it_is() -> None:
+    """A disconnect to "*" has no envelope to rename: each of the user's rooms closes theirs."""
+    hub = new_hub()
+    on_a = Mailbox("a", "m1", "mallory", Framing.SSE, 1 << 20)
+    on_b = Mailbox("b", "m2", "mallory", Framing.SSE, 1 << 20)
+    alice = Mailbox("a", "a1", "alice", Framing.SSE, 1 << 20)
+    live(hub, on_a, on_b, alice)
+    hub.dispatch(Delivery("*", "disconnect", to_user="mallory"))
+    assert (on_a.closed, on_b.closed, alice.closed) == (Close.DISCONNECT, Close.DISCONNECT, None)
+    assert queued(on_a) == queued(on_b) == []
+
+
 def test_heartbeat_pings_only_after_a_whole_quiet_interval() -> None:
     """A ping after HEARTBEAT_TICKS quiet ticks; any event restarts the count."""
     hub = new_hub()
