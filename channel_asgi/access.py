@@ -7,9 +7,10 @@ token was issued to. Then ``auth.allow`` (when the ``Auth`` has it) and the gove
 pattern decide.
 
 Reading a channel's retained broadcasts is one permission whatever the route (a ``request``
-publish, a resume with ``Last-Event-ID``, and the archive routes to come): the action
-:data:`HISTORY_ACTION`, asked through :meth:`Access.authorize_history`. A resume without it is
-not refused: the stream opens, replays nothing and says ``recovered: false``.
+publish, with or without a range of the archive, a resume with ``Last-Event-ID``, and the
+archive routes to come): the action :data:`HISTORY_ACTION`, asked through
+:meth:`Access.authorize_history`. A resume without it is not refused: the stream opens,
+replays nothing and says ``recovered: false``.
 """
 
 from __future__ import annotations
@@ -144,3 +145,12 @@ class Access:
         if found is None or found[0].history is None:
             return default
         return found[0].history
+
+    def archive_size(self, channel: str, default: int) -> int:
+        """Return how many broadcasts ``channel`` archives by media time."""
+        if not self.patterns.registered:
+            return default
+        found = self.patterns.match(channel)
+        if found is None or found[0].archive is None:
+            return default
+        return found[0].archive

@@ -70,8 +70,9 @@ from .metrics import FLUSH_INTERVAL, MetricsRoute, PrometheusMetrics, Tally
 from .moderation import EVERY_CHANNEL
 from .numbers import encode_checked
 from .patterns import Authorizer, ChannelPattern, PatternSet
-from .protocol import Reply, encode, with_id
+from .protocol import Envelope, Reply, encode, with_id
 from .publish import PublishRoute
+from .ranges import DEFAULT_LIMIT, checked_range
 from .ratelimit import ConnectionLimit
 from .scheduler import WriteScheduler
 from .servers import GRANIAN, UNPACED, identify, warn_unpaced
@@ -107,6 +108,8 @@ class ChannelApp:
         cors_origins: origins whose pages may use the routes, or ``["*"]``.
         history_size: broadcasts retained per channel.
         history_ttl: seconds a broadcast is retained, or None for no limit.
+        archive_size: broadcasts archived per channel by media time (``timestamp``), for chat
+            replay (``GET /history``, range requests, :meth:`history`); 0: no archive.
         max_body_bytes: the largest publish body accepted.
         heartbeat: seconds between ``: ping`` comments on an idle stream.
         max_buffer_bytes: per connection, the live events that may wait for a slow client before
@@ -144,6 +147,7 @@ class ChannelApp:
         cors_origins: Iterable[str] = (),
         history_size: int = 1000,
         history_ttl: float | None = None,
+        archive_size: int = 0,
         max_body_bytes: int = 65536,
         heartbeat: float = 15.0,
         max_buffer_bytes: int = 1048576,
@@ -165,6 +169,7 @@ class ChannelApp:
             widget_keys=widget_keys,
             history_size=history_size,
             history_ttl=history_ttl,
+            archive_size=archive_size,
             max_body_bytes=max_body_bytes,
             heartbeat=heartbeat,
             max_buffer_bytes=max_buffer_bytes,
@@ -219,6 +224,7 @@ class ChannelApp:
             TokenSigner(secret, token_ttl),
             self._hooks,
             history_size=partial(self._access.history_size, default=settings.history_size),
+            archive_size=partial(self._access.archive_size, default=settings.archive_size),
             on_broadcast=self._offer_to_bridges,
             tally=self._tally,
         )
@@ -452,6 +458,7 @@ class ChannelApp:
         history: int | None = None,
         types: Iterable[str] | None = None,
         slow_mode: float | None = None,
+        archive: int | None = None,
     ) -> ChannelPattern:
         """Set the rules of the channels matching ``pattern`` (e.g. ``"chats/{id}"``).
 
@@ -467,6 +474,7 @@ class ChannelApp:
                 replays nothing (``recovered: false``).
             slow_mode: seconds a user waits between two broadcasts (instead of the app's
                 ``slow_mode``; 0 turns it off).
+            archive: broadcasts archived by media time (instead of ``archive_size``).
 
         Returns:
             The registered pattern. The most specific matching pattern (most literal segments;
@@ -480,6 +488,7 @@ class ChannelApp:
             history=history,
             types=None if types is None else frozenset(types),
             slow_mode=slow_mode,
+            archive=archive,
         )
         self._access.add_pattern(rules)
         return rules
@@ -587,6 +596,37 @@ class ChannelApp:
         return Listener(
             self._engine, self._runner.ensure_started, _checked_channel(channel), last_event_id
         )
+
+    @maps_storage_errors
+    async def history(
+        self,
+        channel: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = DEFAULT_LIMIT,
+        after: str | None = None,
+    ) -> list[Envelope]:
+        """Return a page of the channel's archive: broadcasts with ``start <= timestamp < end``.
+
+        Ordered by (``timestamp``, ``id``), as range requests answer.
+
+        Args:
+            channel: the channel.
+            start: the earliest media time, inclusive (None: from the first).
+            end: the media time where the page stops, exclusive (None: to the last).
+            limit: the most broadcasts to return, 1 to 1000.
+            after: the ``id`` of the last broadcast of the previous page: continue after it.
+                With fewer than ``limit`` broadcasts, a page is the last.
+
+        Raises:
+            ValueError: a bad channel name or range, or an ``after`` the archive does not
+                hold (evicted, or never archived).
+            TypeError: an argument of the wrong type.
+            StorageUnavailable: the storage cannot be reached.
+        """
+        wanted = checked_range(start, end, limit, after)
+        return await self._engine.archive.envelopes(_checked_channel(channel), wanted)
 
     @maps_storage_errors
     async def viewer_count(self, channel: str) -> int:

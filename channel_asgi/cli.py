@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (needs --redis)")
     serve.add_argument("--history-size", type=int, default=1000, help="broadcasts kept per channel")
     serve.add_argument(
+        "--archive-size",
+        type=int,
+        default=0,
+        help="broadcasts archived per channel by media time, for chat replay (0: none)",
+    )
+    serve.add_argument(
         "--max-history-bytes",
         type=int,
         help="memory storage: bytes of history all channels may keep (268435456, 256 MiB)",
@@ -163,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "widget_keys": args.widget_keys,
             "cors_origins": args.cors_origins,
             "history_size": args.history_size,
+            "archive_size": args.archive_size,
             "max_history_bytes": args.max_history_bytes,
             "heartbeat": args.heartbeat,
             "system_events_max_viewers": args.system_events_max_viewers,

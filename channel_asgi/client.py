@@ -256,18 +256,34 @@ class Subscription:
         reply = await self._publish(body)
         return reply.get("id")
 
-    async def request(self) -> list[Envelope]:
+    async def request(
+        self,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Envelope]:
         """Return the channel's retained broadcasts, oldest first (a ``request`` publish).
+
+        With any of ``start``, ``end``, ``limit`` or ``after``, return a page of the channel's
+        archive instead: the broadcasts with ``start <= timestamp < end`` by (timestamp, id), at
+        most ``limit`` (the server's default: 200), after the event ``after`` (the last of the
+        previous page; a page shorter than ``limit`` is the last).
 
         Raises:
             ChannelError: the server refused it.
         """
+        body: dict[str, Any] = {"type": "request"}
+        wanted = {"from": start, "to": end, "limit": limit, "after": after}
+        if any(value is not None for value in wanted.values()):
+            body["message"] = {name: value for name, value in wanted.items() if value is not None}
         async with self._request_lock:
             self._request_parts = []
             self._request_done = anyio.Event()
             try:
                 with anyio.fail_after(self.client.timeout):
-                    await self._publish({"type": "request"})
+                    await self._publish(body)
                     if self.client.transport == "sse":
                         # Over SSE the parts come on the stream, closed by a marker comment;
                         # over a WebSocket they all come before the publish's ack.

@@ -60,6 +60,7 @@ class Settings:
     widget_keys: Iterable[str] | None = None
     history_size: int = 1000
     history_ttl: float | None = None
+    archive_size: int = 0
     max_body_bytes: int = 65536
     heartbeat: float = 15.0
     max_buffer_bytes: int = 1048576
@@ -83,6 +84,7 @@ class Settings:
         _count("history_size", self.history_size)
         if self.history_ttl is not None:
             set_(self, "history_ttl", _positive("history_ttl", self.history_ttl))
+        _count("archive_size", self.archive_size)
         _count("max_body_bytes", self.max_body_bytes, minimum=1)
         set_(self, "heartbeat", _positive("heartbeat", self.heartbeat))
         _count("max_buffer_bytes", self.max_buffer_bytes, minimum=1024)

@@ -18,6 +18,7 @@ import anyio
 import msgspec
 
 from .announce import Announcer
+from .archive import ArchiveReader
 from .config import Settings
 from .connection import Connection, Framing, new_connection_id
 from .errors import ChannelClosed, ChannelError, Gone
@@ -28,6 +29,7 @@ from .mailbox import Close, Mailbox
 from .metrics import Tally
 from .moderation import Moderator
 from .protocol import Envelope, InitMessage, encode, encode_event
+from .ranges import MediaRange, decode_range, encode_range
 from .storage.base import Delivery, Storage, StorageError, StoredEvent
 from .tokens import TokenSigner
 
@@ -94,6 +96,7 @@ class Engine:
         signer: issues the publish tokens ``init`` carries.
         hooks: the host's callbacks.
         history_size: how many broadcasts a channel retains (channel patterns may differ).
+        archive_size: how many broadcasts a channel archives by media time (0: none).
         on_broadcast: called with (channel, event id, payload) after each broadcast this
             process made (the bridges), or None.
         tally: where connections, resumes and failures are counted (the metrics read it).
@@ -108,6 +111,7 @@ class Engine:
         hooks: Hooks,
         *,
         history_size: Callable[[str], int],
+        archive_size: Callable[[str], int] | None = None,
         on_broadcast: BroadcastListener | None = None,
         tally: Tally | None = None,
     ) -> None:
@@ -117,9 +121,11 @@ class Engine:
         self._hub = hub
         self._hooks = hooks
         self._history_size = history_size
+        self._archive_size = archive_size
         self._on_broadcast = on_broadcast
         self.tally = Tally() if tally is None else tally
         self.history = HistoryReader(storage, history_size, settings.history_ttl)
+        self.archive = ArchiveReader(storage)
         self.announcer = Announcer(settings, storage)
         self.moderator = Moderator(storage)
 
@@ -133,13 +139,22 @@ class Engine:
         author_id: str = "0",
         timestamp: float = 0.0,
     ) -> str:
-        """Retain a broadcast and deliver it to every subscriber; return its event id."""
+        """Retain a broadcast and deliver it to every subscriber; return its event id.
+
+        With an archive (``archive_size``), a broadcast with a media time (``timestamp`` > 0;
+        0 is what a publish without one gets) is archived by it too, in the same storage call.
+        """
         payload = encode_event(
             "broadcast", channel, message, author_id=author_id, timestamp=timestamp
         )
-        event_id = await self.storage.append(
-            channel, payload, keep=self._history_size(channel), ttl=self.settings.history_ttl
-        )
+        keep, ttl = self._history_size(channel), self.settings.history_ttl
+        archive = 0 if self._archive_size is None or timestamp <= 0 else self._archive_size(channel)
+        if archive:
+            event_id = await self.storage.append(
+                channel, payload, keep=keep, ttl=ttl, archive=archive, timestamp=timestamp
+            )
+        else:
+            event_id = await self.storage.append(channel, payload, keep=keep, ttl=ttl)
         if self._on_broadcast is not None:
             self._on_broadcast(channel, event_id, payload)
         return event_id
@@ -167,15 +182,50 @@ class Engine:
             Delivery(channel, "event", payload, to_user=to_user_id, to_connection=from_connection)
         )
 
-    async def request_history(self, channel: str, connection_id: str) -> None:
+    async def request_history(
+        self, channel: str, connection_id: str, wanted: MediaRange | None = None
+    ) -> None:
         """Ask the process holding ``connection_id`` to send it the channel's history.
+
+        Args:
+            wanted: a range of the archive to send instead, or None.
 
         Raises:
             Gone: the connection has closed.
+            BadRequest: ``wanted.after`` is not in the archive.
         """
         if not await self.storage.is_connected(connection_id):
             raise Gone("The connection this token was issued on has closed; subscribe again")
-        await self.storage.send(Delivery(channel, "request", to_connection=connection_id))
+        query = b""
+        if wanted is not None:
+            await self.archive.check(channel, wanted)
+            query = encode_range(wanted)
+        await self.storage.send(Delivery(channel, "request", query, to_connection=connection_id))
+
+    async def request_here(self, mailbox: Mailbox, wanted: MediaRange | None = None) -> None:
+        """Queue a ``request`` reply on a connection of this process (a WebSocket's own).
+
+        Raises:
+            BadRequest: ``wanted.after`` is not in the archive.
+        """
+        query = b""
+        if wanted is not None:
+            await self.archive.check(mailbox.channel, wanted)
+            query = encode_range(wanted)
+        mailbox.request_history(query)
+
+    def request_reply(
+        self, channel: str, user_id: str, query: bytes
+    ) -> AsyncGenerator[bytes, None]:
+        """Return the ``request`` reply a connection's writer sends for a queued request.
+
+        Args:
+            query: what the request asked for: empty for the live history, else an encoded
+                range of the archive.
+        """
+        if not query:
+            return self.history.request_reply(channel, user_id)
+        return self.archive.request_reply(channel, user_id, decode_range(query))
 
     async def close_channel(self, channel: str) -> None:
         """End the channel: subscribers get ``end`` and are disconnected; it answers 404 after."""

@@ -9,13 +9,22 @@ pages coming for ever.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Final
 
 from .protocol import encode_event, with_id
-from .storage.base import History, Storage, StoredEvent
+from .storage.base import ArchivePage, History, Storage, StoredEvent
 
-__all__ = ["REPLAY_WINDOW", "REQUEST_CHUNK_BYTES", "REQUEST_PAGE_BYTES", "HistoryReader", "Replay"]
+__all__ = [
+    "FIRST_PAGE",
+    "REPLAY_WINDOW",
+    "REQUEST_CHUNK_BYTES",
+    "REQUEST_PAGE_BYTES",
+    "HistoryReader",
+    "Replay",
+    "next_page_size",
+    "request_events",
+]
 
 #: A ``request`` reply is split into events whose ``message`` array stays under this size.
 REQUEST_CHUNK_BYTES: Final = 256 * 1024
@@ -23,7 +32,8 @@ REQUEST_CHUNK_BYTES: Final = 256 * 1024
 REPLAY_WINDOW: Final = 64
 #: History is read in pages of about this many bytes.
 REQUEST_PAGE_BYTES: Final = 256 * 1024
-_FIRST_PAGE: Final = 16  # events, before their size is known
+#: Broadcasts in the first page read, before their size is known.
+FIRST_PAGE: Final = 16
 _MAX_PAGE: Final = 1024
 
 
@@ -71,14 +81,14 @@ class HistoryReader:
     async def pages(self, channel: str, after: str | None = None) -> AsyncGenerator[History, None]:
         """Read the retained broadcasts after ``after`` a page at a time, oldest first.
 
-        The first page holds :data:`_FIRST_PAGE` broadcasts (their size is not known yet), the
+        The first page holds :data:`FIRST_PAGE` broadcasts (their size is not known yet), the
         next about :data:`REQUEST_PAGE_BYTES` each; at most the channel's ``history_size`` in
         all. The first page's ``recovered`` is the resume's. A page's last id evicted meanwhile
         (the ring only drops its oldest) leaves only newer broadcasts: the next page starts at
         the oldest retained, without repeats.
         """
         budget = self._history_size(channel)
-        page = _FIRST_PAGE
+        page = FIRST_PAGE
         sent = 0
         while True:  # at least one read: a resume needs its ``recovered`` even with no history
             want = min(page, budget - sent)
@@ -89,8 +99,7 @@ class HistoryReader:
             if len(events) < want or sent >= budget:
                 return
             after = events[-1].id
-            average = max(1, sum(len(event.payload) for event in events) // len(events))
-            page = max(1, min(_MAX_PAGE, REQUEST_PAGE_BYTES // average))
+            page = next_page_size(events)
 
     async def replay(
         self, replay: Replay, stop: Callable[[], frozenset[str] | None]
@@ -130,19 +139,40 @@ class HistoryReader:
         however long the history is, and a writer that awaits its client between events (flow
         control) never buffers more. An empty history is one event with an empty array.
         """
-        chunk: list[bytes] = []
-        size = 2
         async with contextlib.aclosing(self.pages(channel)) as pages:
-            async for history in pages:
-                for event in history.events:
-                    item = with_id(event.payload, event.id)
-                    grow = len(item) + (1 if chunk else 0)
-                    if chunk and size + grow > REQUEST_CHUNK_BYTES:
-                        yield _request_event(channel, user_id, chunk)
-                        chunk, size, grow = [], 2, len(item)
-                    chunk.append(item)
-                    size += grow
-        yield _request_event(channel, user_id, chunk)
+            async for event in request_events(channel, user_id, pages):
+                yield event
+
+
+def next_page_size(events: list[StoredEvent]) -> int:
+    """How many broadcasts the next page should hold: about ``REQUEST_PAGE_BYTES`` of them.
+
+    Judged by the size of ``events``, the last page read (not empty).
+    """
+    average = max(1, sum(len(event.payload) for event in events) // len(events))
+    return max(1, min(_MAX_PAGE, REQUEST_PAGE_BYTES // average))
+
+
+async def request_events(
+    channel: str, user_id: str, pages: AsyncIterator[History | ArchivePage]
+) -> AsyncGenerator[bytes, None]:
+    """Yield the ``request`` events holding the broadcasts of ``pages``, each array <= 256 KiB.
+
+    Each event is yielded as soon as it is full, before the next page is read; no page at all
+    is one event with an empty array. The caller closes ``pages``.
+    """
+    chunk: list[bytes] = []
+    size = 2
+    async for page in pages:
+        for event in page.events:
+            item = with_id(event.payload, event.id)
+            grow = len(item) + (1 if chunk else 0)
+            if chunk and size + grow > REQUEST_CHUNK_BYTES:
+                yield _request_event(channel, user_id, chunk)
+                chunk, size, grow = [], 2, len(item)
+            chunk.append(item)
+            size += grow
+    yield _request_event(channel, user_id, chunk)
 
 
 def _before(events: list[StoredEvent], live: frozenset[str]) -> tuple[list[StoredEvent], bool]:

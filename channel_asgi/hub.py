@@ -257,7 +257,7 @@ class Hub:
         if kind == "request":
             target = room.by_connection.get(delivery.to_connection or "")
             if target is not None:
-                target.request_history()
+                target.request_history(delivery.payload)  # empty, or the range asked for
             return
         targeted = delivery.to_user is not None or delivery.to_connection is not None
         if targeted:
@@ -307,7 +307,7 @@ class Hub:
         if not _wants(mailbox, delivery):
             return
         if delivery.kind == "request":
-            mailbox.request_history()
+            mailbox.request_history(delivery.payload)
             return
         payload = delivery.payload
         if delivery.id is not None:

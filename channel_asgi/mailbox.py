@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
@@ -21,7 +22,9 @@ import anyio
 from .connection import Framing
 from .fastpath import DirectWriter, Resume, Start, enabled, step
 
-__all__ = ["SEND_HISTORY", "Close", "Mailbox", "put_many"]
+__all__ = ["MAX_REQUESTS", "SEND_HISTORY", "Close", "HistoryRequest", "Mailbox", "put_many"]
+
+logger = logging.getLogger("channel_asgi")
 
 
 class Close(enum.Enum):
@@ -35,12 +38,29 @@ class Close(enum.Enum):
     BUDGET = "budget"  #: it wrote its byte budget on a server that cannot pace it (see servers)
 
 
+class HistoryRequest:
+    """A mailbox item asking the writer to send a ``request`` reply.
+
+    Args:
+        query: what to send, opaque here: empty for the channel's live history, else the
+            encoded range of its archive (``ranges.encode_range``).
+    """
+
+    __slots__ = ("query",)
+
+    def __init__(self, query: bytes = b"") -> None:
+        self.query: Final = query
+
+
 #: The mailbox item asking the writer to send the channel's history (the reply to a ``request``).
-SEND_HISTORY: Final = object()
+SEND_HISTORY: Final = HistoryRequest()
+
+#: Range requests a connection may have waiting; one more means it does not read its replies.
+MAX_REQUESTS: Final = 16
 
 #: An item the writer takes: a framed event (``bytes`` for SSE and server-side subscribers,
-#: ``str`` for WebSocket text frames) or :data:`SEND_HISTORY`.
-Item = bytes | str | object
+#: ``str`` for WebSocket text frames) or a :class:`HistoryRequest`.
+Item = bytes | str | object  # object: a HistoryRequest
 
 
 class Mailbox:
@@ -93,7 +113,7 @@ class Mailbox:
         self._wake_soon = Mailbox.wake if wake_soon is None else wake_soon
         self._items: list[Item] = []
         self._size = 0
-        self._controls = 0  # how many queued items are SEND_HISTORY
+        self._controls = 0  # how many queued items are HistoryRequests
         self._waiter: asyncio.Future[Resume | None] | anyio.Event | None = None
         self._waking = False  # a wake-up is scheduled
         self._closed: Close | None = None
@@ -106,6 +126,11 @@ class Mailbox:
     def closed(self) -> Close | None:
         """Why the mailbox was closed, or None while it is open."""
         return self._closed
+
+    @property
+    def controls(self) -> int:
+        """How many queued items are :class:`HistoryRequest` (none: a batch of frames only)."""
+        return self._controls
 
     def pending(self) -> list[Item]:
         """Return a copy of what is queued, oldest first (to inspect; the writer takes)."""
@@ -121,16 +146,39 @@ class Mailbox:
             self._items.append(text)
             self.wake()
 
-    def request_history(self) -> None:
-        """Ask the writer to send the channel's history; it does not count against the limit.
+    def request_history(self, query: bytes = b"") -> bool:
+        """Ask the writer to send a ``request`` reply; it does not count against the limit.
 
-        A request already queued is not queued again: the history it sends is read when it is
-        written, so it answers every request made before.
+        A request for the live history (``query`` empty) already queued is not queued again:
+        the history it sends is read when it is written, so it answers every request made
+        before. Each range request (``query``: an encoded range) is queued; with
+        :data:`MAX_REQUESTS` already waiting, the connection does not read its replies and is
+        closed as too slow instead.
+
+        Returns:
+            False if it closed the mailbox as too slow.
         """
-        if self._closed is None and not self._controls:
-            self._items.append(SEND_HISTORY)
-            self._controls += 1
-            self.wake()
+        if self._closed is not None:
+            return True
+        if not query:
+            if SEND_HISTORY in self._items:
+                return True
+            item = SEND_HISTORY
+        elif self._controls >= MAX_REQUESTS:
+            logger.warning(
+                "Closing connection %s on channel %r: %d history requests wait unanswered",
+                self.connection_id,
+                self.channel,
+                self._controls,
+            )
+            self.close(Close.SLOW)
+            return False
+        else:
+            item = HistoryRequest(query)
+        self._items.append(item)
+        self._controls += 1
+        self.wake()
+        return True
 
     def beat(self, ping: bytes, ticks: int) -> bool:
         """Count a heartbeat tick; queue ``ping`` after ``ticks`` ticks with nothing queued.

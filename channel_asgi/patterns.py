@@ -52,6 +52,8 @@ class ChannelPattern:
         anonymous_subscribe: whether users without an identity may subscribe (else 401).
         anonymous_publish: whether anonymous users' publish tokens may publish (else 403).
         history: broadcasts retained per channel (overrides the app's ``history_size``).
+        archive: broadcasts archived by media time per channel (overrides the app's
+            ``archive_size``; 0: none).
         types: the publish types allowed (others are 403), or None for all.
         slow_mode: seconds a user waits between two broadcasts (overrides the app's
             ``slow_mode``; 0 turns it off), or None for the app's.
@@ -64,6 +66,7 @@ class ChannelPattern:
     history: int | None = None
     types: frozenset[str] | None = None
     slow_mode: float | None = None
+    archive: int | None = None
     literal_segments: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +80,10 @@ class ChannelPattern:
             raise ValueError(f"a parameter must be a whole segment, like {{id}}: {self.pattern!r}")
         if self.history is not None and (not isinstance(self.history, int) or self.history < 0):
             raise ValueError(f"history must be an int >= 0, got {self.history!r}")
+        if self.archive is not None and (
+            isinstance(self.archive, bool) or not isinstance(self.archive, int) or self.archive < 0
+        ):
+            raise ValueError(f"archive must be an int >= 0, got {self.archive!r}")
         if self.types is not None:
             unknown = set(self.types) - PUBLISH_TYPES
             if unknown:

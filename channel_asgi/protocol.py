@@ -18,6 +18,7 @@ import msgspec
 
 from .errors import BadRequest
 from .numbers import check_json, fits
+from .ranges import MediaRange, range_of_message
 
 __all__ = [
     "Envelope",
@@ -59,7 +60,22 @@ class PrivateBody(_PublishBody, tag="private"):
 
 
 class RequestBody(_PublishBody, tag="request"):
-    """``type: request``: send the retained broadcasts to the sending connection."""
+    """``type: request``: send the retained broadcasts to the sending connection.
+
+    Its ``message`` (``range_message`` here, so that hooks still see a request without one)
+    matters only when it asks for a range of the archive (:class:`RangeRequestBody`).
+    """
+
+    range_message: msgspec.Raw = msgspec.field(default=msgspec.Raw(b"null"), name="message")
+
+
+class RangeRequestBody(RequestBody, tag="request", kw_only=True):
+    """A ``request`` whose ``message`` asks for a range of the archive by media time.
+
+    Never decoded as such: :func:`decode_publish` makes it from a :class:`RequestBody`.
+    """
+
+    range: MediaRange
 
 
 class WebhookBody(_PublishBody, tag="webhook"):
@@ -88,6 +104,9 @@ def decode_publish(body: bytes) -> PublishBody:
             ``type`` is unknown, or ``message`` is null. The message names the field.
         UnprocessableEntity: the body is JSON, but a number anywhere in it breaks the number
             rule (SPEC 6.1); this comes before any schema error. The message names the path.
+
+    A ``request`` whose ``message`` asks for a range of the archive comes back as a
+    :class:`RangeRequestBody` (a bad range is a 400 naming the field, ``$.message.from``).
     """
     try:
         if not body.isascii():  # msgspec skips Raw values without checking their UTF-8
@@ -105,7 +124,15 @@ def decode_publish(body: bytes) -> PublishBody:
     if not fits(body):  # message is relayed raw: its numbers must read the same everywhere
         check_json(body)
     if isinstance(decoded, RequestBody):
-        return decoded
+        wanted = range_of_message(decoded.range_message)
+        if wanted is None:
+            return decoded
+        return RangeRequestBody(
+            widget_key=decoded.widget_key,
+            timestamp=decoded.timestamp,
+            range_message=decoded.range_message,
+            range=wanted,
+        )
     raw = decoded.message
     if len(raw) == 4 and bytes(raw) == b"null":
         raise BadRequest("`message` must not be null - at `$.message`")

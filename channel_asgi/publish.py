@@ -58,6 +58,7 @@ from .protocol import (
     Envelope,
     PrivateBody,
     PublishBody,
+    RangeRequestBody,
     Reply,
     RequestBody,
     WebhookBody,
@@ -66,6 +67,7 @@ from .protocol import (
     encode,
     publish_type,
 )
+from .ranges import MediaRange
 from .ratelimit import PublishLimits
 from .tokens import PublishClaims
 from .webhooks import call_webhook, check_webhook_url, cloud_event, url_allowed
@@ -221,7 +223,7 @@ class PublishRoute:
             )
             return Reply(200, _OK_BROADCAST, event_id)
         if local is not None and isinstance(envelope, RequestBody):
-            local.request_history()
+            await self._engine.request_here(local, _range_of(envelope))
             return Reply(200, _OK_REQUEST_HERE)
         return await self._act(envelope, claims)
 
@@ -298,7 +300,7 @@ class PublishRoute:
             )
             return Reply(200, _OK_PRIVATE)
         if isinstance(envelope, RequestBody):
-            await self._engine.request_history(channel, claims.connection_id)
+            await self._engine.request_history(channel, claims.connection_id, _range_of(envelope))
             return Reply(200, _OK_REQUEST)
         assert isinstance(envelope, WebhookBody)
         data = encode(
@@ -320,3 +322,8 @@ class PublishRoute:
             raise
         tally.add("webhooks", f"{status // 100}xx")
         return Reply(200, _OK_WEBHOOK, status=status)
+
+
+def _range_of(envelope: RequestBody) -> MediaRange | None:
+    """The range of the archive a ``request`` asks for, or None for the live history."""
+    return envelope.range if isinstance(envelope, RangeRequestBody) else None

@@ -168,7 +168,7 @@ class SubscribeRoute:
                 await pump(
                     mailbox,
                     _SseSink(body_send),
-                    lambda: engine.history.request_reply(channel, user_id),
+                    lambda query: engine.request_reply(channel, user_id, query),
                 )
             except (ChannelError, StorageError) as exc:  # the storage failed mid-stream: end it
                 engine.tally.storage_error(exc)

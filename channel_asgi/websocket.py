@@ -216,7 +216,7 @@ class WebSocketRoute:
                 await pump(
                     mailbox,
                     _TextSink(send),
-                    lambda: engine.history.request_reply(channel, user_id),
+                    lambda query: engine.request_reply(channel, user_id, query),
                 )
             except (ChannelError, StorageError) as exc:
                 engine.tally.storage_error(exc)

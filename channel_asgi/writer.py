@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 import anyio
 
 from .engine import Engine, Opening
-from .mailbox import SEND_HISTORY, Close, Mailbox
+from .mailbox import Close, HistoryRequest, Mailbox
 
 __all__ = ["CLEANUP_TIMEOUT", "Sink", "pump", "run_connection"]
 
@@ -44,17 +44,19 @@ class Sink(Protocol):
 
 
 async def pump(
-    mailbox: Mailbox, sink: Sink, reply: Callable[[], AsyncGenerator[bytes, None]]
+    mailbox: Mailbox, sink: Sink, reply: Callable[[bytes], AsyncGenerator[bytes, None]]
 ) -> None:
     """Write what ``mailbox`` holds to ``sink`` until it is closed and empty.
 
     Args:
         mailbox: the connection's mailbox.
         sink: the transport.
-        reply: returns the ``request`` reply to write for a :data:`SEND_HISTORY` item.
+        reply: returns the ``request`` reply to write for a :class:`HistoryRequest` item,
+            given its ``query``.
     """
     write_events = sink.events
     while True:
+        controls = mailbox.controls  # read before the take, which resets it
         items = mailbox.take_nowait()
         if items is None:
             handed = await mailbox.ready()
@@ -63,16 +65,16 @@ async def pump(
             continue
         if not items:
             return
-        if SEND_HISTORY not in items:  # the hot path: one write for everything taken
+        if not controls:  # the hot path: one write for everything taken
             await write_events(items)
             continue
         pending: list[Any] = []
         for item in items:
-            if item is SEND_HISTORY:
+            if isinstance(item, HistoryRequest):
                 if pending:
                     await sink.events(pending)
                     pending = []
-                async with contextlib.aclosing(reply()) as events:
+                async with contextlib.aclosing(reply(item.query)) as events:
                     await sink.history(events)
             else:
                 pending.append(item)

@@ -381,6 +381,9 @@ async def test_the_most_specific_pattern_wins_and_ties_go_to_the_first(
         ("ok", {"slow_mode": float("nan")}),
         ("ok", {"slow_mode": "5"}),
         ("ok", {"slow_mode": True}),
+        ("ok", {"archive": -1}),
+        ("ok", {"archive": "5000"}),
+        ("ok", {"archive": False}),
     ],
 )
 def test_bad_patterns_are_refused(pattern: str, kwargs: dict[str, object]) -> None:

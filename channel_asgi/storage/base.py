@@ -121,7 +121,8 @@ class Delivery(msgspec.Struct, array_like=True, gc=False):
             close the matching connections: every connection of the channel, or with
             ``to_user`` only that user's, as for a ban) or ``"disconnect"`` (close the matching
             connections, writing nothing: they may reconnect).
-        payload: the encoded envelope, without ``id``.
+        payload: the encoded envelope, without ``id``; for a ``"request"``, what the app asks
+            to send (empty: the history; else a range of the archive, encoded by the app).
         id: the event id of a retained broadcast, else None.
         to_user: only connections of this user get it (with ``to_connection``), when given.
         to_connection: only this connection gets it (with ``to_user``), when given.
