@@ -7,10 +7,11 @@ token was issued to. Then ``auth.allow`` (when the ``Auth`` has it) and the gove
 pattern decide.
 
 Reading a channel's retained broadcasts is one permission whatever the route (a ``request``
-publish, with or without a range of the archive, a resume with ``Last-Event-ID``, and the
-archive routes to come): the action :data:`HISTORY_ACTION`, asked through
-:meth:`Access.authorize_history`. A resume without it is not refused: the stream opens,
-replays nothing and says ``recovered: false``.
+publish, with or without a range of the archive, a resume with ``Last-Event-ID``, and
+``GET /history``): the action :data:`HISTORY_ACTION`, asked through
+:meth:`Access.authorize_history`. A pattern with ``history=False`` refuses it to everyone. A
+resume without it is not refused: the stream opens, replays nothing and says
+``recovered: false``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class Access:
                 raise Forbidden("Anonymous users may not publish on this channel")
         if action != "subscribe" and pattern.types is not None and action not in pattern.types:
             raise Forbidden(f"Publish type {action!r} is not allowed on this channel")
+        if action == HISTORY_ACTION and pattern.history is False:
+            raise Forbidden("This channel keeps no history to read (history=False)")
         if not await pattern.allows(user_id, action, params):
             raise Forbidden(f"Not allowed to {action} on this channel")
 
@@ -144,7 +147,7 @@ class Access:
         found = self.patterns.match(channel)
         if found is None or found[0].history is None:
             return default
-        return found[0].history
+        return int(found[0].history)
 
     def archive_size(self, channel: str, default: int) -> int:
         """Return how many broadcasts ``channel`` archives by media time."""

@@ -4,6 +4,7 @@ Routes, relative to wherever the app is mounted::
 
     GET  /subscribe/{channel}   Server-Sent Events (init, system, broadcasts, private, request, end)
     POST /publish/{channel}     a JSON envelope, authorised by the token from ``init``
+    GET  /history/{channel}     a page of the archive by media time (``?from=&to=&limit=&after=``)
     WS   /ws/{channel}          the same events as text frames; client frames are publishes
     GET  /health                200 while the storage answers, else 503
     GET  /metrics               Prometheus metrics (with ``metrics=True``)
@@ -31,6 +32,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from .access import Access
+from .archive import HistoryRoute
 from .auth import Auth
 from .config import Settings
 from .cors import CorsPolicy
@@ -87,7 +89,7 @@ __all__ = ["ChannelApp"]
 
 logger = logging.getLogger("channel_asgi")
 
-_HTTP_ROUTES: Final = ("subscribe", "publish")
+_HTTP_ROUTES: Final = ("subscribe", "publish", "history")
 _PLAIN_ROUTES: Final = ("/health", "/metrics")  # no channel in the path
 _TRANSPORT: Final = {"subscribe": "sse", "websocket": "websocket"}
 _EXIT_POLL: Final = 0.25
@@ -237,9 +239,12 @@ class ChannelApp:
         self._websocket = WebSocketRoute(
             self._engine, self._access, limit, self._publish, self._cors
         )
-        self._routes: dict[str, SubscribeRoute | PublishRoute | HealthRoute | MetricsRoute] = {
+        self._routes: dict[
+            str, SubscribeRoute | PublishRoute | HistoryRoute | HealthRoute | MetricsRoute
+        ] = {
             "subscribe": self._subscribe,
             "publish": self._publish,
+            "history": HistoryRoute(self.storage, self._engine.archive, self._access),
             "health": HealthRoute(self.storage),
         }
         if self._metrics is not None:
@@ -469,7 +474,8 @@ class ChannelApp:
                 is None for an anonymous user.
             anonymous_subscribe: False makes an anonymous subscribe a 401.
             anonymous_publish: False makes a publish with an anonymous user's token a 403.
-            history: broadcasts retained (instead of ``history_size``).
+            history: broadcasts retained (instead of ``history_size``); False: none, and
+                nobody may read the history (``request``, resume, ``GET /history``: 403).
             types: the publish types allowed; others are 403. Without ``request``, a resume
                 replays nothing (``recovered: false``).
             slow_mode: seconds a user waits between two broadcasts (instead of the app's
@@ -609,7 +615,7 @@ class ChannelApp:
     ) -> list[Envelope]:
         """Return a page of the channel's archive: broadcasts with ``start <= timestamp < end``.
 
-        Ordered by (``timestamp``, ``id``), as range requests answer.
+        Ordered by (``timestamp``, ``id``), as ``GET /history`` and range requests answer.
 
         Args:
             channel: the channel.
@@ -781,8 +787,8 @@ def _match(path: str) -> tuple[str, str]:
     if path in _PLAIN_ROUTES:
         return path[1:], ""
     raise NotFound(
-        f"No route for {path!r}; use /subscribe/{{channel}}, /publish/{{channel}}, /health "
-        "or a WebSocket to /ws/{channel}"
+        f"No route for {path!r}; use /subscribe/{{channel}}, /publish/{{channel}}, "
+        "/history/{channel}, /health or a WebSocket to /ws/{channel}"
     )
 
 

@@ -1,33 +1,48 @@
-"""Reading a channel's archive by media time: range requests and ``channels.history()``.
+"""Reading a channel's archive by media time: range requests, ``GET /history``, ``history()``.
 
 The archive is kept by the storage (``storage.base.Archive``); ``Engine.broadcast`` fills it.
-Its readers share one :class:`ArchiveReader`:
+Three readers, one :class:`ArchiveReader`:
 
 - a ``request`` publish with a range (``ranges``): checked where it is published (an unknown
   ``after`` is a 400 there, one cheap read), then read in the process that holds the requesting
   connection, by its writer, a page at a time as the client takes them, like the live history's
   ``request`` reply (``history.request_events``: arrays of at most 256 KiB). If ``after`` was
   evicted between the check and the read, the reply is empty;
+- ``GET {prefix}/history/{channel}`` (:class:`HistoryRoute`): one page as JSON, with the id to
+  continue from. It is authorised as a subscribe is (identity token, ``Auth``, patterns), then
+  asks the history permission (``Access.authorize_history``: 403 for ``history=False`` patterns
+  and where ``request`` is not allowed). A closed channel's page can be cached (``Cache-Control``
+  with :data:`CLOSED_MAX_AGE`: the archive of a stream that ended changes only when a moderator
+  deletes a message); an open channel's must be revalidated (``no-cache``). Either way the
+  ``ETag`` is a hash of the body, and a matching ``If-None-Match`` is answered 304;
 - ``channels.history()``: one page as decoded envelopes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncGenerator
+from typing import Final
 
 import msgspec
 
+from .access import Access
+from .auth import Request
 from .errors import BadRequest
 from .history import FIRST_PAGE, next_page_size, request_events
-from .protocol import Envelope, decode_envelope, skip_undecodable, with_id
-from .ranges import MediaRange
+from .http import Headers, Receive, Scope, Send, header, send_json
+from .protocol import Envelope, decode_envelope, encode, skip_undecodable, with_id
+from .ranges import MediaRange, range_of_query
 from .storage.base import ArchivePage, Storage
 
-__all__ = ["ArchiveReader"]
+__all__ = ["CLOSED_MAX_AGE", "ArchiveReader", "HistoryRoute"]
 
 logger = logging.getLogger("channel_asgi")
+
+#: Seconds a shared cache or a browser may keep a closed channel's ``GET /history`` page.
+CLOSED_MAX_AGE: Final = 60
 
 
 class ArchiveReader:
@@ -136,3 +151,82 @@ class ArchiveReader:
                 return
             after = page.events[-1].id
             size = next_page_size(page.events)
+
+
+class _HistoryReply(msgspec.Struct):
+    """The JSON of ``GET /history/{channel}``."""
+
+    code: int
+    message: str
+    events: list[msgspec.Raw]
+    next: str | None
+
+
+class HistoryRoute:
+    """Serve ``GET {prefix}/history/{channel}`` for one app.
+
+    Args:
+        storage: the app's storage.
+        archive: reads its archives.
+        access: identity and authorisation.
+    """
+
+    methods: Final = ("GET", "OPTIONS")
+
+    def __init__(self, storage: Storage, archive: ArchiveReader, access: Access) -> None:
+        self._storage = storage
+        self._archive = archive
+        self._access = access
+
+    async def serve(
+        self,
+        scope: Scope,
+        headers: Headers,
+        receive: Receive,
+        send: Send,
+        channel: str,
+        reply_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Check the query and the reader, then answer one page of the archive.
+
+        Raises:
+            BadRequest: a bad ``from``, ``to``, ``limit`` or ``after`` (400, naming it).
+            Unauthorized: a bad identity token, or an anonymous reader where one is not allowed.
+            Forbidden: the reader may not subscribe to the channel or read its history.
+            StorageError: the storage failed (503).
+        """
+        wanted = range_of_query(Request(scope).query_params)
+        access = self._access
+        user_id, anonymous = await access.identify(scope, channel)
+        if access.decides:
+            await access.authorize_history(None if anonymous else user_id, channel)
+        closed = await self._storage.is_closed(channel)
+        page = await self._archive.page(channel, wanted, field=None)
+        events = [msgspec.Raw(with_id(event.payload, event.id)) for event in page.events]
+        last = page.events[-1].id if page.more and page.events else None
+        count = len(events)
+        message = f"{count} archived broadcast{'' if count == 1 else 's'}"
+        body = encode(_HistoryReply(200, message, events, last))
+        etag = b'"%s"' % hashlib.blake2b(body, digest_size=16).hexdigest().encode()
+        if not closed:
+            cache = b"no-cache"  # an open channel's archive grows: ask each time (304s are cheap)
+        else:  # a reply that depends on who asks must stay out of shared caches
+            scope_ = b"private" if access.decides else b"public"
+            cache = b"%s, max-age=%d" % (scope_, CLOSED_MAX_AGE)
+        caching = [(b"cache-control", cache), (b"etag", etag), *reply_headers]
+        if _matches(header(headers, b"if-none-match"), etag.decode()):
+            await send({"type": "http.response.start", "status": 304, "headers": caching})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send_json(send, 200, body, caching)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (weakly, as RFC 9110 asks of a GET), or is ``*``."""
+    if not if_none_match:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False

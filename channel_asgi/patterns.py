@@ -51,7 +51,9 @@ class ChannelPattern:
         authorize: decides each action (True allows, False is 403), or None to allow all.
         anonymous_subscribe: whether users without an identity may subscribe (else 401).
         anonymous_publish: whether anonymous users' publish tokens may publish (else 403).
-        history: broadcasts retained per channel (overrides the app's ``history_size``).
+        history: broadcasts retained per channel (overrides the app's ``history_size``);
+            False: none, and reading what was said before (a ``request``, a resume's replay,
+            ``GET /history``) is refused.
         archive: broadcasts archived by media time per channel (overrides the app's
             ``archive_size``; 0: none).
         types: the publish types allowed (others are 403), or None for all.
@@ -78,8 +80,10 @@ class ChannelPattern:
             raise ValueError(f"not a valid channel pattern: {self.pattern!r}") from None
         if any("{" in s or "}" in s for s in segments if not _PARAM.fullmatch(s)):
             raise ValueError(f"a parameter must be a whole segment, like {{id}}: {self.pattern!r}")
-        if self.history is not None and (not isinstance(self.history, int) or self.history < 0):
-            raise ValueError(f"history must be an int >= 0, got {self.history!r}")
+        if self.history is not None and (
+            not isinstance(self.history, int) or self.history < 0 or self.history is True
+        ):
+            raise ValueError(f"history must be an int >= 0 or False, got {self.history!r}")
         if self.archive is not None and (
             isinstance(self.archive, bool) or not isinstance(self.archive, int) or self.archive < 0
         ):

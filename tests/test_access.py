@@ -381,6 +381,7 @@ async def test_the_most_specific_pattern_wins_and_ties_go_to_the_first(
         ("ok", {"slow_mode": float("nan")}),
         ("ok", {"slow_mode": "5"}),
         ("ok", {"slow_mode": True}),
+        ("ok", {"history": True}),
         ("ok", {"archive": -1}),
         ("ok", {"archive": "5000"}),
         ("ok", {"archive": False}),

@@ -1,4 +1,4 @@
-"""Chat replay by media time: the archive and ``channels.history()`` (issue 16).
+"""Chat replay by media time: the archive, ``GET /history`` and ``channels.history()`` (issue 16).
 
 Broadcasts are archived by ``timestamp`` besides the live history, on both storages; a page is
 read with ``from``/``to``/``limit``/``after``, ordered by (timestamp, id), and pages continue with
@@ -10,11 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from channel_asgi import ChannelApp, Envelope
+from channel_asgi.archive import CLOSED_MAX_AGE
+from channel_asgi.auth import Request
 from channel_asgi.storage import MemoryStorage, RedisStorage
 from channel_asgi.storage.base import Storage
+
+from .helpers import publish, subscribe
 
 SECRET = "archive-test-secret-0123456789abcdef"
 ORIGIN = "https://viewer.example"
@@ -84,20 +89,220 @@ async def test_no_archive_by_default_and_a_pattern_sets_its_own_size() -> None:
 
 
 async def test_pages_continue_after_the_last_id_without_gap_or_duplicate(
-    new_storage: Callable[[], Storage],
+    serve, client: httpx.AsyncClient, new_storage: Callable[[], Storage]
 ) -> None:
     """Many broadcasts share a media time: pages by ``after`` still cover the range once."""
-    async with ChannelApp(secret=SECRET, storage=new_storage(), archive_size=1000) as channels:
-        sent = await publish_stamps(channels, "vod/p", [10.0 + n // 7 for n in range(30)])
-        seen: list[str] = []
-        after = None
-        while True:
-            page = await channels.history("vod/p", start=11, end=14, limit=4, after=after)
-            seen += [event.id or "" for event in page]
-            if len(page) < 4:
-                break
-            after = page[-1].id
-    assert seen == in_media_order(sent, 11, 14)
+    channels = ChannelApp(secret=SECRET, storage=new_storage(), archive_size=1000)
+    base = await serve(channels)
+    sent = await publish_stamps(channels, "vod/p", [10.0 + n // 7 for n in range(30)])
+    expected = in_media_order(sent, 11, 14)
+
+    seen: list[str] = []
+    after = None
+    while True:  # the server-side API
+        page = await channels.history("vod/p", start=11, end=14, limit=4, after=after)
+        seen += [event.id or "" for event in page]
+        if len(page) < 4:
+            break
+        after = page[-1].id
+    assert seen == expected
+
+    seen, pages = [], 0
+    params: dict[str, Any] = {"from": 11, "to": 14, "limit": 4}
+    while True:  # GET /history, following ``next``
+        reply = await client.get(f"{base}/history/vod/p", params=params)
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        pages += 1
+        assert set(body) == {"code", "message", "events", "next"} and body["code"] == 200
+        seen += [event["id"] for event in body["events"]]
+        if body["next"] is None:
+            break
+        assert body["next"] == body["events"][-1]["id"]
+        params["after"] = body["next"]
+    assert seen == expected and pages == 6  # 21 broadcasts: five full pages and one of one
+
+
+async def test_history_page_is_json_envelopes_with_ids_and_cors(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """Each event is the envelope subscribers got, with its id; CORS as on the other routes."""
+    channels = ChannelApp(secret=SECRET, archive_size=10, cors_origins=[ORIGIN])
+    base = await serve(channels)
+    async with subscribe(client, f"{base}/subscribe/vod/c") as sub:
+        body = {"type": "broadcast", "message": {"text": "hi"}, "timestamp": 12.5}
+        sent = (await publish(client, f"{base}/publish/vod/c", sub.token, body)).json()["id"]
+        live = await sub.stream.until("broadcast")
+    assert live.json["id"] == sent
+    reply = await client.get(f"{base}/history/vod/c", headers={"origin": ORIGIN})
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.headers["access-control-allow-origin"] == ORIGIN
+    assert reply.json() == {
+        "code": 200,
+        "message": "1 archived broadcast",
+        "events": [live.json],
+        "next": None,
+    }
+    preflight = await client.options(
+        f"{base}/history/vod/c",
+        headers={"origin": ORIGIN, "access-control-request-method": "GET"},
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    wrong = await client.post(f"{base}/history/vod/c")
+    assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET, OPTIONS")
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("from=abc", "`from`"),
+        ("from=-1", "`from`"),
+        ("to=nan", "`to`"),
+        ("to=inf", "`to`"),
+        ("to=1e999", "`to`"),
+        ("limit=0", "`limit`"),
+        ("limit=1001", "`limit`"),
+        ("limit=1.5", "`limit`"),
+        ("limit=many", "`limit`"),
+        ("from=5&to=1", "`from`"),
+        ("after=1-0", "`after`"),
+        ("after=not-an-id", "`after`"),
+    ],
+)
+async def test_bad_history_parameters_are_400_naming_the_parameter(
+    serve, client: httpx.AsyncClient, query: str, named: str
+) -> None:
+    """A bad ``from``, ``to``, ``limit`` or ``after``, or ``from > to``: 400, before any read."""
+    channels = ChannelApp(secret=SECRET, archive_size=10)
+    base = await serve(channels)
+    await channels.publish("vod/b", "x", timestamp=1.0)
+    reply = await client.get(f"{base}/history/vod/b?{query}")
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["code"] == 400
+    assert f"Query parameter {named}" in reply.json()["message"]
+
+
+async def test_history_edges_are_not_errors(serve, client: httpx.AsyncClient) -> None:
+    """``from == to`` is empty, limits 1 and 1000 are allowed, empty values are left out."""
+    channels = ChannelApp(secret=SECRET, archive_size=10)
+    base = await serve(channels)
+    await publish_stamps(channels, "vod/e", [1.0, 2.0])
+    for query, count in [("from=1&to=1", 0), ("limit=1", 1), ("limit=1000", 2), ("from=&to=", 2)]:
+        reply = await client.get(f"{base}/history/vod/e?{query}")
+        assert (reply.status_code, len(reply.json()["events"])) == (200, count), query
+    unknown = await client.get(f"{base}/history/never-used")
+    assert (unknown.status_code, unknown.json()["events"]) == (200, [])
+    bad_name = await client.get(f"{base}/history/bad name")
+    assert bad_name.status_code == 400
+
+
+class StaffOnlyHistory:
+    """An ``Auth`` whose users are named by a header; only staff may read the history."""
+
+    async def identify(self, request: Request) -> str | None:
+        return request.headers.get("x-user")
+
+    async def allow(self, user_id: str | None, channel: str, action: str) -> bool:
+        return action != "request" or user_id == "staff"
+
+
+async def test_history_is_authorised_as_a_subscribe_and_needs_the_history_permission(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """Identity tokens and patterns as on subscribe; ``history=False`` or no ``request``: 403."""
+    channels = ChannelApp(secret=SECRET, archive_size=10)
+    channels.channel("members/{id}", anonymous_subscribe=False)
+    channels.channel("nohistory/{id}", history=False)
+    channels.channel("liveonly/{id}", types=["broadcast"])
+    base = await serve(channels)
+    assert (await client.get(f"{base}/history/open/1")).status_code == 200
+    assert (await client.get(f"{base}/history/members/1")).status_code == 401
+    token = channels.issue_token("alice", channels=["members/1"])
+    mine = await client.get(f"{base}/history/members/1", params={"token": token})
+    assert mine.status_code == 200
+    bearer = await client.get(
+        f"{base}/history/members/1", headers={"authorization": f"Bearer {token}"}
+    )
+    assert bearer.status_code == 200
+    other = await client.get(f"{base}/history/members/2", params={"token": token})
+    assert other.status_code == 403
+    forged = await client.get(f"{base}/history/members/1", params={"token": token + "x"})
+    assert forged.status_code == 401
+    for channel in ("nohistory/1", "liveonly/1"):
+        refused = await client.get(f"{base}/history/{channel}")
+        assert refused.status_code == 403, channel
+        assert refused.json()["code"] == 403
+
+    guarded = ChannelApp(secret=SECRET, archive_size=10, auth=StaffOnlyHistory())
+    base = await serve(guarded)
+    staff = await client.get(f"{base}/history/room", headers={"x-user": "staff"})
+    assert staff.status_code == 200
+    viewer = await client.get(f"{base}/history/room", headers={"x-user": "viewer"})
+    assert viewer.status_code == 403
+    assert (await client.get(f"{base}/history/room")).status_code == 401  # anonymous
+
+
+async def test_history_false_also_refuses_request_and_resume(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """A channel that keeps no history: ``request`` is 403, a resume replays nothing."""
+    channels = ChannelApp(secret=SECRET)
+    channels.channel("nohistory/{id}", history=False)
+    base = await serve(channels)
+    first = await channels.publish("nohistory/1", "a")
+    async with subscribe(client, f"{base}/subscribe/nohistory/1") as sub:
+        url = f"{base}/publish/nohistory/1"
+        assert (await publish(client, url, sub.token, {"type": "request"})).status_code == 403
+        assert (
+            await publish(client, url, sub.token, {"type": "broadcast", "message": 1})
+        ).is_success
+    async with subscribe(
+        client, f"{base}/subscribe/nohistory/1", headers={"last-event-id": first}
+    ) as resumed:
+        assert resumed.init["message"]["recovered"] is False
+
+
+async def test_open_channels_revalidate_and_closed_ones_are_cacheable(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """``ETag`` is the body's hash (``If-None-Match``: 304); closed channels get a max-age."""
+    channels = ChannelApp(secret=SECRET, archive_size=10, cors_origins=[ORIGIN])
+    base = await serve(channels)
+    await channels.publish("vod/k", "first", timestamp=1.0)
+    url = f"{base}/history/vod/k"
+    reply = await client.get(url)
+    assert reply.headers["cache-control"] == "no-cache"
+    etag = reply.headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    same = await client.get(url, headers={"if-none-match": etag, "origin": ORIGIN})
+    assert (same.status_code, same.content) == (304, b"")
+    assert same.headers["etag"] == etag
+    assert same.headers["access-control-allow-origin"] == ORIGIN
+    for listed in (f'"other", W/{etag}', "*"):
+        assert (await client.get(url, headers={"if-none-match": listed})).status_code == 304
+    assert (await client.get(url, headers={"if-none-match": '"other"'})).status_code == 200
+    other_page = await client.get(url, params={"from": 2}, headers={"if-none-match": etag})
+    assert other_page.status_code == 200 and other_page.headers["etag"] != etag
+
+    await channels.publish("vod/k", "second", timestamp=2.0)
+    grown = await client.get(url, headers={"if-none-match": etag})
+    assert grown.status_code == 200 and grown.headers["etag"] != etag
+    await channels.close_channel("vod/k")
+    closed = await client.get(url)
+    assert closed.status_code == 200 and len(closed.json()["events"]) == 2
+    assert closed.headers["cache-control"] == f"public, max-age={CLOSED_MAX_AGE}"
+    assert closed.headers["etag"] == grown.headers["etag"]
+
+    guarded = ChannelApp(secret=SECRET, archive_size=10)
+    guarded.channel("vod/{id}", anonymous_subscribe=False)
+    base = await serve(guarded)
+    await guarded.publish("vod/k", "x", timestamp=1.0)
+    await guarded.close_channel("vod/k")
+    token = guarded.issue_token("alice")
+    private = await client.get(f"{base}/history/vod/k", params={"token": token})
+    assert private.headers["cache-control"] == f"private, max-age={CLOSED_MAX_AGE}"
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from channel_asgi.ranges import MediaRange, decode_range, encode_range
 from channel_asgi.storage import MemoryStorage
 from channel_asgi.storage.base import ArchivePage
 
+from .conftest import stop_server_process
 from .helpers import WAIT, EventStream, publish, subscribe
 
 SECRET = "range-request-secret-0123456789abcdef"
@@ -252,12 +253,14 @@ def worker(redis_url: str, prefix: str) -> list[str]:
     ]  # fmt: skip
 
 
-async def test_a_range_request_is_answered_by_the_worker_of_the_connection(
+async def test_every_worker_answers_ranges_and_the_archive_survives_a_restart(
     server_process, client: httpx.AsyncClient, redis_url: str, redis_prefix: str
 ) -> None:
-    """Published on B, requested on B for A's connection: the reply comes on A."""
-    a = server_process(worker(redis_url, redis_prefix)).base
-    b = server_process(worker(redis_url, redis_prefix)).base
+    """Published on B, requested on B for A's connection: the reply comes on A; both serve
+    ``GET /history`` alike, and after both workers restart the archive is still there."""
+    a_server = server_process(worker(redis_url, redis_prefix))
+    b_server = server_process(worker(redis_url, redis_prefix))
+    a, b = a_server.base, b_server.base
     async with subscribe(client, f"{a}/subscribe/vod/x") as on_a:
         sent = []
         for n, stamp in enumerate([30.0, 10.0, 20.0, 20.0, 40.0]):
@@ -267,3 +270,16 @@ async def test_a_range_request_is_answered_by_the_worker_of_the_connection(
         body = ranged(**{"from": 10, "to": 40, "limit": 3})
         assert (await publish(client, f"{b}/publish/vod/x", on_a.token, body)).status_code == 200
         assert [item["id"] for item in await reply_of(on_a.stream)] == expected[:3]
+
+    pages = [
+        (await client.get(f"{url}/history/vod/x", params={"limit": 2})).json() for url in (a, b)
+    ]
+    assert pages[0] == pages[1]
+    assert [event["id"] for event in pages[0]["events"]] == expected[:2]
+    assert pages[0]["next"] == expected[1]
+
+    stop_server_process(a_server)
+    stop_server_process(b_server)
+    again = server_process(worker(redis_url, redis_prefix)).base
+    rest = await client.get(f"{again}/history/vod/x", params={"after": expected[1]})
+    assert [event["id"] for event in rest.json()["events"]] == expected[2:]
