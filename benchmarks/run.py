@@ -37,7 +37,11 @@ Scenarios, for each server:
   ``--rate`` broadcasts/s, and saturated deliveries/s, in ``--mounts-rounds`` rounds that run
   every variant in turn (the median of the paired ratios). ``--mounts-ref REF`` adds the same
   variants of channel_asgi as of git ``REF`` (e.g. the last commit with the direct write) to the
-  same rounds; ``--mounts-only`` runs just these.
+  same rounds; ``--mounts-only`` runs just these;
+* **archive range reads** (issue 16): ``Storage.archive_range`` in this process, a page of 200
+  broadcasts from a 100k-broadcast archive against one from a 1k archive, on MemoryStorage and
+  RedisStorage (``benchmarks/archive.py``, which also runs alone); the median read of each and
+  their ratio. ``--archive-only`` runs just these.
 
 Usage (from the repository root, after ``scripts/setup``)::
 
@@ -45,19 +49,22 @@ Usage (from the repository root, after ``scripts/setup``)::
     .venv/bin/python benchmarks/run.py            # the full run (several minutes)
     .venv/bin/python benchmarks/run.py --quick    # smaller, for a smoke test
     .venv/bin/python benchmarks/run.py --mounts-only --mounts-ref e3ab96d  # the mount rows
+    .venv/bin/python benchmarks/run.py --archive-only  # the archive rows
 
 It writes ``benchmarks/results/latest.json``, the table between the markers in
 ``docs/benchmarks.md`` and the chart ``docs/benchmarks.png`` (a ``--quick`` run writes only
 ``benchmarks/results/quick.json``; ``--no-write`` only prints). The servers part writes
 ``benchmarks/results/servers.json`` and its table in ``docs/servers.md``. The mounts part writes
 its rows into ``latest.json`` and the table of ``docs/benchmarks.md``, with the rest of a full
-run, or on their own (``--mounts-only``: marked as measured apart from the rest).
+run, or on their own (``--mounts-only``: marked as measured apart from the rest); so does the
+archive part (``--archive-only``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -73,6 +80,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -995,6 +1003,49 @@ def mount_goals(part: dict[str, Any]) -> list[tuple[str, Any, str, Callable[[flo
     return goals
 
 
+# Archive range reads (issue 16): benchmarks/archive.py, a part of its own.
+
+
+def archive_bench() -> ModuleType:
+    """``benchmarks/archive.py``, imported by its path (this file runs as a script)."""
+    name = "bench_archive"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "archive.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def archive_part(args: argparse.Namespace) -> dict[str, Any]:
+    """The archive rows: a page from a ``--archive-big`` archive against a 1k one, both storages."""
+    part: dict[str, Any] = archive_bench().archive_part(
+        big=args.archive_big,
+        repeats=args.archive_repeats,
+        redis_url=None if args.no_redis else args.redis,
+    )
+    return part
+
+
+def archive_only(args: argparse.Namespace) -> None:
+    """``--archive-only``: the archive rows, into the published results if there are some."""
+    part = archive_part(args)
+    latest = RESULTS / "latest.json"
+    if args.no_write or args.quick or not latest.exists():
+        print(archive_bench().archive_table(part))
+        return
+    part["separate"] = time.strftime("%Y-%m-%d")  # the rest of the results are another run's
+    results = json.loads(latest.read_text())
+    results["archive"] = part
+    results["ratios"] = ratios(results)
+    markdown = table(results, results["ratios"])
+    print(markdown)
+    latest.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_doc(markdown)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every scenario, each measured on both servers back to back (machine drift hits both)."""
     binary = build_loadgen()
@@ -1138,6 +1189,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             f"{ratio['name']} ({ratio['code']})": {k: ratio[k] for k in ("median", "low", "high")}
             for ratio in results["mounts"]["ratios"]
         }
+    if "archive" in results:  # issue 16: a page of a big archive against a small one
+        out["archive"] = {
+            name: storage["ratio"] for name, storage in results["archive"]["storages"].items()
+        }
     return out
 
 
@@ -1252,6 +1307,19 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
         ]
     if "mounts" in results:
         goals += mount_goals(results["mounts"])
+    if "archive" in results:
+        bench = archive_bench()
+        params = results["archive"]["params"]
+        for name, storage in results["archive"]["storages"].items():
+            goals.append(
+                (
+                    f"archive page, {params['big']:,} / {params['small']:,} broadcasts "
+                    f"({bench.STORAGES.get(name, name)})",
+                    storage["ratio"],
+                    f"<= {bench.GOAL:g}x",
+                    lambda v, goal=bench.GOAL: v <= goal,
+                )
+            )
     if "redis" in r:
         goals.append(
             (
@@ -1289,6 +1357,8 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
     lines += ["", f"Connect time per subscriber (channel_asgi, by channel size): {connects}."]
     if "mounts" in results:
         lines += ["", mounts_table(results["mounts"])]
+    if "archive" in results:
+        lines += ["", archive_bench().archive_table(results["archive"])]
     return "\n".join(lines)
 
 
@@ -1399,6 +1469,18 @@ def main() -> None:
         help="run only the mounts part: bare and FastAPI-mounted, with and without the direct "
         "write (its rows in latest.json and docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--archive-big", type=int, default=100_000, help="broadcasts in the big archive"
+    )
+    parser.add_argument(
+        "--archive-repeats", type=int, default=5, help="reads at each media time, archive part"
+    )
+    parser.add_argument(
+        "--archive-only",
+        action="store_true",
+        help="run only the archive part: a page of a big archive against a small one, both "
+        "storages (its rows in latest.json and docs/benchmarks.md)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; keep docs as they are")
     parser.add_argument(
         "--from-json", type=Path, help="only redraw the table and chart from a results file"
@@ -1418,8 +1500,12 @@ def main() -> None:
         args.redis_rounds = args.check_rounds = 1
         args.servers_rounds, args.servers_count = 1, 300
         args.mounts_rounds, args.mounts_count = 1, 60
+        args.archive_big, args.archive_repeats = 10_000, 2
     if args.mounts_only:
         mounts_only(args)
+        return
+    if args.archive_only:
+        archive_only(args)
         return
     servers = servers_light_load(build_loadgen(), args)
     servers_markdown = servers_table(servers)
@@ -1432,6 +1518,7 @@ def main() -> None:
         return
     results = run(args)
     results["mounts"] = mounts_part(build_loadgen(), args)
+    results["archive"] = archive_part(args)
     results["params"] = {
         "rate": args.rate,
         "latency_subs": args.latency_subs,

@@ -293,3 +293,46 @@ def test_the_metrics_rows_are_goals_of_the_table() -> None:
         "| metrics on / off, server CPU per delivery, light load | 1.07x (rounds 1.00 to 1.10) "
         "| <= 1.05x | no |" in markdown
     )
+
+
+def archive_results(memory: tuple[float, float], redis: tuple[float, float]) -> dict[str, Any]:
+    """The archive part as ``archive_part`` makes it: (small, big) median µs per storage."""
+
+    def storage(small: float, big: float) -> dict[str, Any]:
+        return {
+            "small": {"median_us": small, "low_us": small - 2, "high_us": small + 5, "reads": 45},
+            "big": {"median_us": big, "low_us": big - 2, "high_us": big + 5, "reads": 45},
+            "fill_s": {"small": 0.1, "big": 5.0},
+            "ratio": big / small,
+        }
+
+    params = {"small": 1000, "big": 100_000, "page": 200, "offsets": 9, "repeats": 5}
+    return {
+        "params": {**params, "seconds": 9},
+        "storages": {"memory": storage(*memory), "redis": storage(*redis)},
+    }
+
+
+def test_the_archive_rows_say_the_ratio_and_whether_it_meets_the_goal() -> None:
+    """One row per storage with both medians and their ratio, in the table and the goals."""
+    bench = bench_module()
+    part = archive_results(memory=(20.0, 24.0), redis=(400.0, 1000.0))
+    markdown = bench.archive_bench().archive_table(part)
+    assert markdown.startswith("### Archive range reads\n")
+    assert "| MemoryStorage | 20 (18 to 25) | 24 (22 to 29) | 1.20x | <= 2x | yes |" in markdown
+    assert (
+        "| RedisStorage | 400 (398 to 405) | 1000 (998 to 1005) | 2.50x | <= 2x | no |" in markdown
+    )
+    assert "apart from the rows above" not in markdown
+
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    results["archive"] = {**part, "separate": "2026-01-02"}
+    full = bench.table(results, bench.ratios(results))
+    assert (
+        "| archive page, 100,000 / 1,000 broadcasts (MemoryStorage) | 1.20x | <= 2x | yes |" in full
+    )
+    assert (
+        "| archive page, 100,000 / 1,000 broadcasts (RedisStorage) | 2.50x | <= 2x | no |" in full
+    )
+    assert "Measured by `benchmarks/run.py --archive-only` on 2026-01-02" in full
+    assert full.endswith(markdown.split("\n", 2)[2])  # the section, after its dated line
