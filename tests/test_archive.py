@@ -331,3 +331,17 @@ async def test_server_side_history_refuses_bad_arguments(
             await channels.history("vod/s", **kwargs)
         with pytest.raises(ValueError):
             await channels.history("bad name")
+
+
+async def test_an_archived_broadcast_that_cannot_be_decoded_is_skipped_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``channels.history()`` leaves out, with a warning naming it, what it cannot decode."""
+    async with ChannelApp(secret=SECRET, archive_size=10) as channels:
+        good = await channels.publish("vod/u", "fine", timestamp=2.0)
+        bad = b'{"type":"broadcast","message":1e999,"timestamp":1.0}'  # an older server's relay
+        bad_id = await channels.storage.append("vod/u", bad, keep=10, archive=10, timestamp=1.0)
+        with caplog.at_level("WARNING", logger="channel_asgi"):
+            events = await channels.history("vod/u")
+    assert [event.id for event in events] == [good]
+    assert bad_id in caplog.text and "of the archive" in caplog.text

@@ -283,3 +283,15 @@ async def test_every_worker_answers_ranges_and_the_archive_survives_a_restart(
     again = server_process(worker(redis_url, redis_prefix)).base
     rest = await client.get(f"{again}/history/vod/x", params={"after": expected[1]})
     assert [event["id"] for event in rest.json()["events"]] == expected[2:]
+
+
+async def test_an_after_evicted_before_the_reply_is_read_gives_an_empty_reply(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The check passed, then the archive lost ``after``: one empty ``request`` event."""
+    storage = MemoryStorage()
+    reply = ArchiveReader(storage).request_reply("vod/gone", "u1", MediaRange(after="1-0"))
+    with caplog.at_level("INFO", logger="channel_asgi"):
+        events = [json.loads(event) async for event in reply]
+    assert [(event["type"], event["message"]) for event in events] == [("request", [])]
+    assert "left the archive before it was read" in caplog.text
