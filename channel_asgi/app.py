@@ -49,6 +49,7 @@ from .errors import (
     http_error,
     maps_storage_errors,
 )
+from .fastpath import DirectWriter
 from .health import HealthRoute
 from .http import (
     Headers,
@@ -213,7 +214,8 @@ class ChannelApp:
         self._cors = CorsPolicy(cors_origins)
         self._hooks = Hooks()
         self._bridges: list[Bridge] = []
-        self._hub = Hub(self.storage, WriteScheduler())
+        direct = DirectWriter()
+        self._hub = Hub(self.storage, WriteScheduler(writing=direct.busy), direct)
         self._access = Access(auth, IdentityTokens(secret), PatternSet())
         self._tally = Tally()
         self._metrics = (

@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Generator
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Final, cast
+
+from .scheduler import SLICE_CHECK, WRITE_SLICE
 
 if TYPE_CHECKING:
     from .http import Send
@@ -158,13 +161,26 @@ def _major_minor(version: str) -> tuple[int, int]:
 
 
 class DirectWriter:
-    """Write the batches of the mailboxes queued here, from one task per batch of them."""
+    """Write the batches of the mailboxes queued here, from one task per batch of them.
 
-    __slots__ = ("_due", "_task")
+    The task writes in slices of about ``WRITE_SLICE`` seconds, handing the loop back between
+    two (publishes and storage replies go on meanwhile), as the write scheduler's wake-ups do;
+    the scheduler waits for :meth:`busy` to end before it counts a batch's writes as done.
 
-    def __init__(self) -> None:
+    Args:
+        clock: measures the slices (seconds).
+    """
+
+    __slots__ = ("_clock", "_due", "_task")
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         self._due: list[Mailbox] = []
         self._task: asyncio.Task[None] | None = None
+
+    def busy(self) -> bool:
+        """Whether writes are queued or under way."""
+        return self._task is not None
 
     def queue(self, mailbox: Mailbox) -> None:
         """Write ``mailbox``'s batch soon, from this writer's task."""
@@ -173,12 +189,17 @@ class DirectWriter:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        clock = self._clock
         try:
             while self._due:
                 due, self._due = self._due, []
-                for mailbox in due:
+                began = clock()
+                for index, mailbox in enumerate(due, 1):
                     if mailbox.write_directly():
                         _state.written += 1
+                    if index % SLICE_CHECK == 0 and clock() - began >= WRITE_SLICE:
+                        await asyncio.sleep(0)  # the loop serves what arrived meanwhile
+                        began = clock()
         finally:
             self._task = None
             if self._due:  # cancelled (the loop is closing): wake them as usual

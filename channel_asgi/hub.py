@@ -69,15 +69,19 @@ class Hub:
     Args:
         storage: asked to listen to a channel while this process holds connections of it.
         scheduler: wakes the writers of the mailboxes this hub fills.
+        direct: writes the batches of parked SSE writers behind the fence (``fastpath``); the
+            scheduler should wait for its :meth:`~fastpath.DirectWriter.busy`.
     """
 
-    def __init__(self, storage: Storage, scheduler: WriteScheduler) -> None:
+    def __init__(
+        self, storage: Storage, scheduler: WriteScheduler, direct: DirectWriter | None = None
+    ) -> None:
         self._storage = storage
         self._scheduler = scheduler
         self._rooms: dict[str, _Room] = {}
         self._listening: dict[str, int] = {}  # channel -> local listeners
         self._changing: dict[str, anyio.Lock] = {}  # channel -> held while (un)listening
-        self._direct = DirectWriter()
+        self._direct = DirectWriter() if direct is None else direct
         #: Events queued to mailboxes so far: one integer add per dispatch, read by the metrics.
         self.delivered = 0
 

@@ -48,10 +48,18 @@ class WriteScheduler:
 
     Args:
         clock: measures how long writes take (seconds; an injected clock in tests).
+        writing: whether writes that the wake-ups started are still under way elsewhere (the
+            direct writer of ``fastpath``, which writes in slices of its own): a batch's
+            writes are done when it says no.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.perf_counter,
+        writing: Callable[[], bool] | None = None,
+    ) -> None:
         self._clock = clock
+        self._still_writing = writing
         self._to_wake: list[Wakeable] = []
         self._flush_at: float | None = None  # when the scheduled flush runs, if one is
         self._writes_done = -1.0  # loop time when the writers woken by the last batch had run
@@ -125,6 +133,9 @@ class WriteScheduler:
 
     def _writes_ran(self, loop: asyncio.AbstractEventLoop, busy: bool) -> None:
         """The batch's writes are done; ``busy``: it carried more than one event."""
+        if self._still_writing is not None and self._still_writing():
+            loop.call_soon(self._writes_ran, loop, busy)  # the direct writer's slices go on
+            return
         self._writes_done = loop.time()
         took = self._writing + self._clock() - self._sliced_at
         # One event per batch is light load: the next one may leave soon. More, and events are

@@ -119,3 +119,25 @@ def test_off_asyncio_a_wake_up_happens_at_once() -> None:
     scheduler = WriteScheduler(clock)
     scheduler.wake_soon(Writer("w", clock, log))
     assert log == ["w"]
+
+
+async def test_a_batch_lasts_until_the_writes_it_started_elsewhere_are_done() -> None:
+    """With direct writes (``writing`` says they go on), the gap counts their time too."""
+    clock, log = Clock(), list[str]()
+    pending = [3]  # the direct writer's slices still to write
+
+    def writing() -> bool:
+        if pending[0]:
+            pending[0] -= 1
+            clock.now += 0.01  # each slice of direct writes takes 10 ms
+            return True
+        return False
+
+    scheduler = WriteScheduler(clock, writing)
+    writers = [Writer(f"w{n}", clock, log) for n in range(2)]
+    for _ in range(2):
+        scheduler.dispatched()
+    for writer in writers:
+        scheduler.wake_soon(writer)
+    await settle(lambda: not pending[0] and scheduler.gap != WAKE_GAP)
+    assert abs(scheduler.gap - 0.03) < 1e-9
