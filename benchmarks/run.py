@@ -915,7 +915,8 @@ def mounts_table(part: dict[str, Any]) -> str:
         f"(`python -m uvicorn {MOUNTS_APP} --factory`, uvloop, httptools, no access log): bare, "
         "as `channel-asgi serve` serves it, or mounted in FastAPI at `/channel` as in the "
         "README's first example; with the direct write as the code has it, turned off, or "
-        "forced on through the wrappers Starlette puts around `send` (`benchmarks/mounts_app.py`, "
+        "(for the older code, whose direct write served a bare uvicorn only) forced on through "
+        "the wrappers Starlette puts around `send` (`benchmarks/mounts_app.py`, "
         f"never a way to run the library). In {rounds} the variants run in turn, each on a "
         "fresh server: first "
         f"the light load, {params['rate']:g} broadcasts/s to {params['subs']} subscribers "
@@ -924,8 +925,9 @@ def mounts_table(part: dict[str, Any]) -> str:
         "of the rounds' ratios, with their range.",
         "",
         "- **FastAPI mount / bare**: what the mount costs, with each app's direct write as it "
-        "is (a mount has none: Starlette's middleware wraps `send`). Goal: at most 1.1x for the "
-        "light-load CPU per delivery.",
+        "is (this checkout's, fenced in `channel_asgi/fastpath.py`, serves the mount through "
+        "Starlette's `send` wrappers; the older one's has none there). Goal: at most 1.1x for "
+        "the light-load CPU per delivery.",
         "- **without / with direct write**: the bare app with its direct write turned off over "
         "the same app with it on. Above 1x for CPU per delivery (below 1x for deliveries/s) is "
         "what the direct write saves.",
