@@ -45,7 +45,7 @@ __all__ = [
     "WRAPPERS",
     "DirectWriter",
     "Resume",
-    "direct_start",
+    "direct_send",
     "disable",
     "enabled",
     "set_enabled",
@@ -78,9 +78,6 @@ VERSIONS: Final = {"uvicorn": ((0, 30), (1, 0)), "starlette": ((0, 37), (2, 0))}
 #: The most wrappers looked through (a host app nests a few at most).
 _MAX_DEPTH: Final = 8
 
-#: A direct write: what to call with a batch of SSE frames (returns ``send``'s coroutine).
-Start = Callable[[list[Any]], Coroutine[Any, Any, None]]
-
 
 class _State:
     on = True
@@ -111,19 +108,12 @@ def disable(reason: str) -> None:
         logger.warning("Direct writes are off from now on: %s", reason)
 
 
-def direct_start(send: Send) -> Start | None:
-    """Return the direct write of an SSE connection served through ``send``, if it may have one.
+def direct_send(send: Send) -> Send | None:
+    """Return ``send`` if an SSE connection served through it may have direct writes, else None.
 
     None unless direct writes are on and ``send`` passes the fence (see the module docstring).
     """
-    if not _state.on or not _fenced(send):
-        return None
-
-    def start(frames: list[Any]) -> Coroutine[Any, Any, None]:
-        message = {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
-        return cast("Coroutine[Any, Any, None]", send(message))  # the fence's sends are coroutines
-
-    return start
+    return send if _state.on and _fenced(send) else None
 
 
 def _fenced(send: Any) -> bool:
@@ -213,14 +203,16 @@ def written() -> int:
     return _state.written
 
 
-def step(start: Start, frames: list[Any]) -> Resume | None:
-    """Run ``start(frames)`` until it completes (None) or waits (what finishes it).
+def step(send: Send, frames: list[Any]) -> Resume | None:
+    """Send ``frames`` as one body chunk; run ``send`` until it completes (None) or waits (what
+    finishes it).
 
     Raises:
         OSError: the client has gone (what ``send`` raises then).
         Exception: anything else ``send`` raised; direct writes are then off.
     """
-    coroutine = start(frames)
+    message = {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
+    coroutine = cast("Coroutine[Any, Any, None]", send(message))  # the fence's sends are coroutines
     try:
         yielded = coroutine.send(None)
     except StopIteration:

@@ -24,7 +24,7 @@ import msgspec
 
 from . import sse
 from .connection import Framing
-from .fastpath import DirectWriter, direct_start
+from .fastpath import DirectWriter, direct_send
 from .http import Send
 from .mailbox import Close, Mailbox, put_many
 from .protocol import for_channel, with_id
@@ -96,7 +96,7 @@ class Hub:
 
         See ``fastpath``: while its writer is parked, its batches are written without waking it.
         """
-        mailbox.write_directly_with(direct_start(send), self._direct)
+        mailbox.write_directly_with(direct_send(send), self._direct)
 
     # -- listening -----------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from typing import Final
 import anyio
 
 from .connection import Framing
-from .fastpath import DirectWriter, Resume, Start, enabled, step
+from .fastpath import DirectWriter, Resume, enabled, step
+from .http import Send
 
 __all__ = ["MAX_REQUESTS", "SEND_HISTORY", "Close", "HistoryRequest", "Mailbox", "put_many"]
 
@@ -119,7 +120,7 @@ class Mailbox:
         self._closed: Close | None = None
         self._quiet = 0  # heartbeat ticks since the last thing queued
         self._interrupt: Callable[[], object] | None = None
-        self._direct: Start | None = None
+        self._direct: Send | None = None  # the send a direct write steps (fastpath)
         self._direct_writer: DirectWriter | None = None
 
     @property
@@ -213,13 +214,13 @@ class Mailbox:
         """Set what stops the writer at once when the mailbox is closed as too slow."""
         self._interrupt = interrupt
 
-    def write_directly_with(self, start: Start | None, writer: DirectWriter) -> None:
-        """Let ``writer`` write this mailbox's batches with ``start`` while its writer is parked.
+    def write_directly_with(self, send: Send | None, writer: DirectWriter) -> None:
+        """Let ``writer`` write this mailbox's batches through ``send`` while its writer is parked.
 
         See ``fastpath``; None (no direct write for this connection) does nothing.
         """
-        if start is not None:
-            self._direct = start
+        if send is not None:
+            self._direct = send
             self._direct_writer = writer
 
     def wake(self) -> None:
@@ -257,9 +258,9 @@ class Mailbox:
         Returns:
             Whether the batch was written here.
         """
-        waiter, start = self._waiter, self._direct
+        waiter, send = self._waiter, self._direct
         if (
-            start is None
+            send is None
             or not isinstance(waiter, asyncio.Future)
             or waiter.done()
             or not self._items
@@ -277,7 +278,7 @@ class Mailbox:
         self._items = []
         self._size = 0
         try:
-            rest = step(start, items)
+            rest = step(send, items)
         except Exception as exc:  # the writer raises it, as if its own send had
             self._direct = self._direct_writer = None
             self._waiter = None

@@ -51,14 +51,14 @@ SERVER_ERRORS = ("starlette.middleware.errors", "ServerErrorMiddleware.__call__.
 def test_the_fence_admits_uvicorn_directly_and_through_starlettes_wrappers() -> None:
     """uvicorn's send, bare or inside the wrappers a FastAPI mount adds, gets a direct write."""
     send = _uvicorn_send()
-    assert fastpath.direct_start(send) is not None
-    assert fastpath.direct_start(_wrapper(*SERVER_ERRORS, send)) is not None
+    assert fastpath.direct_send(send) is not None
+    assert fastpath.direct_send(_wrapper(*SERVER_ERRORS, send)) is not None
     inner = _wrapper(
         "starlette._exception_handler",
         "wrap_app_handling_exceptions.<locals>.wrapped_app.<locals>.sender",
         _wrapper(*SERVER_ERRORS, send),
     )
-    assert fastpath.direct_start(inner) is not None
+    assert fastpath.direct_send(inner) is not None
 
 
 def test_the_fence_refuses_every_other_send() -> None:
@@ -67,14 +67,14 @@ def test_the_fence_refuses_every_other_send() -> None:
     async def other(message: Any) -> None:
         return None
 
-    assert fastpath.direct_start(other) is None
+    assert fastpath.direct_send(other) is None
     unknown = _wrapper("my.middleware", "wrap.<locals>.send", _uvicorn_send())
-    assert fastpath.direct_start(unknown) is None
-    assert fastpath.direct_start(_wrapper(*SERVER_ERRORS, other)) is None
+    assert fastpath.direct_send(unknown) is None
+    assert fastpath.direct_send(_wrapper(*SERVER_ERRORS, other)) is None
     deep = _uvicorn_send()
     for _ in range(10):  # more wrappers than any host nests
         deep = _wrapper(*SERVER_ERRORS, deep)
-    assert fastpath.direct_start(deep) is None
+    assert fastpath.direct_send(deep) is None
 
 
 def test_the_fence_refuses_versions_outside_the_tested_range(
@@ -83,12 +83,12 @@ def test_the_fence_refuses_versions_outside_the_tested_range(
     """A uvicorn outside VERSIONS gets no direct write."""
     monkeypatch.setitem(fastpath.VERSIONS, "uvicorn", ((0, 1), (0, 2)))
     monkeypatch.setattr(fastpath._state, "versions", {})
-    assert fastpath.direct_start(_uvicorn_send()) is None
+    assert fastpath.direct_send(_uvicorn_send()) is None
 
 
 def test_a_turned_off_fast_path_gives_no_direct_write() -> None:
     fastpath.set_enabled(False)
-    assert fastpath.direct_start(_uvicorn_send()) is None
+    assert fastpath.direct_send(_uvicorn_send()) is None
 
 
 async def test_a_send_that_waits_is_finished_by_the_task_that_awaits_its_resume() -> None:
@@ -97,7 +97,7 @@ async def test_a_send_that_waits_is_finished_by_the_task_that_awaits_its_resume(
     gate: asyncio.Future[int] = loop.create_future()
     ran_in: list[asyncio.Task[Any] | None] = []
 
-    async def send(frames: list[Any]) -> None:
+    async def send(message: Any) -> None:
         await gate
         ran_in.append(asyncio.current_task())
 
@@ -120,7 +120,7 @@ async def test_cancelling_the_writer_cancels_the_send_it_finishes() -> None:
     loop = asyncio.get_running_loop()
     seen: list[str] = []
 
-    async def send(frames: list[Any]) -> None:
+    async def send(message: Any) -> None:
         try:
             await loop.create_future()
         except asyncio.CancelledError:
@@ -142,7 +142,7 @@ async def test_cancelling_the_writer_cancels_the_send_it_finishes() -> None:
 
 
 async def test_a_client_gone_is_raised_and_leaves_direct_writes_on() -> None:
-    async def send(frames: list[Any]) -> None:
+    async def send(message: Any) -> None:
         raise OSError("gone")
 
     with pytest.raises(OSError, match="gone"):
@@ -153,7 +153,7 @@ async def test_a_client_gone_is_raised_and_leaves_direct_writes_on() -> None:
 async def test_any_other_failure_turns_direct_writes_off_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def send(frames: list[Any]) -> None:
+    async def send(message: Any) -> None:
         raise RuntimeError("unexpected")
 
     with caplog.at_level(logging.WARNING, "channel_asgi"), pytest.raises(RuntimeError):
@@ -203,12 +203,12 @@ async def test_a_failed_direct_write_ends_that_stream_and_the_others_fall_back(
     real_step = fastpath.step
     failures: list[int] = []
 
-    def failing_once(start: Any, frames: list[Any]) -> Any:
+    def failing_once(send: Any, frames: list[Any]) -> Any:
         if not failures:
             failures.append(1)
             fastpath.disable("a test failure")
             raise RuntimeError("a test failure")
-        return real_step(start, frames)
+        return real_step(send, frames)
 
     async with subscribe(client, f"{base}/subscribe/f") as first:
         async with subscribe(client, f"{base}/subscribe/f") as second:
