@@ -246,7 +246,9 @@ class ChannelApp:
         ] = {
             "subscribe": self._subscribe,
             "publish": self._publish,
-            "history": HistoryRoute(self.storage, self._engine.archive, self._access),
+            "history": HistoryRoute(
+                self.storage, self._engine.archive, self._access, self._engine.moderator
+            ),
             "health": HealthRoute(self.storage),
         }
         if self._metrics is not None:

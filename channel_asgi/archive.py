@@ -33,6 +33,7 @@ from .auth import Request
 from .errors import BadRequest
 from .history import FIRST_PAGE, next_page_size, request_events
 from .http import Headers, Receive, Scope, Send, header, send_json
+from .moderation import Moderator
 from .protocol import Envelope, decode_envelope, encode, skip_undecodable, with_id
 from .ranges import MediaRange, range_of_query
 from .storage.base import ArchivePage, Storage
@@ -169,14 +170,18 @@ class HistoryRoute:
         storage: the app's storage.
         archive: reads its archives.
         access: identity and authorisation.
+        moderator: refuses a banned reader, as a subscribe does.
     """
 
     methods: Final = ("GET", "OPTIONS")
 
-    def __init__(self, storage: Storage, archive: ArchiveReader, access: Access) -> None:
+    def __init__(
+        self, storage: Storage, archive: ArchiveReader, access: Access, moderator: Moderator
+    ) -> None:
         self._storage = storage
         self._archive = archive
         self._access = access
+        self._moderator = moderator
 
     async def serve(
         self,
@@ -192,7 +197,8 @@ class HistoryRoute:
         Raises:
             BadRequest: a bad ``from``, ``to``, ``limit`` or ``after`` (400, naming it).
             Unauthorized: a bad identity token, or an anonymous reader where one is not allowed.
-            Forbidden: the reader may not subscribe to the channel or read its history.
+            Forbidden: the reader may not subscribe to the channel or read its history, or is
+                banned from it.
             StorageError: the storage failed (503).
         """
         wanted = range_of_query(Request(scope).query_params)
@@ -200,6 +206,8 @@ class HistoryRoute:
         user_id, anonymous = await access.identify(scope, channel)
         if access.decides:
             await access.authorize_history(None if anonymous else user_id, channel)
+        if not anonymous:  # an anonymous id is new on each request: no ban can be on it
+            await self._moderator.refuse_banned(channel, user_id)
         closed = await self._storage.is_closed(channel)
         page = await self._archive.page(channel, wanted, field=None)
         events = [msgspec.Raw(with_id(event.payload, event.id)) for event in page.events]

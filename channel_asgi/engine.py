@@ -138,23 +138,35 @@ class Engine:
         *,
         author_id: str = "0",
         timestamp: float = 0.0,
+        by_user: bool = False,
     ) -> str:
         """Retain a broadcast and deliver it to every subscriber; return its event id.
 
         With an archive (``archive_size``), a broadcast with a media time (``timestamp`` > 0;
         0 is what a publish without one gets) is archived by it too, in the same storage call.
+        A user's broadcast (``by_user``: a client publish) is refused in that call while
+        ``author_id`` is banned there (``StorageUserBanned``, a 403; see ``moderation``).
         """
         payload = encode_event(
             "broadcast", channel, message, author_id=author_id, timestamp=timestamp
         )
         keep, ttl = self._history_size(channel), self.settings.history_ttl
         archive = 0 if self._archive_size is None or timestamp <= 0 else self._archive_size(channel)
+        author = author_id if by_user else None
         if archive:
             event_id = await self.storage.append(
-                channel, payload, keep=keep, ttl=ttl, archive=archive, timestamp=timestamp
+                channel,
+                payload,
+                keep=keep,
+                ttl=ttl,
+                archive=archive,
+                timestamp=timestamp,
+                author=author,
             )
         else:
-            event_id = await self.storage.append(channel, payload, keep=keep, ttl=ttl)
+            event_id = await self.storage.append(
+                channel, payload, keep=keep, ttl=ttl, author=author
+            )
         if self._on_broadcast is not None:
             self._on_broadcast(channel, event_id, payload)
         return event_id

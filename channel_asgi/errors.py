@@ -254,15 +254,18 @@ def http_error(exc: ChannelError | storage_base.StorageError) -> ChannelError:
     """Return the refusal that answers ``exc``: a storage failure's, or ``exc`` itself.
 
     The one place where storage-level errors become HTTP ones: ``StorageChannelClosed`` is a
-    404 (:class:`ChannelClosed`), ``StorageNoReply`` a 504 (:class:`StorageTimeout`), and
-    ``StorageUnreachable`` or any other ``StorageError`` a 503 (:class:`StorageUnavailable`,
-    whose reply carries ``Retry-After``). The message is the storage's. A ``ChannelError``
+    404 (:class:`ChannelClosed`), ``StorageUserBanned`` a 403 (:class:`Forbidden`),
+    ``StorageNoReply`` a 504 (:class:`StorageTimeout`), and ``StorageUnreachable`` or any other
+    ``StorageError`` a 503 (:class:`StorageUnavailable`, whose reply carries ``Retry-After``).
+    The message is the storage's, but a ban's, which names nobody. A ``ChannelError``
     (already a refusal) is returned as it is.
     """
     if isinstance(exc, ChannelError):
         return exc
     if isinstance(exc, storage_base.StorageChannelClosed):
         return ChannelClosed(exc.channel)
+    if isinstance(exc, storage_base.StorageUserBanned):
+        return Forbidden("You are banned from this channel")
     if isinstance(exc, storage_base.StorageNoReply):
         return StorageTimeout(str(exc))
     return StorageUnavailable(str(exc))

@@ -32,7 +32,7 @@ import anyio
 from .connection import Framing
 from .errors import ChannelError, http_error
 from .http import Headers, Receive, Scope, Send
-from .storage.base import StorageChannelClosed, StorageError, StorageNoReply
+from .storage.base import StorageChannelClosed, StorageError, StorageNoReply, StorageUserBanned
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -107,7 +107,9 @@ class Tally:
         """Count ``exc`` if it is a storage failure (an outage, or a change with no reply)."""
         if isinstance(exc, StorageNoReply):
             self.add("storage_errors", "no_reply")
-        elif isinstance(exc, StorageError) and not isinstance(exc, StorageChannelClosed):
+        elif isinstance(exc, StorageError) and not isinstance(
+            exc, (StorageChannelClosed, StorageUserBanned)
+        ):
             self.add("storage_errors", "unreachable")  # a bare StorageError is a 503 too
 
 

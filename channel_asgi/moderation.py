@@ -14,14 +14,21 @@ channel's connections acts on (``hub``):
   connections are there, and a reply from each process would need to know how many processes
   there are.
 
-A ban is enforced where a user acts, by asking the storage (:meth:`Moderator.refuse_banned`):
-on subscribe, after the connection listens to the channel (so a ban made while it opens
-reaches it as a delivery, and one made before is found), and on every publish and WebSocket
-frame. Only identified users are asked about: an anonymous user's id is new on each subscribe,
-so a ban of one ends its connections, and asking for every anonymous publish would cost the
-hot path a storage round trip for nothing that holds. There is no cache of bans in the
-process: a cache learnt from deliveries would let a publish through on a worker the news had
-not reached yet, and nothing the banned user sends after the ban may be delivered.
+A ban is enforced where a user acts, by the storage:
+
+- a broadcast, in its append (``Storage.append(author=…)``): atomic with it and no round trip
+  of its own, for every user, anonymous ones included (a banned anonymous id may still hold its
+  publish token);
+- the other publish types and WebSocket frames, and a broadcast that ``on_publish`` hooks are to
+  see, by asking (:meth:`Moderator.refuse_banned`) once the body is read;
+- a subscribe and ``GET /history`` by an identified user, by asking; a subscribe after the
+  connection listens to the channel, so a ban made while it opens reaches it as a delivery and
+  one made before is found. An anonymous subscriber's id is new on each subscribe: no ban can
+  be on it yet.
+
+There is no cache of bans in the process: a cache learnt from deliveries would let a publish
+through on a worker the news had not reached yet, and nothing the banned user sends after the
+ban may be delivered.
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ from __future__ import annotations
 from typing import Final
 
 from . import clock
-from .errors import Forbidden
+from .errors import http_error
 from .protocol import ModerationMessage, encode, encode_event
-from .storage.base import Delivery, Storage
+from .storage.base import Delivery, Storage, StorageUserBanned
 
 __all__ = ["EVERY_CHANNEL", "Moderator"]
 
@@ -59,7 +66,7 @@ class Moderator:
             StorageError: the storage cannot say (503, or 504).
         """
         if await self._storage.is_banned(channel, user_id):
-            raise Forbidden("You are banned from this channel")
+            raise http_error(StorageUserBanned(channel, user_id))
 
     async def delete_message(self, channel: str, event_id: str) -> bool:
         """Remove a broadcast from history and archive; tell the subscribers if it was there."""

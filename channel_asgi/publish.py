@@ -1,15 +1,18 @@
 """``POST /publish/{channel}?token=…``: check a publish in the documented order, then act on it.
 
 The order of checks is part of the protocol (SPEC, "Order of checks on publish"): closed channel,
-content type, body size (and its arrival within ``body_timeout``), token, ban, rate limit, body,
+content type, body size (and its arrival within ``body_timeout``), token, rate limit, body, ban,
 widget key, authorisation, slow mode, ``on_publish``, and the ``request`` connection. Nothing is
 delivered or stored before every check has passed.
 
-The ban comes right after the token: it is about who publishes, as the token is, and a banned
-user's publishes then cost no rate-limit token and no parse (it is asked only for identified
-users, see ``moderation``). Slow mode needs the body (only broadcasts count) and comes before the
-``on_publish`` hooks, so a user who sends too fast costs the host's hooks nothing; a broadcast
-refused by a hook has spent its slow-mode token.
+A ban is checked for every user, anonymous ones included (a banned anonymous id may still hold
+its publish token). A broadcast's is checked by the storage in its append, atomically with it and
+at no cost of its own (``Storage.append(author=…)``): a ban that ``channels.ban`` has returned
+from refuses every later broadcast, whichever process it reaches. The other types, and a
+broadcast when ``on_publish`` hooks are set (so they never see a banned user's message), ask the
+storage right after the body is read. Slow mode needs the body (only broadcasts count) and comes
+before the ``on_publish`` hooks, so a user who sends too fast costs the host's hooks nothing; a
+broadcast refused by a hook has spent its slow-mode token.
 
 Every publish is counted once (``metrics.Tally``), with its envelope type (``unknown`` when it
 was refused before its body was read) and the status it was answered with: the checks before the
@@ -173,12 +176,14 @@ class PublishRoute:
         started = tally.start()
         kind = UNKNOWN_TYPE
         try:
-            if not claims.anonymous:  # see moderation: anonymous ids are new on each subscribe
-                await self._engine.moderator.refuse_banned(claims.channel, claims.user_id)
             if self._limits.rated:
                 await self._check_rate(claims.user_id, client)
             envelope = decode_publish(body)
             kind = publish_type(envelope)
+            if self._hooks.on_publish or not isinstance(envelope, BroadcastBody):
+                # A broadcast's ban is checked by its append (``by_user``); asked here too, the
+                # hooks never see a banned user's message.
+                await self._engine.moderator.refuse_banned(claims.channel, claims.user_id)
             reply = await self._checked(envelope, claims, local)
         except Exception as exc:
             tally.refused(kind, exc, started)
@@ -219,7 +224,11 @@ class PublishRoute:
                 envelope.message = message
         if isinstance(envelope, BroadcastBody):  # the usual case, first
             event_id = await self._engine.broadcast(
-                channel, envelope.message, author_id=claims.user_id, timestamp=envelope.timestamp
+                channel,
+                envelope.message,
+                author_id=claims.user_id,
+                timestamp=envelope.timestamp,
+                by_user=True,
             )
             return Reply(200, _OK_BROADCAST, event_id)
         if local is not None and isinstance(envelope, RequestBody):
@@ -247,20 +256,22 @@ class PublishRoute:
     ) -> msgspec.Raw | None:
         """Run ``on_publish`` hooks on a decoded copy; return the (possibly changed) message.
 
-        A ``request`` has no message: its hooks see ``message`` None, and None is returned.
+        A ``request``'s hooks see the range it asks for as ``message`` (None for the live
+        history); it is theirs to read, not to change, and None is returned.
         """
-        raw = getattr(body, "message", None)
+        request = isinstance(body, RequestBody)
+        raw = body.range_message if isinstance(body, RequestBody) else body.message
         envelope = Envelope(
             type=publish_type(body),
             stream_id=connection.channel,
             author_id=connection.user_id,
             to_user_id=getattr(body, "to_user_id", ""),
-            message=None if raw is None else msgspec.json.decode(raw),
+            message=msgspec.json.decode(raw),
             timestamp=body.timestamp,
         )
         for hook in self._hooks.on_publish:
             await self._run_publish_hook(hook, envelope, connection)
-        if raw is None:
+        if request:
             return None
         if envelope.message is None:
             raise ChannelError(500, "on_publish hook set the message to null")

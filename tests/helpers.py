@@ -318,11 +318,18 @@ class DownStorage(MemoryStorage):
         ttl: float | None = None,
         archive: int = 0,
         timestamp: float | None = None,
+        author: str | None = None,
     ) -> str:
         if self.failure is not None:
             raise self.failure
         return await super().append(
-            channel, payload, keep=keep, ttl=ttl, archive=archive, timestamp=timestamp
+            channel,
+            payload,
+            keep=keep,
+            ttl=ttl,
+            archive=archive,
+            timestamp=timestamp,
+            author=author,
         )
 
 

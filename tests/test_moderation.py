@@ -304,6 +304,68 @@ async def test_banning_an_anonymous_user_ends_its_connections(
         ]
 
 
+@pytest.mark.parametrize("hooked", [False, True], ids=["no-hooks", "on_publish"])
+async def test_a_banned_anonymous_users_publish_token_sends_nothing(
+    serve, client: httpx.AsyncClient, hooked: bool
+) -> None:
+    """The token an anonymous viewer got before its ban is refused for every publish type.
+
+    Its broadcast is refused by the storage's append; with ``on_publish`` hooks, before the
+    hooks see it.
+    """
+    channels = ChannelApp(secret=SECRET, archive_size=10)
+    seen: list[Any] = []
+    if hooked:
+
+        @channels.on_publish
+        async def record(envelope: Any, connection: Any) -> None:
+            seen.append(envelope.message)
+
+    base = await serve(channels)
+    url = f"{base}/publish/chat"
+    async with subscribe(client, f"{base}/subscribe/chat") as watcher:
+        async with subscribe(client, f"{base}/subscribe/chat") as anonymous:
+            publish_token = anonymous.token
+            await channels.ban("chat", anonymous.user_id)
+        bodies = [
+            chat("spam"),
+            {**chat("spam"), "timestamp": 3.0},
+            {"type": "private", "to_user_id": watcher.user_id, "message": "psst"},
+            {"type": "request"},
+        ]
+        for body in bodies:
+            refused = await publish(client, url, publish_token, body)
+            assert (refused.status_code, refused.json()) == (
+                403,
+                {"code": 403, "message": "You are banned from this channel"},
+            ), body
+        assert seen == []
+        ok = {**chat("ok"), "timestamp": 1.0}
+        assert (await publish(client, url, watcher.token, ok)).status_code == 200
+        assert (await watcher.stream.until("broadcast")).json["message"] == {"text": "ok"}
+    assert [e.message for e in await channels.history("chat")] == [{"text": "ok"}]
+    assert len((await channels.storage.history("chat")).events) == 1
+    await channels.unban("chat", anonymous.user_id)
+    assert (await publish(client, url, publish_token, chat("back"))).status_code == 200
+    assert seen == ([{"text": "ok"}, {"text": "back"}] if hooked else [])
+
+
+async def test_a_banned_user_is_403_on_the_history_route(serve, client: httpx.AsyncClient) -> None:
+    """GET /history refuses a banned identified reader, as a subscribe does."""
+    channels = ChannelApp(secret=SECRET, archive_size=10)
+    base = await serve(channels)
+    mallory = channels.issue_token("mallory")
+    await channels.ban("*", "mallory")
+    refused = await client.get(f"{base}/history/chat?token={mallory}")
+    assert (refused.status_code, refused.json()["message"]) == (
+        403,
+        "You are banned from this channel",
+    )
+    assert (await client.get(f"{base}/history/chat")).status_code == 200  # anonymous
+    await channels.unban("*", "mallory")
+    assert (await client.get(f"{base}/history/chat?token={mallory}")).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("call", "kwargs", "mentions"),
     [

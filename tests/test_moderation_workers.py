@@ -79,6 +79,27 @@ async def test_a_ban_through_one_worker_ends_the_users_streams_held_by_another(
         pass
 
 
+async def test_an_anonymous_users_token_is_refused_on_another_worker_after_its_ban(
+    serve, server_process: StartServer, client: httpx.AsyncClient, redis_url: str, redis_prefix: str
+) -> None:
+    """Banned through A, an anonymous viewer of B can store nothing with the token it holds."""
+    a = worker_a(redis_url, redis_prefix)
+    await serve(a)
+    b = worker_b(server_process, redis_url, redis_prefix)
+    async with subscribe(client, f"{b}/subscribe/chat") as anonymous:
+        publish_token = anonymous.token
+        await a.ban("chat", anonymous.user_id)
+        assert [e["message"] for e in await rest_of(anonymous) if e["type"] == "end"] == [
+            {"status": "banned"}
+        ]
+    for body in (chat("spam"), {"type": "private", "to_user_id": "x", "message": "psst"}):
+        refused = await publish(client, f"{b}/publish/chat", publish_token, body)
+        assert refused.status_code == 403
+    assert (await a.storage.history("chat")).events == []
+    await a.unban("chat", anonymous.user_id)
+    assert (await publish(client, f"{b}/publish/chat", publish_token, chat())).status_code == 200
+
+
 async def test_a_ban_on_every_channel_through_one_worker_reaches_another(
     serve, server_process: StartServer, client: httpx.AsyncClient, redis_url: str, redis_prefix: str
 ) -> None:

@@ -108,6 +108,28 @@ async def test_a_request_without_a_range_keeps_its_seed_meaning(
         assert [item["id"] for item in await reply_of(sub.stream)] == ids[1:]
 
 
+async def test_on_publish_hooks_see_the_range_a_request_asks_for(
+    serve, client: httpx.AsyncClient
+) -> None:
+    """A request's hooks see its message: the range, or None for the live history."""
+    channels = ChannelApp(secret=SECRET, archive_size=100)
+    seen: list[tuple[str, Any]] = []
+
+    @channels.on_publish
+    async def record(envelope: Envelope, connection: Any) -> None:
+        seen.append((envelope.type, envelope.message))
+        envelope.message = {"from": 0, "to": 1}  # a request's message is not the hook's to change
+
+    base = await serve(channels)
+    event_id = await channels.publish("vod/h", "x", timestamp=20.0)
+    async with subscribe(client, f"{base}/subscribe/vod/h") as sub:
+        for body in (ranged(**{"from": 10, "to": 30, "limit": 5}), {"type": "request"}):
+            reply = await publish(client, f"{base}/publish/vod/h", sub.token, body)
+            assert reply.status_code == 200, reply.text
+            assert [item["id"] for item in await reply_of(sub.stream)] == [event_id]
+    assert seen == [("request", {"from": 10, "to": 30, "limit": 5}), ("request", None)]
+
+
 @pytest.mark.parametrize(
     ("message", "field"),
     [

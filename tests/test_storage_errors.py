@@ -43,10 +43,17 @@ class FailingStorage(MemoryStorage):
         ttl: float | None = None,
         archive: int = 0,
         timestamp: float | None = None,
+        author: str | None = None,
     ) -> str:
         self._fail()
         return await super().append(
-            channel, payload, keep=keep, ttl=ttl, archive=archive, timestamp=timestamp
+            channel,
+            payload,
+            keep=keep,
+            ttl=ttl,
+            archive=archive,
+            timestamp=timestamp,
+            author=author,
         )
 
     async def join(self, channel: str, connection_id: str, user_id: str | None = None) -> int:

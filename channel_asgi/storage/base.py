@@ -15,10 +15,12 @@ its edge (``raise StorageUnreachable(...) from exc``) to one of
 - :class:`StorageUnreachable`: the backend could not be reached; nothing was applied, and doing
   it again is safe;
 - :class:`StorageNoReply`: a change was sent and no reply came; it may have been applied;
-- :class:`StorageChannelClosed`: the channel is closed; nothing was stored or delivered.
+- :class:`StorageChannelClosed`: the channel is closed; nothing was stored or delivered;
+- :class:`StorageUserBanned`: the author of a broadcast is banned there; nothing was stored or
+  delivered.
 
 The app turns them into its HTTP refusals in one place (``channel_asgi.errors.http_error``): 503
-with ``Retry-After``, 504 and 404. The public ``channel_asgi.StorageUnavailable``,
+with ``Retry-After``, 504, 404 and 403. The public ``channel_asgi.StorageUnavailable``,
 ``channel_asgi.StorageTimeout`` and ``channel_asgi.errors.ChannelClosed`` are those refusals;
 each is also a subclass of its storage-level error here, so that ``except StorageUnreachable``
 catches an outage whether it comes from a storage call or from ``channels.publish()``.
@@ -51,6 +53,7 @@ __all__ = [
     "StorageError",
     "StorageNoReply",
     "StorageUnreachable",
+    "StorageUserBanned",
     "StoredEvent",
     "decode_delivery",
     "encode_delivery",
@@ -100,6 +103,22 @@ class StorageChannelClosed(StorageError):
     def __init__(self, channel: str) -> None:
         super().__init__(f"Channel {channel!r} is closed")
         self.channel = channel
+
+
+class StorageUserBanned(StorageError):
+    """The author of a broadcast is banned from its channel (:class:`Moderation`).
+
+    Nothing was stored or delivered. The app answers 403.
+
+    Args:
+        channel: the channel.
+        user_id: the banned author.
+    """
+
+    def __init__(self, channel: str, user_id: str) -> None:
+        super().__init__(f"User {user_id!r} is banned from channel {channel!r}")
+        self.channel = channel
+        self.user_id = user_id
 
 
 # -- what a storage keeps and carries ------------------------------------------------------------
@@ -593,6 +612,7 @@ class Storage(Presence, Archive, Moderation, Limits, Protocol):
         ttl: float | None = None,
         archive: int = 0,
         timestamp: float | None = None,
+        author: str | None = None,
     ) -> str:
         """Retain a broadcast and deliver it to every process; return its event id.
 
@@ -615,12 +635,18 @@ class Storage(Presence, Archive, Moderation, Limits, Protocol):
             timestamp: the broadcast's media time in seconds (the envelope's ``timestamp``),
                 its place in the archive; None archives nothing. A broadcast is archived when
                 ``archive`` > 0 and ``timestamp`` is given.
+            author: the user who publishes it, or None (a server-side publish): the append
+                is then refused when a ban of that user on the channel or on ``"*"`` is in
+                force (:meth:`Moderation.is_banned`), checked atomically with the append as
+                the closed channel is, so that nothing a user sends once :meth:`Moderation.ban`
+                has returned is stored or delivered, whichever process it reaches.
 
         Raises:
             ValueError: the broadcast is to be archived and ``timestamp`` is not a finite
                 number; nothing was stored or delivered.
             StorageChannelClosed: the channel is closed (checked atomically with the append,
                 whichever process closed it); nothing was stored or delivered.
+            StorageUserBanned: ``author`` is banned there; nothing was stored or delivered.
             StorageUnreachable: the backend cannot be reached; nothing was stored or delivered.
             StorageNoReply: the broadcast was sent and no reply came; it may have been stored
                 and delivered.

@@ -53,6 +53,7 @@ from .base import (
     StorageChannelClosed,
     StorageNoReply,
     StorageUnreachable,
+    StorageUserBanned,
     decode_delivery,
     encode_delivery,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "test_a_resume_or_a_page_from_a_deleted_id_goes_on_after_it",
     "test_a_second_listen_returns_and_deliveries_flow",
     "test_an_unreachable_backend_fails_with_storage_unreachable",
+    "test_append_by_a_banned_author_is_refused",
     "test_append_delivers_to_every_listening_process",
     "test_append_returns_distinct_ids_in_publication_order",
     "test_append_to_a_closed_channel_is_refused",
@@ -960,6 +962,53 @@ async def test_a_ban_ends_at_its_until(
     clock.now = start + 10**6
     await storage.storage.ban("c", "x", until=start + 10**7)
     assert await peer.storage.is_banned("c", "x")
+
+
+async def test_append_by_a_banned_author_is_refused(
+    storage: Running, peer: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """append(author=...) checks the author's bans (the channel's and "*") with the append.
+
+    A refused broadcast is neither stored, archived nor delivered; appends queued together
+    keep their order whichever of them are refused; an ended ban refuses nothing.
+    """
+    clock = _StoppedClock()
+    monkeypatch.setattr(edge_clock, "time", clock)
+    await storage.storage.listen("c")
+    await peer.storage.ban("c", "u")
+    await peer.storage.ban("*", "w", until=clock.now + 30)
+    for author in ("u", "w"):
+        for archive in (0, 10):
+            with pytest.raises(StorageUserBanned) as refused:
+                await storage.storage.append(
+                    "c", payload(0), keep=10, archive=archive, timestamp=5.0, author=author
+                )
+            assert (refused.value.channel, refused.value.user_id) == ("c", author)
+    authors = ["v", "u", None, "w", "v"]
+    outcomes: dict[int, str | None] = {}
+
+    async def publish(n: int) -> None:
+        try:
+            outcomes[n] = await storage.storage.append(
+                "c", payload(n), keep=10, archive=10, timestamp=1.0 + n, author=authors[n]
+            )
+        except StorageUserBanned:
+            outcomes[n] = None
+
+    async with anyio.create_task_group() as group:  # queued together (one script on Redis)
+        for n in range(len(authors)):
+            group.start_soon(publish, n)
+    kept = [n for n in range(len(authors)) if outcomes[n] is not None]
+    assert kept == [0, 2, 4]
+    got = await storage.inbox.wait_for(3, "c")
+    assert sorted((d.id, d.payload) for d in got) == sorted((outcomes[n], payload(n)) for n in kept)
+    history = await peer.storage.history("c")
+    assert [event.payload for event in history.events] == [payload(n) for n in kept]
+    page = await peer.storage.archive_range("c")
+    assert [event.payload for event in page.events] == [payload(n) for n in kept]
+    clock.now += 30  # w's ban has ended
+    assert await storage.storage.append("c", payload(9), keep=10, author="w")
+    await storage.storage.unlisten("c")
 
 
 # -- limits (base.Limits) ------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from .base import (
     History,
     PresenceTotals,
     StorageChannelClosed,
+    StorageUserBanned,
     StoredEvent,
 )
 from .checks import check_bucket, check_page, check_time
@@ -342,10 +343,13 @@ class MemoryStorage:
         ttl: float | None = None,
         archive: int = 0,
         timestamp: float | None = None,
+        author: str | None = None,
     ) -> str:
         """Retain (and archive) a broadcast, deliver it, and return its id."""
         if channel in self._closed:
             raise StorageChannelClosed(channel)
+        if author is not None and self._bans and self._banned(channel, author):
+            raise StorageUserBanned(channel, author)
         stamp = timestamp if archive > 0 else None
         if stamp is not None:
             check_time("timestamp", stamp)
@@ -535,6 +539,9 @@ class MemoryStorage:
 
     async def is_banned(self, channel: str, user_id: str) -> bool:
         """Return whether a ban on ``channel`` or on ``"*"`` is in force."""
+        return self._banned(channel, user_id)
+
+    def _banned(self, channel: str, user_id: str) -> bool:
         return self._in_force(channel, user_id) or (channel != "*" and self._in_force("*", user_id))
 
     def _in_force(self, channel: str, user_id: str) -> bool:

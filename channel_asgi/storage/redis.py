@@ -23,10 +23,10 @@ Layout, under ``prefix`` (``P``)::
                                   every channel. Expires a grace after its last ban ends.
     P:t:{key}         hash        a token bucket: {tokens, at}; expires once it would be full
 
-A broadcast is one script call: append to the stream (and the archive), remember its id and
-publish it, so its cost is O(1) round trips whatever the number of subscribers. Calls are
-pipelined automatically (one pipeline in flight; the calls made meanwhile go in the next), and
-consecutive appends to a channel in a pipeline are one script call and one pub/sub message. Each
+A broadcast is one script call: check its author's bans, append to the stream (and the archive),
+remember its id and publish it, so its cost is O(1) round trips whatever the number of subscribers.
+Calls are pipelined automatically (one pipeline in flight; the calls made meanwhile go in the next),
+and consecutive appends to a channel in a pipeline are one script call and one pub/sub message. Each
 process holds one pub/sub connection for all the channels it serves. A process renews its lease
 every ``presence_ttl / 3`` seconds; one that dies stops counting in ``viewer_count`` and
 ``presence`` when its lease expires, and is pruned then.
@@ -71,6 +71,7 @@ from .base import (
     PresenceTotals,
     StorageChannelClosed,
     StorageUnreachable,
+    StorageUserBanned,
     StoredEvent,
     decode_delivery,
     encode_delivery,
@@ -481,8 +482,12 @@ class RedisStorage:
         ttl: float | None = None,
         archive: int = 0,
         timestamp: float | None = None,
+        author: str | None = None,
     ) -> str:
-        """Retain (and archive) and publish a broadcast in one script call; return its id."""
+        """Retain (and archive) and publish a broadcast in one script call; return its id.
+
+        The author's bans are read by the same script, so a ban costs no round trip.
+        """
         keys = [
             self._key("h", channel),
             self._key("last", channel),
@@ -490,18 +495,23 @@ class RedisStorage:
             self._key("closed"),
             self._key("a", channel),
             self._key("ap", channel),
+            self._key("b", channel),
+            self._key("b", "*"),
         ]
         size = max(archive, 0)
-        item: tuple[Any, ...] = (payload,)
+        who: tuple[Any, ...] = ("", "") if author is None else (author, _score(clock.time()))
+        item: tuple[Any, ...] = (*who, payload)
         if size:
             check_time("timestamp", timestamp)
-            item = ("" if timestamp is None else _score(timestamp), payload)
-        args = (6, *keys, keep, "" if ttl is None else int(ttl * 1000), channel, size)
+            item = (*who, "" if timestamp is None else _score(timestamp), payload)
+        args = (8, *keys, keep, "" if ttl is None else int(ttl * 1000), channel, size)
         # Appends to one channel queued together are merged into one script call.
         call = Call("append", args, scripts.APPEND, item=item)
         event_id = await self._pipeline.queue(call)
         if event_id is None:
             raise StorageChannelClosed(channel)
+        if not event_id:
+            raise StorageUserBanned(channel, author or "")
         return str(event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     async def send(self, delivery: Delivery) -> None:

@@ -62,32 +62,49 @@ local function count(viewers, procs, now)
 end
 """
 
-# KEYS: stream, last, topic, closed, archive, archived payloads. ARGV: keep, ttl_ms ('' for
-# none), channel, archive size (0 for none), then for each broadcast its payload, or, with an
-# archive, its timestamp ('' for not archived) and its payload.
-# Appends the payloads in order and publishes them as one message, "B<id>\n<payload>" pairs
-# joined by "\n" (neither ids nor encoded envelopes hold a line break); archives those with a
-# timestamp, then evicts the lowest scores (the oldest media time) beyond the archive's size.
-# Returns the new ids, or nil (false) when the channel is closed: nothing is stored or sent.
+# KEYS: stream, last, topic, closed, archive, archived payloads, the channel's bans, the bans on
+# every channel. ARGV: keep, ttl_ms ('' for none), channel, archive size (0 for none), then for
+# each broadcast its author ('' for none: not checked), the author's clock (Unix seconds, which
+# bans' ends are judged by, see base.Moderation), with an archive its timestamp ('' for not
+# archived), and its payload.
+# Appends the payloads of authors not banned, in order, and publishes them as one message,
+# "B<id>\n<payload>" pairs joined by "\n" (neither ids nor encoded envelopes hold a line
+# break); archives those with a timestamp, then evicts the lowest scores (the oldest media time)
+# beyond the archive's size. Returns one id per broadcast ('' for a banned author's: not stored
+# or sent), or nil (false) when the channel is closed: nothing is stored or sent.
 APPEND: Final = (
     PLACE_LUA
     + """
 if redis.call('SISMEMBER', KEYS[4], ARGV[3]) == 1 then return false end
 local keep, size = tonumber(ARGV[1]), tonumber(ARGV[4])
-local step = size > 0 and 2 or 1
-local ids, parts = {}, {}
+local step = size > 0 and 4 or 3
+local ids, parts, last = {}, {}, nil
+local function banned(author, now)
+  if author == '' then return false end
+  for k = 7, 8 do
+    local ends = redis.call('HGET', KEYS[k], author)
+    if ends and (ends == '' or tonumber(ends) > now) then return true end
+  end
+  return false
+end
 for i = 5, #ARGV, step do
-  local payload = ARGV[i + step - 1]
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', keep, '*', 'p', payload)
-  ids[#ids + 1] = id
-  parts[#parts + 1] = id
-  parts[#parts + 1] = payload
-  if step == 2 and ARGV[i] ~= '' then
-    local member = place(id)
-    redis.call('ZADD', KEYS[5], ARGV[i], member)
-    redis.call('HSET', KEYS[6], member, payload)
+  if banned(ARGV[i], tonumber(ARGV[i + 1])) then
+    ids[#ids + 1] = ''
+  else
+    local payload = ARGV[i + step - 1]
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', keep, '*', 'p', payload)
+    ids[#ids + 1] = id
+    last = id
+    parts[#parts + 1] = id
+    parts[#parts + 1] = payload
+    if step == 4 and ARGV[i + 2] ~= '' then
+      local member = place(id)
+      redis.call('ZADD', KEYS[5], ARGV[i + 2], member)
+      redis.call('HSET', KEYS[6], member, payload)
+    end
   end
 end
+if not last then return ids end
 if size > 0 then
   local over = redis.call('ZCARD', KEYS[5]) - size
   if over > 0 then
@@ -95,7 +112,7 @@ if size > 0 then
     for j = 1, #evicted, 2 do redis.call('HDEL', KEYS[6], evicted[j]) end
   end
 end
-redis.call('SET', KEYS[2], ids[#ids])
+redis.call('SET', KEYS[2], last)
 if ARGV[2] ~= '' then
   local ttl = tonumber(ARGV[2])
   local t = redis.call('TIME')
