@@ -14,6 +14,10 @@
  *   --mode idle          open the subscriptions, print a READY line, wait for stdin to close
  *   --mode publish-only  no subscribers kept open; K connections publish for --duration s
  *   --cpu-pid PID        also report the CPU seconds process PID used while publishing
+ *   --channels N         spread the subscriptions over N channels (subscription i on channel
+ *                        i mod N, the paths' channel name suffixed "-<c>") and publish to them
+ *                        round robin (broadcast n on channel n mod N, with the token of that
+ *                        channel's first init); 1, the default, is the single channel as above
  *
  * It prints one JSON object on stdout. Build: cc -O2 -o loadgen loadgen.c
  */
@@ -45,7 +49,8 @@ typedef struct Conn {
     char *line; size_t line_len, line_cap;
     int ready;                /* SUB: init (or headers) seen */
     long received, dup;
-    uint8_t *seen;            /* SUB: bitmap of the sequence numbers received */
+    uint8_t *seen;            /* SUB: bitmap of the sequence numbers received (n / channels) */
+    int chan;                 /* SUB: its channel, 0 .. channels - 1 */
     /* PUB */
     int busy; long content_left; int status;
     char *out; size_t out_len, out_off;
@@ -57,7 +62,7 @@ static const char *sub_path = "/subscribe/bench";
 static const char *pub_path = "/publish/bench";
 static const char *widget_key = "";
 static const char *mode = "fanout";
-static int n_subs = 100, n_pub = 4, window = 64, size = 200, want_init = 1;
+static int n_subs = 100, n_pub = 4, window = 64, size = 200, want_init = 1, n_channels = 1;
 static long n_publish = 1000;
 static double rate = 0, timeout_s = 120, duration_s = 5;
 static int cpu_pids[16], n_cpu_pids = 0; /* --cpu-pid, repeatable: a server and its workers */
@@ -65,7 +70,8 @@ static int cpu_pids[16], n_cpu_pids = 0; /* --cpu-pid, repeatable: a server and 
 static int ep;
 static Conn *conns;
 static int n_conns;
-static char token[4096];
+#define TOKEN_CAP 1024
+static char (*tokens)[TOKEN_CAP]; /* the publish token of each channel, from its first init */
 static long published, answered, pub_errors, ready_subs, deliveries;
 static int64_t first_pub_ns, last_delivery_ns;
 #define HIST_US 10000000 /* 10 s at 1 us resolution, in 10 us buckets */
@@ -148,7 +154,9 @@ static void on_event(Conn *c, const char *data, size_t len) {
     if (json_num(data, end, "n", &n) && json_num(data, end, "t", &t)) {
         int64_t now = now_ns();
         if (n < 0 || n >= n_publish) return;
-        if (!c->seen) { c->seen = calloc((size_t)(n_publish + 7) / 8, 1); if (!c->seen) die("calloc"); }
+        if (n % n_channels != c->chan) { c->dup++; return; } /* another channel's: counted as a repeat */
+        n /= n_channels;
+        if (!c->seen) { c->seen = calloc((size_t)(n_publish / n_channels + 8) / 8, 1); if (!c->seen) die("calloc"); }
         uint8_t bit = (uint8_t)(1u << (n & 7));
         if (c->seen[n >> 3] & bit) { c->dup++; return; }
         c->seen[n >> 3] |= bit;
@@ -163,7 +171,7 @@ static void on_event(Conn *c, const char *data, size_t len) {
         return;
     }
     if (!c->ready && memmem(data, len, "\"type\":\"init\"", 13)) {
-        if (!token[0]) json_str(data, end, "token", token, sizeof token);
+        if (!tokens[c->chan][0]) json_str(data, end, "token", tokens[c->chan], TOKEN_CAP);
         c->ready = 1;
         ready_subs++;
     }
@@ -253,14 +261,21 @@ static void on_bytes(Conn *c, const char *p, size_t len) {
     }
 }
 
+/* The channel suffix of a path: none on a single channel, "-<c>" on several. */
+static const char *suffix(int chan, char *buf, size_t cap) {
+    if (n_channels == 1) return "";
+    snprintf(buf, cap, "-%d", chan);
+    return buf;
+}
+
 static void open_sub(Conn *c, int index) {
     memset(c, 0, sizeof *c);
-    c->kind = SUB; c->index = index;
+    c->kind = SUB; c->index = index; c->chan = index % n_channels;
     c->fd = dial();
-    char req[1024];
+    char req[1024], sfx[16];
     int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n",
-                     sub_path, host, port);
+                     "GET %s%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n",
+                     sub_path, suffix(c->chan, sfx, sizeof sfx), host, port);
     watch(c, EPOLLIN);
     send_all(c, req, (size_t)n);
 }
@@ -275,7 +290,9 @@ static void open_pub(Conn *c, int index) {
 static char pad[1 << 16];
 
 static void publish(Conn *c, long n) {
-    char body[1 << 17], req[1 << 17];
+    char body[1 << 17], req[1 << 17], sfx[16];
+    int chan = (int)(n % n_channels);
+    const char *token = tokens[chan];
     int64_t t = now_ns();
     if (!first_pub_ns) first_pub_ns = t;
     int blen = snprintf(body, sizeof body,
@@ -283,9 +300,10 @@ static void publish(Conn *c, long n) {
                         "{\"n\":%ld,\"t\":%lld,\"pad\":\"%s\"}}",
                         widget_key, n, (long long)t, pad);
     int rlen = snprintf(req, sizeof req,
-                        "POST %s%s%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                        "POST %s%s%s%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                         "Content-Length: %d\r\n\r\n%s",
-                        pub_path, token[0] ? "?token=" : "", token, host, port, blen, body);
+                        pub_path, suffix(chan, sfx, sizeof sfx), token[0] ? "?token=" : "", token,
+                        host, port, blen, body);
     c->busy = 1;
     c->http = H_HEAD;
     send_all(c, req, (size_t)rlen);
@@ -363,7 +381,7 @@ static void usage(void) {
     fprintf(stderr, "usage: loadgen --port P [--mode fanout|idle|publish-only] [--subs S] "
                     "[--publishes M] [--rate R] [--window W] [--size B] [--pub-conns K] "
                     "[--no-init] [--widget-key K] [--sub-path P] [--pub-path P] "
-                    "[--duration S] [--timeout S] [--cpu-pid PID]\n");
+                    "[--duration S] [--timeout S] [--cpu-pid PID] [--channels N]\n");
     exit(2);
 }
 
@@ -385,6 +403,7 @@ int main(int argc, char **argv) {
         else if (ARG("--pub-path")) pub_path = argv[++i];
         else if (ARG("--duration")) duration_s = atof(argv[++i]);
         else if (ARG("--timeout")) timeout_s = atof(argv[++i]);
+        else if (ARG("--channels")) n_channels = atoi(argv[++i]);
         else if (ARG("--cpu-pid")) {
             if (n_cpu_pids < 16) cpu_pids[n_cpu_pids++] = atoi(argv[i + 1]);
             i++;
@@ -400,7 +419,14 @@ int main(int argc, char **argv) {
 
     ep = epoll_create1(0);
     int idle = strcmp(mode, "idle") == 0, pub_only = strcmp(mode, "publish-only") == 0;
-    int subs = pub_only ? (want_init ? 1 : 0) : n_subs;
+    /* publish only: one subscription per channel, for its token, closed before publishing */
+    int subs = pub_only ? (want_init ? n_channels : 0) : n_subs;
+    if (n_channels < 1 || (n_channels > subs && (want_init || !pub_only))) {
+        fprintf(stderr, "--channels must be 1 to --subs (every channel needs a subscriber)\n");
+        return 2;
+    }
+    tokens = calloc((size_t)n_channels, sizeof *tokens);
+    if (!tokens) die("calloc");
     n_conns = subs + (idle ? 0 : n_pub);
     conns = calloc((size_t)n_conns + 1, sizeof *conns);
     int64_t start = now_ns(), deadline = start + (int64_t)(timeout_s * 1e9);
@@ -413,10 +439,10 @@ int main(int argc, char **argv) {
         if (now_ns() > deadline) { fprintf(stderr, "only %ld of %d subscriptions ready\n", ready_subs, subs); return 3; }
     }
     double connect_s = (double)(now_ns() - start) / 1e9;
-    if (pub_only && subs) { /* keep its token; close the stream */
-        epoll_ctl(ep, EPOLL_CTL_DEL, conns[0].fd, NULL);
-        close(conns[0].fd);
-        conns[0].fd = -1;
+    for (int i = 0; pub_only && i < subs; i++) { /* keep its token; close the stream */
+        epoll_ctl(ep, EPOLL_CTL_DEL, conns[i].fd, NULL);
+        close(conns[i].fd);
+        conns[i].fd = -1;
     }
     if (idle) {
         printf("READY %.3f\n", connect_s);
@@ -432,11 +458,16 @@ int main(int argc, char **argv) {
     int64_t next_at = t0;
     long target = pub_only ? (long)1e12 : n_publish;
     int64_t pub_end = pub_only ? t0 + (int64_t)(duration_s * 1e9) : 0;
+    /* Every subscription receives the broadcasts of its channel: n_publish in all on one. */
+    long expected = 0;
+    for (int i = 0; i < subs && !pub_only; i++) {
+        expected += n_publish > conns[i].chan ? (n_publish - conns[i].chan + n_channels - 1) / n_channels : 0;
+    }
     while (1) {
         int64_t now = now_ns();
         if (now > deadline) break;
         if (pub_only && now >= pub_end) break;
-        if (!pub_only && answered >= n_publish && deliveries >= n_publish * (long)subs) break;
+        if (!pub_only && answered >= n_publish && deliveries >= expected) break;
         for (int k = 0; k < n_pub && published < target; k++) {
             Conn *c = &conns[subs + k];
             if (c->busy || c->fd < 0) continue;
@@ -445,7 +476,7 @@ int main(int argc, char **argv) {
                 next_at += (int64_t)(1e9 / rate);
             } else if (!pub_only && subs) {
                 /* saturated: at most `window` broadcasts not yet delivered everywhere */
-                if (published * subs - deliveries >= (long)window * subs) break;
+                if (published * subs / n_channels - deliveries >= (long)window * subs / n_channels) break;
             }
             publish(c, published);
         }
@@ -461,7 +492,8 @@ int main(int argc, char **argv) {
     double elapsed = (double)(t1 - t0) / 1e9;
     long lost = 0, dup = 0, closed = 0;
     for (int i = 0; i < subs && !pub_only; i++) {
-        lost += n_publish - conns[i].received;
+        long mine = n_publish > conns[i].chan ? (n_publish - conns[i].chan + n_channels - 1) / n_channels : 0;
+        lost += mine - conns[i].received;
         dup += conns[i].dup;
         if (conns[i].fd < 0) closed++;
     }
@@ -469,10 +501,12 @@ int main(int argc, char **argv) {
            "\"deliveries\":%ld,\"lost\":%ld,\"duplicates\":%ld,\"closed_subscriptions\":%ld,"
            "\"seconds\":%.4f,\"deliveries_per_s\":%.1f,\"publishes_per_s\":%.1f,"
            "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,\"connect_s\":%.3f,"
-           "\"client_cpu_s\":%.3f,\"server_cpu_s\":%.3f}\n",
+           "\"client_cpu_s\":%.3f,\"server_cpu_s\":%.3f",
            mode, subs, published, answered, pub_errors, deliveries, lost, dup, closed,
            elapsed, elapsed > 0 ? deliveries / elapsed : 0, elapsed > 0 ? answered / elapsed : 0,
            percentile(0.5), percentile(0.99), percentile(0.99999), connect_s,
            cpu_seconds() - cpu0, server_cpu);
+    if (n_channels > 1) printf(",\"channels\":%d", n_channels);
+    printf("}\n");
     return 0;
 }

@@ -41,7 +41,20 @@ Scenarios, for each server:
 * **archive range reads** (issue 16): ``Storage.archive_range`` in this process, a page of 200
   broadcasts from a 100k-broadcast archive against one from a 1k archive, on MemoryStorage and
   RedisStorage (``benchmarks/archive.py``, which also runs alone); the median read of each and
-  their ratio. ``--archive-only`` runs just these.
+  their ratio. ``--archive-only`` runs just these;
+* **many channels** (issue 18): ``--channels-n`` channels of ``--channels-subs`` subscribers
+  (the load client's ``--channels``, published round robin) against one channel of as many,
+  both offered ``--channels-rate`` deliveries/s, on MemoryStorage, a private single Redis and a
+  private Redis Cluster: deliveries/s and server CPU per delivery, ``--channels-rounds``
+  alternating rounds. ``--channels-only`` runs just these;
+* **one crowded worker** (issue 18): ``--crowd-subs`` subscribers on one worker against
+  ``--crowd-base``: connect time, RSS per idle connection, p50 / p99 at ``--crowd-rate``
+  broadcasts/s in ``--crowd-rounds`` rounds. ``--crowd-only`` runs just these;
+* **Redis Cluster** (issue 18): saturated fan-out at ``--cluster-subs`` subscribers on the
+  private cluster against the private single Redis (``benchmarks/redis_nodes.py``), and the Redis
+  commands per publish, per subscription and per idle second on both (``INFO commandstats``).
+  The cluster rows are skipped, saying why, while ``channel-asgi serve`` has no
+  ``--redis-cluster``. ``--cluster-only`` runs just these; ``--scale-only`` runs the three.
 
 Usage (from the repository root, after ``scripts/setup``)::
 
@@ -50,14 +63,17 @@ Usage (from the repository root, after ``scripts/setup``)::
     .venv/bin/python benchmarks/run.py --quick    # smaller, for a smoke test
     .venv/bin/python benchmarks/run.py --mounts-only --mounts-ref e3ab96d  # the mount rows
     .venv/bin/python benchmarks/run.py --archive-only  # the archive rows
+    .venv/bin/python benchmarks/run.py --scale-only    # many channels, 15k, Redis Cluster
 
 It writes ``benchmarks/results/latest.json``, the table between the markers in
 ``docs/benchmarks.md`` and the chart ``docs/benchmarks.png`` (a ``--quick`` run writes only
 ``benchmarks/results/quick.json``; ``--no-write`` only prints). The servers part writes
 ``benchmarks/results/servers.json`` and its table in ``docs/servers.md``. The mounts part writes
 its rows into ``latest.json`` and the table of ``docs/benchmarks.md``, with the rest of a full
-run, or on their own (``--mounts-only``: marked as measured apart from the rest); so does the
-archive part (``--archive-only``).
+run, or on their own (``--mounts-only``: marked as measured apart from the rest); so do the
+archive part (``--archive-only``) and the scale parts (``--channels-only`` etc., which also
+render the measured figures of ``docs/capacity.md``; with ``--no-write`` they only print, and
+``--json-out FILE`` keeps their results).
 """
 
 from __future__ import annotations
@@ -69,6 +85,7 @@ import io
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import socket
@@ -102,6 +119,18 @@ def cores() -> tuple[set[int], set[int]]:
 
 
 SERVER_CPU, CLIENT_CPU = cores()
+
+
+def pin(cpus: set[int]) -> None:
+    """In a child before it runs: pin it to ``cpus``, and let it open as many files as it may.
+
+    The soft limit on open files goes up to the hard one, so a server holds its 15,000
+    subscribers (and a load client their sockets) wherever the soft limit is lower.
+    """
+    os.sched_setaffinity(0, cpus)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(OSError, ValueError):  # an unlimited hard limit: leave it be
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def build_loadgen() -> Path:
@@ -186,7 +215,7 @@ class Target:
             env={**os.environ, **self.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPU),
+            preexec_fn=lambda: pin(SERVER_CPU),
             start_new_session=True,  # a process group of its own: its workers are found by it
         )
         try:
@@ -410,7 +439,7 @@ def loadgen(binary: Path, server: Server, *args: str, stdin: int | None = None) 
         text=True,
         timeout=900,
         stdin=stdin,
-        preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPU),
+        preexec_fn=lambda: pin(CLIENT_CPU),
         check=False,
     )
     if result.returncode != 0:
@@ -426,7 +455,7 @@ def loadgen_together(binary: Path, servers: list[Server], *args: str) -> list[di
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPU),
+            preexec_fn=lambda: pin(CLIENT_CPU),
         )
         for server in servers
     ]
@@ -493,7 +522,7 @@ def idle(binary: Path, target: Target, subs: int) -> dict[str, Any]:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPU),
+            preexec_fn=lambda: pin(CLIENT_CPU),
         )
         assert client.stdout is not None and client.stdin is not None
         ready = client.stdout.readline()
@@ -505,6 +534,7 @@ def idle(binary: Path, target: Target, subs: int) -> dict[str, Any]:
         after = server.rss_kib()
         client.stdin.close()
         client.wait(timeout=60)
+        client.stdout.close()
     del warm
     return {
         "subs": subs,
@@ -1048,6 +1078,714 @@ def archive_only(args: argparse.Namespace) -> None:
     write_doc(markdown)
 
 
+# Scale (issue 18): many small channels, one crowded worker, Redis Cluster against one Redis.
+
+
+def redis_nodes_module() -> ModuleType:
+    """``benchmarks/redis_nodes.py``, imported by its path (this file runs as a script)."""
+    name = "bench_redis_nodes"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "redis_nodes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+#: What a cluster row says when it cannot run (``cluster_missing``), and how it starts.
+NO_CLUSTER: Final = "n/a: `channel-asgi serve` has no `--redis-cluster` in this checkout"
+
+
+def cluster_missing(cwd: Path = ROOT) -> str | None:
+    """Why the cluster rows cannot run here, or None when they can."""
+    if redis_nodes_module().redis_server() is None:
+        return "n/a: no redis-server on this machine"
+    result = subprocess.run(
+        [sys.executable, "-m", "channel_asgi", "serve", "--help"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return None if "--redis-cluster" in result.stdout else NO_CLUSTER
+
+
+@dataclass
+class Storages:
+    """The storages the scale rows run on: a target each, the Redis nodes, and what is skipped."""
+
+    targets: dict[str, Target]
+    nodes: dict[str, Any]  # "redis", "cluster": redis_nodes.Nodes
+    skipped: dict[str, str]
+
+
+#: The storages of the scale rows, as the tables name them.
+STORAGE_NAMES: Final = {
+    "memory": "MemoryStorage",
+    "redis": "RedisStorage, one Redis",
+    "cluster": "RedisStorage, Redis Cluster (3 masters)",
+}
+
+
+@contextlib.contextmanager
+def scale_storages(args: argparse.Namespace, *, cluster: bool = True) -> Iterator[Storages]:
+    """Memory, a private single Redis and (``cluster``, when the code has it) a private cluster.
+
+    The single Redis and the cluster's three masters are the same ``redis-server`` with the
+    same settings (``benchmarks/redis_nodes.py``), each on its own loopback port and used by
+    nothing else: the pairs compare the storages, not a shared Redis's other tenants.
+    """
+    nodes_module = redis_nodes_module()
+    prefix = f"bench-scale-{secrets.token_hex(4)}"
+    storages = Storages({"memory": channel_asgi_target()}, {}, {})
+    with contextlib.ExitStack() as stack:
+        if args.no_redis:
+            storages.skipped["redis"] = storages.skipped["cluster"] = "n/a: --no-redis"
+        elif nodes_module.redis_server() is None:
+            storages.skipped["redis"] = storages.skipped["cluster"] = (
+                "n/a: no redis-server on this machine"
+            )
+        else:
+            single = stack.enter_context(nodes_module.redis_nodes(cluster=False))
+            storages.nodes["redis"] = single
+            storages.targets["redis"] = channel_asgi_target(
+                "channel_asgi (RedisStorage)", "--redis", single.url, "--redis-prefix", prefix
+            )
+            missing = cluster_missing() if cluster else "n/a: not run"
+            if missing is None:
+                nodes = stack.enter_context(nodes_module.redis_nodes(cluster=True))
+                storages.nodes["cluster"] = nodes
+                storages.targets["cluster"] = channel_asgi_target(
+                    "channel_asgi (Redis Cluster)", "--redis-cluster", nodes.url,
+                    "--redis-prefix", prefix,
+                )  # fmt: skip
+            else:
+                storages.skipped["cluster"] = missing
+                print(f"cluster rows skipped: {missing}", file=sys.stderr, flush=True)
+        yield storages
+
+
+def paced(
+    binary: Path, target: Target, subs: int, channels: int, rate: float, count: int
+) -> dict[str, Any]:
+    """``count`` broadcasts at ``rate`` per second over ``channels`` channels, on a fresh server."""
+    with target.start() as server:
+        report = loadgen(
+            binary, server, "--subs", str(subs), "--channels", str(channels),
+            "--publishes", str(count), "--rate", str(rate), "--pub-conns", "16",
+            "--timeout", "900",
+        )  # fmt: skip
+    report["server_cpu_us_per_delivery"] = (
+        report["server_cpu_s"] / max(report["deliveries"], 1) * 1e6
+    )
+    return report
+
+
+def _runs_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = [r["deliveries_per_s"] for r in reports]
+    return {
+        "deliveries_per_s": statistics.median(rates),
+        "low": min(rates),
+        "high": max(rates),
+        "server_cpu_us_per_delivery": statistics.median(
+            r["server_cpu_us_per_delivery"] for r in reports
+        ),
+        "p50_ms": statistics.median(r["p50_ms"] for r in reports),
+        "p99_ms": statistics.median(r["p99_ms"] for r in reports),
+        "lost": sum(int(r["lost"]) + int(r["duplicates"]) for r in reports),
+        "runs": reports,
+    }
+
+
+def channels_part(binary: Path, args: argparse.Namespace, storages: Storages) -> dict[str, Any]:
+    """Many small channels against one big one: the same subscribers, the same deliveries/s.
+
+    ``args.channels_n`` channels of ``args.channels_subs`` subscribers, published to round
+    robin, against one channel of as many subscribers, both offered ``args.channels_rate``
+    deliveries per second for ``args.channels_seconds`` seconds: the small channels take that
+    many broadcasts over ``args.channels_subs``, the big one over all the subscribers. Each
+    storage runs both layouts in ``args.channels_rounds`` rounds (in the reverse order every
+    other round); the ratio is the median of the rounds' ratios of deliveries/s.
+    """
+    per, n = args.channels_subs, args.channels_n
+    subs, rate = n * per, args.channels_rate
+    deliveries = int(rate * args.channels_seconds)
+    layouts = {  # channels, publishes/s, publishes
+        "many": (n, rate / per, max(n, deliveries // per)),
+        "one": (1, rate / subs, max(10, deliveries // subs)),
+    }
+    started = time.monotonic()
+    rows: dict[str, Any] = {}
+    for storage, target in storages.targets.items():
+        runs: dict[str, list[dict[str, Any]]] = {"many": [], "one": []}
+        for index in range(args.channels_rounds):
+            for layout in ("many", "one") if index % 2 == 0 else ("one", "many"):
+                channels, publish_rate, count = layouts[layout]
+                report = paced(binary, target, subs, channels, publish_rate, count)
+                runs[layout].append(report)
+                print(
+                    f"channels {storage} {layout}: {report['deliveries_per_s']:,.0f} deliveries/s, "
+                    f"{report['server_cpu_us_per_delivery']:.2f} us of server CPU per delivery",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        rows[storage] = {
+            **{layout: _runs_summary(reports) for layout, reports in runs.items()},
+            "ratio": paired(
+                [r["deliveries_per_s"] for r in runs["many"]],
+                [r["deliveries_per_s"] for r in runs["one"]],
+            ),
+            # None when a run was too short for the CPU clock's ticks (the tests' tiny runs)
+            "cpu_ratio": paired(
+                [r["server_cpu_us_per_delivery"] for r in runs["many"]],
+                [r["server_cpu_us_per_delivery"] for r in runs["one"]],
+            )
+            if all(r["server_cpu_us_per_delivery"] > 0 for r in runs["one"])
+            else None,
+        }
+    params = {
+        "channels": n,
+        "subs_per_channel": per,
+        "subs": subs,
+        "deliveries_rate": rate,
+        "seconds": args.channels_seconds,
+        "publishes": {layout: count for layout, (_, _, count) in layouts.items()},
+        "publish_rates": {layout: publish_rate for layout, (_, publish_rate, _) in layouts.items()},
+        "rounds": args.channels_rounds,
+        "took_s": round(time.monotonic() - started),
+    }
+    return {"params": params, "storages": rows, "skipped": dict(storages.skipped)}
+
+
+def crowd_part(binary: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``args.crowd_subs`` subscribers on one worker against ``args.crowd_base``, one channel.
+
+    For each size: the connect time and the RSS per connection of idle subscribers (as
+    :func:`idle`), and the light load, ``args.crowd_count`` broadcasts at ``args.crowd_rate``
+    per second (p50 / p99, server CPU per delivery) in ``args.crowd_rounds`` rounds, the sizes in
+    turn; the p99 ratio is the median of the rounds' ratios.
+    """
+    ours = channel_asgi_target()
+    sizes = [args.crowd_base, args.crowd_subs]
+    started = time.monotonic()
+    idles = {}
+    for subs in sizes:
+        idles[subs] = idle(binary, ours, subs)
+        print(
+            f"crowd idle {subs}: {idles[subs]['kib_per_connection']:.1f} KiB, connected in "
+            f"{idles[subs]['connect_s']:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    light: dict[int, list[dict[str, Any]]] = {subs: [] for subs in sizes}
+    for index in range(args.crowd_rounds):
+        for subs in sizes if index % 2 == 0 else sizes[::-1]:
+            report = latency(binary, ours, subs, args.crowd_rate, args.crowd_count)
+            report["server_cpu_us_per_delivery"] = (
+                report["server_cpu_s"] / max(report["deliveries"], 1) * 1e6
+            )
+            light[subs].append(report)
+            print(
+                f"crowd light {subs}: p50 {report['p50_ms']:.1f} p99 {report['p99_ms']:.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+    base, big = sizes
+    return {
+        "params": {
+            "base": base,
+            "subs": big,
+            "rate": args.crowd_rate,
+            "publishes": args.crowd_count,
+            "rounds": args.crowd_rounds,
+            "took_s": round(time.monotonic() - started),
+        },
+        "sizes": {
+            str(subs): {"idle": idles[subs], "light": _runs_summary(light[subs])} for subs in sizes
+        },
+        "p99_ratio": paired([r["p99_ms"] for r in light[big]], [r["p99_ms"] for r in light[base]]),
+    }
+
+
+def redis_ops(
+    binary: Path,
+    target: Target,
+    nodes: Any,
+    subs: int = 10,
+    counts: tuple[int, int] = (100, 600),
+    idle_s: float = 20.0,
+) -> dict[str, Any]:
+    """Redis commands per publish, per subscription and per idle second, from ``INFO commandstats``.
+
+    Two runs on one server, ``counts`` broadcasts each to ``subs`` subscribers of one channel:
+    their difference over the difference of the broadcasts is the commands of one publish (the
+    subscriptions, the same in both runs, cancel out); what the first run leaves over is the
+    subscriptions' (a join and a leave each, with the presence they keep). Then ``subs`` idle
+    subscribers for ``idle_s`` seconds: the commands the worker sends on its own (its presence
+    lease, renewed every third of ``--presence-ttl``). Commands a script runs count as well.
+    """
+    deltas = []
+    with target.start() as server:
+        for count in counts:
+            before = nodes.command_calls()
+            report = loadgen(
+                binary, server, "--subs", str(subs), "--publishes", str(count), "--window", "16",
+                "--pub-conns", "4", "--timeout", "600",
+            )  # fmt: skip
+            settle(server)  # the subscriptions' leave is written once the server sees them go
+            deltas.append((nodes.command_calls() - before, report))
+        client = subprocess.Popen(
+            loadgen_command(binary, server, "--mode", "idle", "--subs", str(subs)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: pin(CLIENT_CPU),
+        )
+        assert client.stdout is not None and client.stdin is not None
+        if not client.stdout.readline().startswith("READY"):
+            client.kill()
+            raise RuntimeError("idle client failed")
+        settle(server)
+        before, began = nodes.command_calls(), time.monotonic()
+        time.sleep(idle_s)
+        idle_calls, seconds = nodes.command_calls() - before, time.monotonic() - began
+        client.stdin.close()
+        client.wait(timeout=60)
+        client.stdout.close()
+    (first, first_report), (second, second_report) = deltas
+    extra = counts[1] - counts[0]
+    commands = sorted(set(first) | set(second))
+    per_publish = {c: (second[c] - first[c]) / extra for c in commands}
+    per_publish = {c: v for c, v in per_publish.items() if v > 0.005}
+    per_subscription = {c: (first[c] - per_publish.get(c, 0) * counts[0]) / subs for c in commands}
+    per_subscription = {c: v for c, v in per_subscription.items() if v > 0.005}
+    return {
+        "subs": subs,
+        "counts": list(counts),
+        "per_publish": per_publish,
+        "per_publish_total": sum(per_publish.values()),
+        "per_subscription": per_subscription,
+        "per_subscription_total": sum(per_subscription.values()),
+        "idle_subs": subs,
+        "idle_per_s": sum(idle_calls.values()) / seconds,
+        "idle_commands": {c: v / seconds for c, v in sorted(idle_calls.items())},
+        "lost": sum(int(r["lost"]) + int(r["duplicates"]) for r in (first_report, second_report)),
+    }
+
+
+def cluster_part(binary: Path, args: argparse.Namespace, storages: Storages) -> dict[str, Any]:
+    """Redis Cluster against one Redis: saturated fan-out, paired rounds; commands per publish."""
+    part: dict[str, Any] = {
+        "subs": args.cluster_subs,
+        "rounds": args.cluster_rounds,
+        "skipped": dict(storages.skipped),
+        "ops": {},
+    }
+    started = time.monotonic()
+    if "cluster" in storages.targets:
+        pair = {"cluster": storages.targets["cluster"], "redis": storages.targets["redis"]}
+        fan_out = side_by_side(binary, pair, args.cluster_subs, args.cluster_rounds, args)
+        part["fan_out"] = fan_out
+        print(
+            f"cluster {args.cluster_subs}: {fan_out['cluster']['deliveries_per_s']:,.0f}/s, one "
+            f"Redis {fan_out['redis']['deliveries_per_s']:,.0f}/s "
+            f"({fan_out['ratio']['median']:.2f}x)",
+            file=sys.stderr,
+            flush=True,
+        )
+    for storage in ("redis", "cluster"):
+        if storage in storages.targets:
+            ops = redis_ops(
+                binary,
+                storages.targets[storage],
+                storages.nodes[storage],
+                idle_s=args.ops_idle_seconds,
+            )
+            part["ops"][storage] = ops
+            print(
+                f"redis ops {storage}: {ops['per_publish_total']:.2f} commands per publish "
+                f"({ops['per_publish']}), {ops['per_subscription_total']:.1f} per subscription",
+                file=sys.stderr,
+                flush=True,
+            )
+    part["took_s"] = round(time.monotonic() - started)
+    return part
+
+
+#: The scale parts: their key in the results, and what runs them.
+SCALE_PARTS: Final = ("channels", "crowd", "cluster")
+
+
+def scale_parts(binary: Path, args: argparse.Namespace, which: tuple[str, ...]) -> dict[str, Any]:
+    """Run the scale parts named in ``which``; their results by key."""
+    out: dict[str, Any] = {}
+    if "crowd" in which:
+        out["crowd"] = crowd_part(binary, args)
+    if "channels" in which or "cluster" in which:
+        with scale_storages(args) as storages:
+            if "channels" in which:
+                out["channels"] = channels_part(binary, args, storages)
+            if "cluster" in which:
+                out["cluster"] = cluster_part(binary, args, storages)
+    return out
+
+
+def _separately(part: dict[str, Any], flag: str) -> list[str]:
+    """The dated line of a part measured on its own (``flag``), apart from the rest."""
+    if "separate" not in part:
+        return []
+    return [f"Measured by `benchmarks/run.py {flag}` on {part['separate']}, apart from the rows "
+            "above.", ""]  # fmt: skip
+
+
+def _value(ratio: dict[str, float] | None) -> str:
+    if ratio is None:
+        return "—"
+    return f"{ratio['median']:.2f}x ({ratio['low']:.2f} to {ratio['high']:.2f})"
+
+
+def channels_table(part: dict[str, Any]) -> str:
+    """The "Many channels" section of the results."""
+    params = part["params"]
+    n, per, subs = params["channels"], params["subs_per_channel"], params["subs"]
+    rates, counts = params["publish_rates"], params["publishes"]
+    lines = [
+        "### Many channels",
+        "",
+        *_separately(part, "--channels-only"),
+        f"{n:,} channels of {per} subscribers against one channel of {subs:,}: the same "
+        f"subscribers, offered the same {params['deliveries_rate']:,.0f} deliveries/s for about "
+        f"{params['seconds']:g} s ({rates['many']:,.0f} broadcasts/s published round robin over "
+        f"the {n:,} channels, {counts['many']:,} in all, against {rates['one']:g} broadcasts/s "
+        f"to the one channel, {counts['one']:,} in all), 16 publishing connections, each run on "
+        f"a fresh server, in {params['rounds']} rounds (in the reverse order every other round). "
+        "Deliveries/s is what the subscribers received over the time from the first publish to "
+        "the last delivery; a layout that keeps up gets the offered rate (the big channel a few "
+        "percent more: its few broadcasts span one interval fewer than the run). Goal: the small "
+        "channels at least 0.7x the big one's deliveries/s on every storage.",
+        "",
+        "| storage | layout | deliveries/s (range) | server CPU µs per delivery | p50 / p99 ms | "
+        "deliveries lost or repeated |",
+        "|---|---|---|---|---|---|",
+    ]
+    for storage, row in part["storages"].items():
+        for layout, label in (("many", f"{n:,} x {per}"), ("one", f"1 x {subs:,}")):
+            runs = row[layout]
+            lines.append(
+                f"| {STORAGE_NAMES.get(storage, storage)} | {label} | "
+                f"{runs['deliveries_per_s'] / 1000:.1f}k ({runs['low'] / 1000:.1f}k to "
+                f"{runs['high'] / 1000:.1f}k) | {runs['server_cpu_us_per_delivery']:.2f} | "
+                f"{runs['p50_ms']:.1f} / {runs['p99_ms']:.1f} | {runs['lost']} |"
+            )
+    lines += ["", "| storage | many / one, deliveries/s | many / one, server CPU per delivery |"]
+    lines.append("|---|---|---|")
+    for storage, row in part["storages"].items():
+        lines.append(
+            f"| {STORAGE_NAMES.get(storage, storage)} | {_value(row['ratio'])} | "
+            f"{_value(row['cpu_ratio'])} |"
+        )
+    for storage, why in part.get("skipped", {}).items():
+        lines.append(f"| {STORAGE_NAMES.get(storage, storage)} | {why} | — |")
+    return "\n".join(lines)
+
+
+def crowd_table(part: dict[str, Any]) -> str:
+    """The "Subscribers on one worker" section of the results."""
+    params = part["params"]
+    lines = [
+        f"### {params['subs']:,} subscribers on one worker",
+        "",
+        *_separately(part, "--crowd-only"),
+        f"One `channel-asgi serve` worker (memory storage) with {params['subs']:,} subscribers on "
+        f"one channel, against {params['base']:,}: the time to connect them (256 connecting at "
+        "a time), the growth of the server's RSS per idle connection, and the light load, "
+        f"{params['rate']:g} broadcasts/s ({params['publishes']} broadcasts) to every "
+        f"subscriber, in {params['rounds']} rounds, the sizes in turn. Goals: at most 16 KiB per "
+        f"connection at {params['subs']:,}, and a p99 at {params['subs']:,} at most 2x the one "
+        f"at {params['base']:,} (the median of the rounds' ratios).",
+        "",
+        "| subscribers | connect s (ms per subscriber) | KiB per idle connection | p50 / p99 ms, "
+        "light load | server CPU µs per delivery, light load | deliveries lost or repeated |",
+        "|---|---|---|---|---|---|",
+    ]
+    for subs, size in part["sizes"].items():
+        idle_row, light = size["idle"], size["light"]
+        lines.append(
+            f"| {int(subs):,} | {idle_row['connect_s']:.1f} "
+            f"({idle_row['connect_s'] / int(subs) * 1000:.2f}) | "
+            f"{idle_row['kib_per_connection']:.1f} | {light['p50_ms']:.1f} / "
+            f"{light['p99_ms']:.1f} | {light['server_cpu_us_per_delivery']:.2f} | "
+            f"{light['lost']} |"
+        )
+    return "\n".join(lines)
+
+
+def cluster_table(part: dict[str, Any]) -> str:
+    """The "Redis Cluster" section of the results: the pair and the commands per publish."""
+    lines = ["### Redis Cluster and Redis commands", "", *_separately(part, "--cluster-only")]
+    skipped = part.get("skipped", {}).get("cluster")
+    if "fan_out" in part:
+        fan_out = part["fan_out"]
+        lines += [
+            f"Saturated fan-out at {part['subs']:,} subscribers (one channel, one worker) on "
+            "a private three-master Redis Cluster against a private single Redis (the same "
+            "redis-server, no persistence, `benchmarks/redis_nodes.py`), "
+            f"{part['rounds']} runs each, alternating. Goal: the cluster at least 0.8x.",
+            "",
+            "| storage | deliveries/s (median run) | p99 ms | deliveries lost or repeated |",
+            "|---|---|---|---|",
+        ]
+        for storage in ("cluster", "redis"):
+            runs = fan_out["runs"][storage]
+            lost = sum(int(r["lost"]) + int(r["duplicates"]) for r in runs)
+            lines.append(
+                f"| {STORAGE_NAMES[storage]} | {fan_out[storage]['deliveries_per_s'] / 1000:.0f}k "
+                f"| {fan_out[storage]['p99_ms']:.1f} | {lost} |"
+            )
+        lines += ["", f"Cluster / one Redis: {_value(fan_out['ratio'])}.", ""]
+    elif skipped:
+        lines += [f"Redis Cluster rows: {skipped}.", ""]
+    if part.get("ops"):
+        sample = next(iter(part["ops"].values()))
+        lines += [
+            "Redis commands, counted with `INFO commandstats` on the benchmark's own Redis "
+            f"servers (every node of the cluster): per publish, from two runs of "
+            f"{sample['counts'][0]} and {sample['counts'][1]} broadcasts to {sample['subs']} "
+            "subscribers on one channel (their difference, so the subscriptions cancel out); "
+            "per subscription (its join and leave), what the first run leaves over; and per "
+            f"second with {sample['idle_subs']} idle subscribers on one worker.",
+            "",
+            "| storage | commands per publish | by command | commands per subscription | "
+            f"commands per second, {sample['idle_subs']} idle subscribers |",
+            "|---|---|---|---|---|",
+        ]
+        for storage, ops in part["ops"].items():
+            by = ", ".join(f"{c} {v:.2f}" for c, v in sorted(ops["per_publish"].items()))
+            lines.append(
+                f"| {STORAGE_NAMES[storage]} | {ops['per_publish_total']:.2f} | {by} | "
+                f"{ops['per_subscription_total']:.1f} | {ops['idle_per_s']:.1f} |"
+            )
+    return "\n".join(lines).rstrip()
+
+
+Goal = tuple[str, Any, str, Callable[[float], bool] | None]
+
+
+def scale_goals(results: dict[str, Any]) -> list[Goal]:
+    """The goal lines of the scale parts that ran (a skipped storage says why)."""
+    goals: list[Goal] = []
+    if "channels" in results:
+        part = results["channels"]
+        params = part["params"]
+        name = (
+            f"{params['channels']:,} channels x {params['subs_per_channel']} / 1 x "
+            f"{params['subs']:,}, deliveries/s"
+        )
+        for storage, row in part["storages"].items():
+            goals.append(
+                (f"{name} ({STORAGE_NAMES[storage]})", row["ratio"], ">= 0.7x", lambda v: v >= 0.7)
+            )
+        for storage, why in part.get("skipped", {}).items():
+            goals.append((f"{name} ({STORAGE_NAMES[storage]})", why, ">= 0.7x", None))
+    if "crowd" in results:
+        part = results["crowd"]
+        params = part["params"]
+        goals.append(
+            (
+                f"p99 at {params['subs']:,} / {params['base']:,} subscribers, one worker, "
+                "light load",
+                part["p99_ratio"],
+                "<= 2x",
+                lambda v: v <= 2,
+            )
+        )
+    if "cluster" in results:
+        part = results["cluster"]
+        name = f"Redis Cluster / one Redis, deliveries/s at {part['subs']:,} subscribers"
+        if "fan_out" in part:
+            goals.append((name, part["fan_out"]["ratio"], ">= 0.8x", lambda v: v >= 0.8))
+        else:
+            goals.append((name, part["skipped"].get("cluster", "n/a: not run"), ">= 0.8x", None))
+    return goals
+
+
+def scale_faults(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every load client report of the scale parts (their lost and repeated deliveries count)."""
+    reports: list[dict[str, Any]] = []
+    for row in results.get("channels", {}).get("storages", {}).values():
+        reports += [*row["many"]["runs"], *row["one"]["runs"]]
+    for size in results.get("crowd", {}).get("sizes", {}).values():
+        reports += size["light"]["runs"]
+    cluster = results.get("cluster", {})
+    for side in cluster.get("fan_out", {}).get("runs", {}).values():
+        reports += side
+    reports += [{"lost": ops["lost"], "duplicates": 0} for ops in cluster.get("ops", {}).values()]
+    return reports
+
+
+def scale_only(args: argparse.Namespace, which: tuple[str, ...]) -> None:
+    """``--channels-only`` and the like: those parts, into the published results if any."""
+    parts = scale_parts(build_loadgen(), args, which)
+    latest = RESULTS / "latest.json"
+    if args.no_write or args.quick or not latest.exists():
+        if args.json_out:
+            args.json_out.write_text(json.dumps(parts, indent=2, default=str) + "\n")
+        renders = {"channels": channels_table, "crowd": crowd_table, "cluster": cluster_table}
+        print("\n\n".join(renders[key](part) for key, part in parts.items()))
+        for name, value, target, _ in scale_goals(parts):
+            print(f"goal: {name}: {value} (target {target})")
+        return
+    results = json.loads(latest.read_text())
+    for key, part in parts.items():
+        part["separate"] = time.strftime("%Y-%m-%d")  # the rest of the results are another run's
+        results[key] = part
+    results["ratios"] = ratios(results)
+    markdown = table(results, results["ratios"])
+    print(markdown)
+    latest.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_doc(markdown)
+    write_capacity_doc(results)
+
+
+# The capacity-planning figures of docs/capacity.md, from the same results.
+
+CAPACITY_DOC = ROOT / "docs" / "capacity.md"
+#: What a figure says until the run that measures it has been made.
+FULL_RUN: Final = "measured by the full run (`benchmarks/run.py`)"
+
+
+def capacity_table(results: dict[str, Any]) -> str:
+    """The measured figures of docs/capacity.md: each one, what it is, and where it comes from."""
+    ours = results["servers"]["channel_asgi"]
+    rows: list[tuple[str, str, str]] = []
+    crowd = results.get("crowd")
+    if crowd:
+        big = crowd["sizes"][str(crowd["params"]["subs"])]
+        kib = big["idle"]["kib_per_connection"]
+        rows += [
+            (
+                "server memory per idle SSE connection",
+                f"{kib:.1f} KiB at {crowd['params']['subs']:,} subscribers "
+                f"(about {1024 * 1024 / max(kib, 0.1):,.0f} connections per GiB)",
+                "15,000 subscribers on one worker",
+            ),
+            (
+                "connect rate, one worker",
+                f"{crowd['params']['subs'] / big['idle']['connect_s']:,.0f} subscribers/s "
+                f"({crowd['params']['subs']:,} in {big['idle']['connect_s']:.1f} s)",
+                "15,000 subscribers on one worker",
+            ),
+            (
+                f"light-load latency at {crowd['params']['subs']:,} subscribers on one channel",
+                f"p50 {big['light']['p50_ms']:.0f} ms, p99 {big['light']['p99_ms']:.0f} ms at "
+                f"{crowd['params']['rate']:g} broadcasts/s",
+                "15,000 subscribers on one worker",
+            ),
+        ]
+    else:
+        biggest = max(ours["idle"], key=int)
+        kib = ours["idle"][biggest]["kib_per_connection"]
+        rows.append(
+            (
+                "server memory per idle SSE connection",
+                f"{kib:.1f} KiB at {int(biggest):,} subscribers; at 15,000: {FULL_RUN}",
+                "idle connections",
+            )
+        )
+    saturated_runs = ours["saturated"]
+    middle = (
+        saturated_runs.get("1000")
+        or saturated_runs.get(1000)
+        or next(iter(saturated_runs.values()))
+    )
+    rows += [
+        (
+            "deliveries per server CPU second, one big channel, saturated",
+            f"{1e5 / middle['server_cpu_per_100k'] / 1e6:.1f} million (1,000 subscribers)",
+            "saturated fan-out",
+        ),
+        (
+            "deliveries per server CPU second, one channel, light load",
+            f"{1e5 / ours['latency']['server_cpu_per_100k'] / 1000:,.0f}k "
+            f"({results['params']['latency_subs']:,} subscribers, {results['params']['rate']:g} "
+            "broadcasts/s)",
+            "latency at light load",
+        ),
+    ]
+    channels = results.get("channels")
+    if channels:
+        params = channels["params"]
+        for storage, row in channels["storages"].items():
+            cpu = row["many"]["server_cpu_us_per_delivery"]
+            rows.append(
+                (
+                    f"deliveries per server CPU second, {params['channels']:,} channels of "
+                    f"{params['subs_per_channel']} ({STORAGE_NAMES[storage]})",
+                    f"{1e6 / max(cpu, 1e-9) / 1000:,.0f}k (at "
+                    f"{params['publish_rates']['many']:,.0f} broadcasts/s)",
+                    "many channels",
+                )
+            )
+    else:
+        rows.append(("deliveries per server CPU second, 1,000 channels of 10", FULL_RUN, "—"))
+    rows.append(
+        (
+            "publishes per server CPU second, no subscribers (memory storage)",
+            f"{ours['publish_only']['publishes_per_cpu_s'] / 1000:.1f}k",
+            "publish only",
+        )
+    )
+    if "redis" in results:
+        pair = next(iter(results["redis"].values()))
+        rows.append(
+            (
+                "RedisStorage against memory, saturated deliveries/s (one worker)",
+                f"{pair['ratio']['median']:.2f}x",
+                "Redis",
+            )
+        )
+    cluster = results.get("cluster", {})
+    for storage in ("redis", "cluster"):
+        ops = cluster.get("ops", {}).get(storage)
+        label = f"Redis commands per publish ({STORAGE_NAMES[storage]})"
+        if ops:
+            by = ", ".join(f"{c} {v:.1f}" for c, v in sorted(ops["per_publish"].items()))
+            rows.append(
+                (
+                    label,
+                    f"{ops['per_publish_total']:.1f} ({by}); {ops['per_subscription_total']:.0f} "
+                    f"per subscription; {ops['idle_per_s']:.1f}/s with {ops['idle_subs']} idle "
+                    "subscribers",
+                    "Redis Cluster and Redis commands",
+                )
+            )
+        else:
+            why = cluster.get("skipped", {}).get(storage)
+            rows.append((label, why or FULL_RUN, "—"))
+    if "fan_out" in cluster:
+        rows.append(
+            (
+                "Redis Cluster against one Redis, saturated deliveries/s (one worker)",
+                f"{cluster['fan_out']['ratio']['median']:.2f}x",
+                "Redis Cluster and Redis commands",
+            )
+        )
+    lines = ["| figure | measured | benchmark row |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {where} |" for name, value, where in rows]
+    return "\n".join(lines)
+
+
+def write_capacity_doc(results: dict[str, Any]) -> None:
+    """Render the measured figures into docs/capacity.md, between its markers."""
+    start, end = "<!-- capacity:start -->", "<!-- capacity:end -->"
+    text = CAPACITY_DOC.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    CAPACITY_DOC.write_text(f"{head}{start}\n{capacity_table(results)}\n{end}{tail}")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every scenario, each measured on both servers back to back (machine drift hits both)."""
     binary = build_loadgen()
@@ -1195,6 +1933,19 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         out["archive"] = {
             name: storage["ratio"] for name, storage in results["archive"]["storages"].items()
         }
+    if "channels" in results:  # issue 18: many small channels against one big one
+        out["channels"] = {
+            name: row["ratio"] for name, row in results["channels"]["storages"].items()
+        }
+    if "crowd" in results:  # issue 18: many subscribers on one worker
+        crowd = results["crowd"]
+        big = crowd["sizes"][str(crowd["params"]["subs"])]
+        out["crowd"] = {
+            "p99": crowd["p99_ratio"],
+            "kib_per_connection": big["idle"]["kib_per_connection"],
+        }
+    if "fan_out" in results.get("cluster", {}):  # issue 18: Redis Cluster against one Redis
+        out["cluster"] = results["cluster"]["fan_out"]["ratio"]
     return out
 
 
@@ -1212,6 +1963,7 @@ def faults(results: dict[str, Any], name: str) -> int:
         for row in results.get("mounts", {}).get("variants", {}).values():
             if row["code"] == "checkout":  # and this code's runs, bare and mounted
                 reports += [*row["light"]["runs"], *row["saturated"]["runs"]]
+        reports += scale_faults(results)  # and every run of the scale parts
     return sum(int(report["lost"]) + int(report["duplicates"]) for report in reports)
 
 
@@ -1322,6 +2074,7 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
                     lambda v, goal=bench.GOAL: v <= goal,
                 )
             )
+    goals += scale_goals(results)
     if "redis" in r:
         goals.append(
             (
@@ -1350,6 +2103,12 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
         f"| KiB per idle subscriber | {r['kib_per_idle']:.1f} KiB | <= 16 KiB | "
         f"{'yes' if r['kib_per_idle'] <= 16 else 'no'} |"
     )
+    if "crowd" in r:
+        kib, subs = r["crowd"]["kib_per_connection"], results["crowd"]["params"]["subs"]
+        lines.append(
+            f"| KiB per idle subscriber at {subs:,} on one worker | {kib:.1f} KiB | <= 16 KiB | "
+            f"{'yes' if kib <= 16 else 'no'} |"
+        )
     lost = faults(results, "channel_asgi")
     lines.append(
         f"| deliveries lost or repeated, every channel_asgi run | {lost} | 0 | "
@@ -1361,6 +2120,10 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
         lines += ["", mounts_table(results["mounts"])]
     if "archive" in results:
         lines += ["", archive_bench().archive_table(results["archive"])]
+    for key, render in (("channels", channels_table), ("crowd", crowd_table),
+                        ("cluster", cluster_table)):  # fmt: skip
+        if key in results:
+            lines += ["", render(results[key])]
     return "\n".join(lines)
 
 
@@ -1483,6 +2246,68 @@ def main() -> None:
         help="run only the archive part: a page of a big archive against a small one, both "
         "storages (its rows in latest.json and docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--channels-n", type=int, default=1000, help="channels of the many-channels rows"
+    )
+    parser.add_argument(
+        "--channels-subs", type=int, default=10, help="subscribers per channel, many channels"
+    )
+    parser.add_argument(
+        "--channels-rate",
+        type=float,
+        default=20_000.0,
+        help="deliveries/s offered to both layouts, many channels",
+    )
+    parser.add_argument(
+        "--channels-seconds", type=float, default=10.0, help="seconds per run, many channels"
+    )
+    parser.add_argument("--channels-rounds", type=int, default=3, help="rounds, many channels")
+    parser.add_argument(
+        "--channels-only",
+        action="store_true",
+        help="run only the many-channels rows (memory, one Redis, Redis Cluster)",
+    )
+    parser.add_argument("--crowd-subs", type=int, default=15_000, help="subscribers on one worker")
+    parser.add_argument("--crowd-base", type=int, default=1000, help="the size it is compared with")
+    parser.add_argument(
+        "--crowd-rate", type=float, default=5.0, help="broadcasts/s, one-worker light load"
+    )
+    parser.add_argument(
+        "--crowd-count", type=int, default=50, help="broadcasts per one-worker light-load run"
+    )
+    parser.add_argument("--crowd-rounds", type=int, default=3, help="rounds, one-worker light load")
+    parser.add_argument(
+        "--crowd-only",
+        action="store_true",
+        help="run only the rows of --crowd-subs subscribers on one worker",
+    )
+    parser.add_argument(
+        "--cluster-subs", type=int, default=1000, help="subscribers, Redis Cluster / one Redis"
+    )
+    parser.add_argument(
+        "--cluster-rounds", type=int, default=3, help="runs each, Redis Cluster / one Redis"
+    )
+    parser.add_argument(
+        "--cluster-only",
+        action="store_true",
+        help="run only the Redis Cluster rows and the Redis commands per publish",
+    )
+    parser.add_argument(
+        "--ops-idle-seconds",
+        type=float,
+        default=20.0,
+        help="seconds of idle subscribers for the Redis commands a worker sends on its own",
+    )
+    parser.add_argument(
+        "--scale-only",
+        action="store_true",
+        help="run only the scale rows: many channels, one crowded worker, Redis Cluster",
+    )
+    parser.add_argument(
+        "--json-out",
+        type=Path,
+        help="with --no-write or --quick and an *-only scale flag: also write the parts' JSON here",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; keep docs as they are")
     parser.add_argument(
         "--from-json", type=Path, help="only redraw the table and chart from a results file"
@@ -1493,6 +2318,7 @@ def main() -> None:
         markdown = table(results, results["ratios"])
         print(markdown)
         write_doc(markdown)
+        write_capacity_doc(results)
         chart(results)
         return
     args.idle_subs = [1000, 2000, 5000]
@@ -1503,11 +2329,24 @@ def main() -> None:
         args.servers_rounds, args.servers_count = 1, 300
         args.mounts_rounds, args.mounts_count = 1, 60
         args.archive_big, args.archive_repeats = 10_000, 2
+        args.channels_n, args.channels_rate, args.channels_seconds = 100, 10_000.0, 3.0
+        args.crowd_subs, args.crowd_count = 3000, 20
+        args.channels_rounds = args.crowd_rounds = args.cluster_rounds = 1
     if args.mounts_only:
         mounts_only(args)
         return
     if args.archive_only:
         archive_only(args)
+        return
+    only = tuple(
+        key
+        for key, flag in zip(
+            SCALE_PARTS, (args.channels_only, args.crowd_only, args.cluster_only), strict=True
+        )
+        if flag or args.scale_only
+    )
+    if only:
+        scale_only(args, only)
         return
     servers = servers_light_load(build_loadgen(), args)
     servers_markdown = servers_table(servers)
@@ -1521,6 +2360,7 @@ def main() -> None:
     results = run(args)
     results["mounts"] = mounts_part(build_loadgen(), args)
     results["archive"] = archive_part(args)
+    results.update(scale_parts(build_loadgen(), args, SCALE_PARTS))
     results["params"] = {
         "rate": args.rate,
         "latency_subs": args.latency_subs,
@@ -1540,6 +2380,7 @@ def main() -> None:
     (RESULTS / name).write_text(json.dumps(results, indent=2, default=str) + "\n")
     if not args.quick:
         write_doc(markdown)
+        write_capacity_doc(results)
         chart(results)
 
 

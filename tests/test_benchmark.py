@@ -336,3 +336,192 @@ def test_the_archive_rows_say_the_ratio_and_whether_it_meets_the_goal() -> None:
     )
     assert "Measured by `benchmarks/run.py --archive-only` on 2026-01-02" in full
     assert full.endswith(markdown.split("\n", 2)[2])  # the section, after its dated line
+
+
+# The scale rows (issue 18): many channels, one crowded worker, Redis Cluster against one Redis.
+
+needs_redis_server = pytest.mark.skipif(
+    shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
+    reason="no redis-server",
+)
+
+
+def test_subscriptions_spread_over_channels_get_their_channel_only(loadgen: Any) -> None:
+    """``--channels``: each subscription counts its channel's broadcasts, published round robin."""
+    report = loadgen("--subs", "15", "--channels", "5", "--publishes", "23", "--window", "4")
+    # channel c gets the broadcasts n with n % 5 == c: 5, 5, 5, 4, 4 of them, 3 subscribers each
+    assert report["deliveries"] == 3 * 23 and report["channels"] == 5
+    assert (report["lost"], report["duplicates"], report["publish_errors"]) == (0, 0, 0)
+    paced = loadgen("--subs", "10", "--channels", "10", "--publishes", "30", "--rate", "200")
+    assert paced["deliveries"] == 30 and paced["lost"] == 0
+    publish_only = loadgen("--mode", "publish-only", "--channels", "3", "--duration", "0.3")
+    assert publish_only["answered"] > 0 and publish_only["publish_errors"] == 0
+    single = loadgen("--subs", "2", "--publishes", "3", "--window", "2")
+    assert "channels" not in single  # one channel: the report of before
+
+
+def scale_args(**changes: Any) -> Any:
+    """The command line of ``benchmarks/run.py`` at tiny sizes, for the scale parts."""
+    import argparse
+
+    values = {
+        "no_redis": False, "deliveries": 2000, "window": 8,
+        "channels_n": 4, "channels_subs": 2, "channels_rate": 400.0, "channels_seconds": 0.2,
+        "channels_rounds": 1, "crowd_subs": 30, "crowd_base": 10, "crowd_rate": 50.0,
+        "crowd_count": 5, "crowd_rounds": 1, "cluster_subs": 20, "cluster_rounds": 1,
+        "ops_idle_seconds": 0.5,
+    }  # fmt: skip
+    return argparse.Namespace(**{**values, **changes})
+
+
+def test_the_crowd_part_runs_at_a_tiny_size() -> None:
+    """Idle connections and the light load at two sizes, rendered with their goals."""
+    bench = bench_module()
+    part = bench.crowd_part(bench.build_loadgen(), scale_args())
+    assert set(part["sizes"]) == {"10", "30"}
+    assert part["sizes"]["30"]["light"]["lost"] == 0
+    assert part["sizes"]["30"]["light"]["runs"][0]["deliveries"] == 30 * 5
+    assert "### 30 subscribers on one worker" in bench.crowd_table(part)
+    [goal] = bench.scale_goals({"crowd": part})
+    assert goal[0] == "p99 at 30 / 10 subscribers, one worker, light load"
+
+
+@needs_redis_server
+def test_the_channels_and_cluster_parts_run_at_a_tiny_size() -> None:
+    """Many channels on memory and a private Redis; Redis commands per publish counted."""
+    bench = bench_module()
+    binary, args = bench.build_loadgen(), scale_args()
+    with bench.scale_storages(args) as storages:
+        assert {"memory", "redis"} <= set(storages.targets)
+        channels = bench.channels_part(binary, args, storages)
+        cluster = bench.cluster_part(binary, args, storages)
+    for row in channels["storages"].values():
+        assert row["many"]["lost"] == row["one"]["lost"] == 0
+        # 400 deliveries/s for 0.2 s: 40 broadcasts to 4 channels of 2, or 10 to one of 8
+        assert row["many"]["runs"][0]["deliveries"] == row["one"]["runs"][0]["deliveries"] == 80
+    ops = cluster["ops"]["redis"]
+    assert ops["per_publish_total"] > 0 and ops["lost"] == 0
+    if "cluster" not in storages.targets:  # the code has no --redis-cluster yet
+        assert channels["skipped"]["cluster"] == cluster["skipped"]["cluster"]
+        assert "fan_out" not in cluster
+    results = {"channels": channels, "cluster": cluster}
+    goals = {name: value for name, value, _, _ in bench.scale_goals(results)}
+    assert "4 channels x 2 / 1 x 8, deliveries/s (MemoryStorage)" in goals
+    text = bench.cluster_table(cluster)
+    assert "| RedisStorage, one Redis |" in text and "commands per publish" in text
+    assert "### Many channels" in bench.channels_table(channels)
+
+
+@needs_redis_server
+def test_a_private_cluster_comes_up_with_three_masters() -> None:
+    """The harness's own cluster reaches ``cluster_state:ok``; its nodes' commands are counted."""
+    bench = bench_module()
+    with bench.redis_nodes_module().redis_nodes(cluster=True) as nodes:
+        assert len(nodes.ports) == 3 and all(port < 55536 for port in nodes.ports)
+        for port in nodes.ports:
+            assert "cluster_state:ok" in nodes.cli(port, "cluster", "info")
+        nodes.cli(nodes.ports[0], "-c", "set", "{bench}key", "1")
+        assert nodes.command_calls()["set"] == 1
+    missing = bench.cluster_missing()
+    assert missing in (None, bench.NO_CLUSTER)
+
+
+NO_CLUSTER = "n/a: `channel-asgi serve` has no `--redis-cluster` in this checkout"
+
+
+def made_up_scale(lost: int = 0) -> dict[str, Any]:
+    """The three scale parts as they come out of a run, with made-up figures."""
+
+    def runs(rate: float, cpu: float, p99: float) -> dict[str, Any]:
+        report = {"deliveries_per_s": rate, "server_cpu_us_per_delivery": cpu, "p50_ms": p99 / 2,
+                  "p99_ms": p99, "lost": lost, "duplicates": 0}  # fmt: skip
+        return {"deliveries_per_s": rate, "low": rate, "high": rate,
+                "server_cpu_us_per_delivery": cpu, "p50_ms": p99 / 2, "p99_ms": p99,
+                "lost": lost, "runs": [report]}  # fmt: skip
+
+    def ratio(value: float) -> dict[str, float]:
+        return {"median": value, "low": value, "high": value}
+
+    channels = {
+        "params": {"channels": 1000, "subs_per_channel": 10, "subs": 10_000,
+                   "deliveries_rate": 20_000.0, "seconds": 10.0,
+                   "publishes": {"many": 20_000, "one": 20},
+                   "publish_rates": {"many": 2000.0, "one": 2.0}, "rounds": 3, "took_s": 99},
+        "storages": {
+            "memory": {"many": runs(19_000, 20.0, 9.0), "one": runs(20_500, 12.0, 30.0),
+                       "ratio": ratio(0.93), "cpu_ratio": ratio(1.6)},
+            "redis": {"many": runs(12_000, 40.0, 90.0), "one": runs(20_000, 14.0, 30.0),
+                      "ratio": ratio(0.6), "cpu_ratio": ratio(2.9)},
+        },
+        "skipped": {"cluster": NO_CLUSTER},
+    }  # fmt: skip
+    idle = {"connect_s": 7.5, "rss_before_kib": 1, "rss_after_kib": 2}
+    crowd = {
+        "params": {"base": 1000, "subs": 15_000, "rate": 5.0, "publishes": 50, "rounds": 3,
+                   "took_s": 99},
+        "sizes": {
+            "1000": {"idle": {**idle, "subs": 1000, "kib_per_connection": 15.0},
+                     "light": runs(5000, 12.0, 25.0)},
+            "15000": {"idle": {**idle, "subs": 15_000, "kib_per_connection": 16.5},
+                      "light": runs(75_000, 10.0, 40.0)},
+        },
+        "p99_ratio": ratio(1.6),
+    }  # fmt: skip
+    ops = {"subs": 10, "counts": [100, 600], "per_publish": {"evalsha": 0.25, "xadd": 1.0},
+           "per_publish_total": 1.25, "per_subscription": {"evalsha": 2.0},
+           "per_subscription_total": 2.0, "idle_subs": 10, "idle_per_s": 0.3,
+           "idle_commands": {}, "lost": 0}  # fmt: skip
+    cluster = {
+        "subs": 1000, "rounds": 3, "skipped": {}, "took_s": 99,
+        "ops": {"redis": ops, "cluster": ops},
+        "fan_out": {"cluster": runs(1.5e6, 1.0, 30.0), "redis": runs(1.8e6, 1.0, 30.0),
+                    "ratio": ratio(0.83),
+                    "runs": {"cluster": runs(1, 1, 1)["runs"], "redis": runs(1, 1, 1)["runs"]}},
+    }  # fmt: skip
+    return {"channels": channels, "crowd": crowd, "cluster": cluster}
+
+
+def test_the_scale_goals_say_met_or_not_and_why_a_row_is_missing() -> None:
+    """Each scale goal is in the table with yes / no, a skipped storage with its reason."""
+    bench = bench_module()
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    results.update(made_up_scale())
+    markdown = bench.table(results, bench.ratios(results))
+    for line in (
+        "| 1,000 channels x 10 / 1 x 10,000, deliveries/s (MemoryStorage) | 0.93x (rounds 0.93 "
+        "to 0.93) | >= 0.7x | yes |",
+        "| 1,000 channels x 10 / 1 x 10,000, deliveries/s (RedisStorage, one Redis) | 0.60x "
+        "(rounds 0.60 to 0.60) | >= 0.7x | no |",
+        "| 1,000 channels x 10 / 1 x 10,000, deliveries/s (RedisStorage, Redis Cluster (3 "
+        "masters)) | n/a: `channel-asgi serve` has no `--redis-cluster` in this checkout "
+        "| >= 0.7x | — |",
+        "| p99 at 15,000 / 1,000 subscribers, one worker, light load | 1.60x (rounds 1.60 to "
+        "1.60) | <= 2x | yes |",
+        "| KiB per idle subscriber at 15,000 on one worker | 16.5 KiB | <= 16 KiB | no |",
+        "| Redis Cluster / one Redis, deliveries/s at 1,000 subscribers | 0.83x (rounds 0.83 "
+        "to 0.83) | >= 0.8x | yes |",
+        "| deliveries lost or repeated, every channel_asgi run | 0 | 0 | yes |",
+    ):
+        assert line in markdown, line
+    for heading in ("### Many channels", "### 15,000 subscribers on one worker",
+                    "### Redis Cluster and Redis commands"):  # fmt: skip
+        assert f"\n{heading}\n" in markdown
+    results.update(made_up_scale(lost=1))  # a delivery lost in a scale run fails the goal
+    markdown = bench.table(results, bench.ratios(results))
+    assert "| deliveries lost or repeated, every channel_asgi run | 0 | 0 | yes |" not in markdown
+
+
+def test_the_capacity_figures_are_the_ones_the_published_results_make() -> None:
+    """docs/capacity.md shows what latest.json holds, and says which figures the full run adds."""
+    bench = bench_module()
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    figures = bench.capacity_table(results)
+    doc = (ROOT / "docs" / "capacity.md").read_text()
+    assert f"<!-- capacity:start -->\n{figures}\n<!-- capacity:end -->" in doc
+    results.update(made_up_scale())
+    full = bench.capacity_table(results)
+    assert bench.FULL_RUN not in full.replace("n/a", "")  # every figure measured
+    assert "16.5 KiB at 15,000 subscribers" in full
+    assert (
+        "Redis commands per publish (RedisStorage, one Redis) | 1.2 (evalsha 0.2, xadd 1.0)" in full
+    )
