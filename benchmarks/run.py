@@ -501,11 +501,14 @@ def saturated(
     return report
 
 
-def latency(binary: Path, target: Target, subs: int, rate: float, count: int) -> dict[str, Any]:
+def latency(
+    binary: Path, target: Target, subs: int, rate: float, count: int, channels: int = 1
+) -> dict[str, Any]:
+    spread = ("--channels", str(channels)) if channels > 1 else ()
     with target.start() as server:
         report = loadgen(
             binary, server, "--subs", str(subs), "--publishes", str(count), "--rate", str(rate),
-            "--pub-conns", "4", "--timeout", "600",
+            "--pub-conns", "4", "--timeout", "600", *spread,
         )  # fmt: skip
     report["server_cpu_per_100k"] = report["server_cpu_s"] / max(report["deliveries"], 1) * 1e5
     return report
@@ -1280,18 +1283,26 @@ def crowd_part(binary: Path, args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
     light: dict[int, list[dict[str, Any]]] = {subs: [] for subs in sizes}
+    spread: dict[int, list[dict[str, Any]]] = {subs: [] for subs in sizes}
+    width = args.crowd_channel_subs
     for index in range(args.crowd_rounds):
         for subs in sizes if index % 2 == 0 else sizes[::-1]:
-            report = latency(binary, ours, subs, args.crowd_rate, args.crowd_count)
-            report["server_cpu_us_per_delivery"] = (
-                report["server_cpu_s"] / max(report["deliveries"], 1) * 1e6
+            layouts = (
+                (light, 1, args.crowd_rate, args.crowd_count),
+                (spread, subs // width, args.crowd_spread_rate, args.crowd_spread_count),
             )
-            light[subs].append(report)
-            print(
-                f"crowd light {subs}: p50 {report['p50_ms']:.1f} p99 {report['p99_ms']:.1f} ms",
-                file=sys.stderr,
-                flush=True,
-            )
+            for runs, channels, rate, count in layouts:
+                report = latency(binary, ours, subs, rate, count, channels)
+                report["server_cpu_us_per_delivery"] = (
+                    report["server_cpu_s"] / max(report["deliveries"], 1) * 1e6
+                )
+                runs[subs].append(report)
+                print(
+                    f"crowd light {subs} on {channels} channel(s): p50 {report['p50_ms']:.1f} "
+                    f"p99 {report['p99_ms']:.1f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
     base, big = sizes
     return {
         "params": {
@@ -1300,12 +1311,23 @@ def crowd_part(binary: Path, args: argparse.Namespace) -> dict[str, Any]:
             "rate": args.crowd_rate,
             "publishes": args.crowd_count,
             "rounds": args.crowd_rounds,
+            "channel_subs": width,
+            "spread_rate": args.crowd_spread_rate,
+            "spread_publishes": args.crowd_spread_count,
             "took_s": round(time.monotonic() - started),
         },
         "sizes": {
-            str(subs): {"idle": idles[subs], "light": _runs_summary(light[subs])} for subs in sizes
+            str(subs): {
+                "idle": idles[subs],
+                "light": _runs_summary(light[subs]),
+                "spread": _runs_summary(spread[subs]),
+            }
+            for subs in sizes
         },
         "p99_ratio": paired([r["p99_ms"] for r in light[big]], [r["p99_ms"] for r in light[base]]),
+        "spread_p99_ratio": paired(
+            [r["p99_ms"] for r in spread[big]], [r["p99_ms"] for r in spread[base]]
+        ),
     }
 
 
@@ -1494,6 +1516,15 @@ def channels_table(part: dict[str, Any]) -> str:
 def crowd_table(part: dict[str, Any]) -> str:
     """The "Subscribers on one worker" section of the results."""
     params = part["params"]
+    width = params.get("channel_subs")
+    spread = (
+        f" The same subscribers are then spread over channels of {width} "
+        f"({params['spread_rate']:g} broadcasts/s round robin, {params['spread_publishes']} "
+        "broadcasts): what holding that many connections costs each delivery, apart from how "
+        "wide one broadcast is."
+        if width
+        else ""
+    )
     lines = [
         f"### {params['subs']:,} subscribers on one worker",
         "",
@@ -1502,22 +1533,26 @@ def crowd_table(part: dict[str, Any]) -> str:
         f"one channel, against {params['base']:,}: the time to connect them (256 connecting at "
         "a time), the growth of the server's RSS per idle connection, and the light load, "
         f"{params['rate']:g} broadcasts/s ({params['publishes']} broadcasts) to every "
-        f"subscriber, in {params['rounds']} rounds, the sizes in turn. Goals: at most 16 KiB per "
-        f"connection at {params['subs']:,}, and a p99 at {params['subs']:,} at most 2x the one "
-        f"at {params['base']:,} (the median of the rounds' ratios).",
+        f"subscriber, in {params['rounds']} rounds, the sizes in turn.{spread} Goals: at most "
+        f"16 KiB per connection at {params['subs']:,}, and a p99 at {params['subs']:,} at most "
+        f"2x the one at {params['base']:,} (the median of the rounds' ratios).",
         "",
         "| subscribers | connect s (ms per subscriber) | KiB per idle connection | p50 / p99 ms, "
-        "light load | server CPU µs per delivery, light load | deliveries lost or repeated |",
-        "|---|---|---|---|---|---|",
+        "one channel | server CPU µs per delivery, one channel | p50 / p99 ms, channels of "
+        f"{width or '—'} | deliveries lost or repeated |",
+        "|---|---|---|---|---|---|---|",
     ]
     for subs, size in part["sizes"].items():
         idle_row, light = size["idle"], size["light"]
+        wide = size.get("spread")
+        spread_cell = f"{wide['p50_ms']:.1f} / {wide['p99_ms']:.1f}" if wide else "—"
+        lost = light["lost"] + (wide["lost"] if wide else 0)
         lines.append(
             f"| {int(subs):,} | {idle_row['connect_s']:.1f} "
             f"({idle_row['connect_s'] / int(subs) * 1000:.2f}) | "
             f"{idle_row['kib_per_connection']:.1f} | {light['p50_ms']:.1f} / "
             f"{light['p99_ms']:.1f} | {light['server_cpu_us_per_delivery']:.2f} | "
-            f"{light['lost']} |"
+            f"{spread_cell} | {lost} |"
         )
     return "\n".join(lines)
 
@@ -1601,6 +1636,16 @@ def scale_goals(results: dict[str, Any]) -> list[Goal]:
                 lambda v: v <= 2,
             )
         )
+        if "spread_p99_ratio" in part:
+            goals.append(
+                (
+                    f"p99 at {params['subs']:,} / {params['base']:,} subscribers, one worker, "
+                    f"light load, channels of {params['channel_subs']}",
+                    part["spread_p99_ratio"],
+                    "<= 2x",
+                    lambda v: v <= 2,
+                )
+            )
     if "cluster" in results:
         part = results["cluster"]
         name = f"Redis Cluster / one Redis, deliveries/s at {part['subs']:,} subscribers"
@@ -1617,7 +1662,7 @@ def scale_faults(results: dict[str, Any]) -> list[dict[str, Any]]:
     for row in results.get("channels", {}).get("storages", {}).values():
         reports += [*row["many"]["runs"], *row["one"]["runs"]]
     for size in results.get("crowd", {}).get("sizes", {}).values():
-        reports += size["light"]["runs"]
+        reports += size["light"]["runs"] + size.get("spread", {}).get("runs", [])
     cluster = results.get("cluster", {})
     for side in cluster.get("fan_out", {}).get("runs", {}).values():
         reports += side
@@ -1942,6 +1987,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         big = crowd["sizes"][str(crowd["params"]["subs"])]
         out["crowd"] = {
             "p99": crowd["p99_ratio"],
+            "spread_p99": crowd.get("spread_p99_ratio"),
             "kib_per_connection": big["idle"]["kib_per_connection"],
         }
     if "fan_out" in results.get("cluster", {}):  # issue 18: Redis Cluster against one Redis
@@ -2277,6 +2323,21 @@ def main() -> None:
     )
     parser.add_argument("--crowd-rounds", type=int, default=3, help="rounds, one-worker light load")
     parser.add_argument(
+        "--crowd-channel-subs",
+        type=int,
+        default=10,
+        help="subscribers per channel, the one-worker light load spread over channels",
+    )
+    parser.add_argument(
+        "--crowd-spread-rate",
+        type=float,
+        default=300.0,
+        help="broadcasts/s (round robin over the channels), the spread light load",
+    )
+    parser.add_argument(
+        "--crowd-spread-count", type=int, default=3000, help="broadcasts per spread light-load run"
+    )
+    parser.add_argument(
         "--crowd-only",
         action="store_true",
         help="run only the rows of --crowd-subs subscribers on one worker",
@@ -2331,6 +2392,7 @@ def main() -> None:
         args.archive_big, args.archive_repeats = 10_000, 2
         args.channels_n, args.channels_rate, args.channels_seconds = 100, 10_000.0, 3.0
         args.crowd_subs, args.crowd_count = 3000, 20
+        args.crowd_spread_count = 600
         args.channels_rounds = args.crowd_rounds = args.cluster_rounds = 1
     if args.mounts_only:
         mounts_only(args)

@@ -368,7 +368,8 @@ def scale_args(**changes: Any) -> Any:
         "no_redis": False, "deliveries": 2000, "window": 8,
         "channels_n": 4, "channels_subs": 2, "channels_rate": 400.0, "channels_seconds": 0.2,
         "channels_rounds": 1, "crowd_subs": 30, "crowd_base": 10, "crowd_rate": 50.0,
-        "crowd_count": 5, "crowd_rounds": 1, "cluster_subs": 20, "cluster_rounds": 1,
+        "crowd_count": 5, "crowd_rounds": 1, "crowd_channel_subs": 5, "crowd_spread_rate": 100.0,
+        "crowd_spread_count": 12, "cluster_subs": 20, "cluster_rounds": 1,
         "ops_idle_seconds": 0.5,
     }  # fmt: skip
     return argparse.Namespace(**{**values, **changes})
@@ -381,9 +382,13 @@ def test_the_crowd_part_runs_at_a_tiny_size() -> None:
     assert set(part["sizes"]) == {"10", "30"}
     assert part["sizes"]["30"]["light"]["lost"] == 0
     assert part["sizes"]["30"]["light"]["runs"][0]["deliveries"] == 30 * 5
+    # spread over channels of 5: 12 broadcasts round robin, each to the 5 of its channel
+    assert part["sizes"]["30"]["spread"]["lost"] == 0
+    assert part["sizes"]["30"]["spread"]["runs"][0]["deliveries"] == 12 * 5
     assert "### 30 subscribers on one worker" in bench.crowd_table(part)
-    [goal] = bench.scale_goals({"crowd": part})
-    assert goal[0] == "p99 at 30 / 10 subscribers, one worker, light load"
+    one, spread = bench.scale_goals({"crowd": part})
+    assert one[0] == "p99 at 30 / 10 subscribers, one worker, light load"
+    assert spread[0] == "p99 at 30 / 10 subscribers, one worker, light load, channels of 5"
 
 
 @needs_redis_server
