@@ -21,7 +21,7 @@ import inspect
 import logging
 import math
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from functools import lru_cache, partial
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
@@ -66,7 +66,7 @@ from .http import (
 )
 from .hub import HEARTBEAT_TICKS, Hub
 from .identity import IdentityTokens
-from .lifecycle import Runner, run_every, server_is_exiting, watch_exit_signals
+from .lifecycle import Runner, asyncio_loop, run_every, server_is_exiting, watch_exit_signals
 from .listener import Listener
 from .mailbox import Close
 from .metrics import FLUSH_INTERVAL, MetricsRoute, PrometheusMetrics, Tally
@@ -78,13 +78,23 @@ from .publish import PublishRoute
 from .ranges import DEFAULT_LIMIT, checked_range
 from .ratelimit import ConnectionLimit
 from .scheduler import WriteScheduler
-from .servers import GRANIAN, UNPACED, identify, warn_unpaced
+from .servers import (
+    DAPHNE,
+    GRANIAN,
+    HYPERCORN,
+    UNPACED,
+    HypercornWatch,
+    identify,
+    on_reactor_shutdown,
+    warn_unpaced,
+)
 from .storage.base import Storage, StorageError
 from .storage.memory import MemoryStorage
 from .subscribe import SubscribeRoute
 from .tokens import TokenSigner
 from .webhooks import Bridge, validate_url_prefix
 from .websocket import WebSocketRoute, refuse
+from .writer import CLEANUP_TIMEOUT, until_all_ended
 
 __all__ = ["ChannelApp"]
 
@@ -255,6 +265,8 @@ class ChannelApp:
             self._routes["metrics"] = MetricsRoute(self._metrics)
         self._runner = Runner(self._background)
         self._server: str | None = None  # the ASGI server's name, once met (see servers)
+        self._exiting: Callable[[], bool] | None = None  # the server's own "stopping" state
+        self._stopping = False  # shutdown() was called: every stream ends, new ones too
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -276,12 +288,31 @@ class ChannelApp:
     ) -> None:
         """End every stream and stop the background work."""
         self._hub.close_all(Close.SHUTDOWN)
+        self._stopping = False  # a later start is a new start
         await self._runner.__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """End every stream and stop background work that started on first use."""
         self._hub.close_all(Close.SHUTDOWN)
+        self._stopping = False
         await self._runner.aclose()
+
+    def shutdown(self) -> None:
+        """End every stream now, and each one that opens later: the server is stopping.
+
+        Each SSE response completes (a browser reconnects after ``retry``, with
+        ``Last-Event-ID``, to whichever process is still up), each WebSocket closes with 1001,
+        and each connection leaves the channel's presence as it ends. Publishing and the rest
+        of the server-side API keep working until the app stops (lifespan, ``async with`` or
+        :meth:`aclose`), so a server's graceful shutdown finds nothing left open.
+
+        The app does this itself when it sees its server stop (``docs/servers.md``, "Stopping");
+        call it from a server's own shutdown hook where it cannot, such as hypercorn's
+        ``shutdown_trigger``. Call it from the app's event loop (a coroutine or a loop
+        callback, not a ``signal.signal`` handler).
+        """
+        self._stopping = True
+        self._hub.close_all(Close.SHUTDOWN)
 
     async def _background(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -317,9 +348,15 @@ class ChannelApp:
         for bridge in self._bridges:
             bridge.offer(channel, event_id, with_id(payload, event_id))
 
+    def _stop_for_reactor(self) -> Coroutine[Any, Any, None]:
+        """End every stream now; return what waits (bounded) until each has left (daphne)."""
+        self.shutdown()  # now: the reactor's cancellations are on their way
+        return _until_all_ended()
+
     def _end_streams_if_exiting(self) -> None:
-        if server_is_exiting():
-            self._hub.close_all(Close.SHUTDOWN)
+        exiting = self._exiting
+        if self._stopping or server_is_exiting() or (exiting is not None and exiting()):
+            self.shutdown()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -399,11 +436,18 @@ class ChannelApp:
     def _meet_server(self, receive: Receive, send: Send) -> None:
         """Adapt to what the server does on its first connection (see ``servers``)."""
         name = self._server = identify(receive, send)
-        if name == GRANIAN:
-            watch_exit_signals()
+        loop = asyncio_loop()
+        if name == GRANIAN and loop is not None:
+            # In the signal handler only a callback is scheduled; granian's own handler follows.
+            watch_exit_signals(partial(loop.call_soon_threadsafe, self.shutdown))
+        elif name == HYPERCORN:
+            self._exiting = HypercornWatch()
+        elif name == DAPHNE:
+            on_reactor_shutdown(self._stop_for_reactor)
         if name in UNPACED:
             warn_unpaced(name, self.settings.max_buffer_bytes)
         self._subscribe.pace_for(name)
+        self._websocket.close_for(name)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -772,6 +816,12 @@ class ChannelApp:
         """
         self._hooks.on_publish.append(_async_hook(hook, "on_publish"))
         return hook
+
+
+async def _until_all_ended() -> None:
+    """Wait until every connection of this process has ended and left, or CLEANUP_TIMEOUT."""
+    with anyio.move_on_after(CLEANUP_TIMEOUT):
+        await until_all_ended()
 
 
 def _async_hook(hook: Any, name: str) -> Any:

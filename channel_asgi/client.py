@@ -37,7 +37,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import sse
 from .errors import ChannelError
-from .protocol import Envelope, Outline, decode_envelope, decode_outline, skip_undecodable
+from .protocol import (
+    WS_PING,
+    Envelope,
+    Outline,
+    decode_envelope,
+    decode_outline,
+    skip_undecodable,
+)
 
 __all__ = ["ChannelError", "Client", "Envelope", "Subscription"]
 
@@ -491,6 +498,8 @@ class Subscription:
         try:
             async for frame in connection:
                 raw = frame if isinstance(frame, str) else frame.decode()
+                if raw == WS_PING:  # the server's keepalive: nothing to yield
+                    continue
                 if raw.startswith(('{"type":"ack"', '{"type":"error"')):
                     self._on_reply(raw)
                     continue

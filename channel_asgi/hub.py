@@ -27,7 +27,7 @@ from .connection import Framing
 from .fastpath import DirectWriter, direct_send
 from .http import Send
 from .mailbox import Close, Mailbox, put_many
-from .protocol import for_channel, with_id
+from .protocol import WS_PING, for_channel, with_id
 from .scheduler import WriteScheduler
 from .storage.base import Delivery, Storage
 
@@ -37,6 +37,8 @@ logger = logging.getLogger("channel_asgi")
 
 #: Heartbeat ticks per ``heartbeat`` interval.
 HEARTBEAT_TICKS: Final = 3
+#: What an idle connection gets, by framing (server-side subscribers get nothing).
+_PINGS: Final = ((Framing.SSE, sse.PING), (Framing.TEXT, WS_PING))
 
 
 @dataclass(slots=True)
@@ -364,15 +366,19 @@ class Hub:
                 _too_slow(mailbox)
 
     def heartbeat(self) -> None:
-        """Ping every SSE connection that was silent for ``HEARTBEAT_TICKS`` calls.
+        """Ping every SSE and WebSocket connection that was silent for ``HEARTBEAT_TICKS`` calls.
 
         The app calls this ``HEARTBEAT_TICKS`` times per ``heartbeat`` interval, so a stream is
-        never silent for more than a third of an interval past its heartbeat.
+        never silent for more than a third of an interval past its heartbeat. An SSE stream
+        gets ``: ping``, a WebSocket ``{"type":"ping"}`` (ASGI cannot send a WebSocket ping, and
+        hypercorn and granian send none of their own).
         """
         for room in self._rooms.values():
-            for mailbox in list(room.by_framing[Framing.SSE].values()):
-                if not mailbox.beat(sse.PING, HEARTBEAT_TICKS):
-                    _too_slow(mailbox)
+            by_framing = room.by_framing
+            for framing, ping in _PINGS:
+                for mailbox in list(by_framing[framing].values()):
+                    if not mailbox.beat(ping, HEARTBEAT_TICKS):
+                        _too_slow(mailbox)
 
     def close_all(self, reason: Close) -> None:
         """Close every mailbox (the app is stopping)."""

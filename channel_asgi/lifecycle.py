@@ -8,14 +8,18 @@ the lifespan protocol or ``async with channels:`` the work runs in the caller's 
 Uvicorn waits for open responses to finish before it stops, and SSE responses never finish on
 their own, so :func:`server_is_exiting` lets the app notice that uvicorn has been asked to stop
 (its signal handler is a bound method of the server, whose ``should_exit`` flag it reads without
-changing it) and end its streams; the browsers reconnect to whichever process is still up.
-Granian waits the same way but keeps its state out of reach, so there the app adds a handler of
-its own after granian's (:func:`watch_exit_signals`): granian's still runs first, unchanged.
+changing it; under gunicorn, also the worker's ``alive``, which gunicorn's SIGQUIT clears) and
+end its streams; the browsers reconnect to whichever process is still up. Granian waits the same
+way but keeps its state out of reach, so there the app wraps granian's handlers
+(:func:`watch_exit_signals`): the wrapper notes the signal and asks the app to end its streams,
+then calls granian's, unchanged. In that order because granian drops its WebSockets as soon as
+its own handler has run: the close frames have to be on their way first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,11 +35,14 @@ from .errors import ChannelError
 
 __all__ = ["Runner", "asyncio_loop", "run_every", "server_is_exiting", "watch_exit_signals"]
 
+logger = logging.getLogger("channel_asgi")
+
 Background = Callable[..., Coroutine[Any, Any, None]]
 
 _EXIT_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 _signalled = False  # a handler of watch_exit_signals saw SIGTERM or SIGINT
 _watching = False
+_on_exit: list[Callable[[], object]] = []  # called by those handlers, before the server's
 
 
 def server_is_exiting() -> bool:
@@ -48,44 +55,67 @@ def server_is_exiting() -> bool:
         except ValueError:  # pragma: no cover - not the main interpreter
             return False
         server = getattr(handler, "__self__", None)
-        if server is not None and getattr(server, "should_exit", False) is True:
+        if server is None:
+            continue
+        if getattr(server, "should_exit", False) is True:
+            return True
+        # Gunicorn's uvicorn worker: SIGQUIT (what gunicorn sends on SIGINT to the master) only
+        # clears the worker's ``alive``; the worker is the owner of uvicorn's notify callback.
+        notify = getattr(getattr(server, "config", None), "callback_notify", None)
+        if getattr(getattr(notify, "__self__", None), "alive", True) is False:
             return True
     return False
 
 
-def watch_exit_signals() -> bool:
-    """Note SIGTERM and SIGINT for :func:`server_is_exiting`, after the server's own handlers.
+def watch_exit_signals(on_exit: Callable[[], object] | None = None) -> bool:
+    """Note SIGTERM and SIGINT for :func:`server_is_exiting`, before the server's own handlers.
 
-    Each Python-level handler the server installed is replaced by one that calls it first, with
-    the same arguments, and then notes the signal; a signal the server left to the default
-    action or ignores is left alone. Safe to call more than once.
+    Each Python-level handler the server installed is replaced by one that notes the signal,
+    calls ``on_exit`` (and those of earlier calls), and then calls the server's, with the same
+    arguments, whatever ``on_exit`` did; a signal the server left to the default action or
+    ignores is left alone. Safe to call more than once.
+
+    Args:
+        on_exit: called in the signal handler, in the main thread; it should only schedule
+            work (``loop.call_soon_threadsafe``), as any signal handler should.
 
     Returns:
         Whether the handlers are in place (False outside the main thread, where Python does not
         allow installing them, or where the server has no Python handler to follow).
     """
     global _watching
-    if _watching:
-        return True
     if threading.current_thread() is not threading.main_thread():
         return False
+    if on_exit is not None:
+        _on_exit.append(on_exit)
+    if _watching:
+        return True
     for signum in _EXIT_SIGNALS:
         previous = signal.getsignal(signum)
         if callable(previous):
-            signal.signal(signum, _after(previous))
+            signal.signal(signum, _before(previous))
             _watching = True
     return _watching
 
 
-def _after(previous: Callable[[int, FrameType | None], Any]) -> Callable[..., None]:
+def _before(previous: Callable[[int, FrameType | None], Any]) -> Callable[..., None]:
     def note_exit(signum: int, frame: FrameType | None) -> None:
         global _signalled
+        _signalled = True
         try:
-            previous(signum, frame)
+            for callback in _on_exit:
+                _call_quietly(callback, signum)
         finally:
-            _signalled = True
+            previous(signum, frame)
 
     return note_exit
+
+
+def _call_quietly(callback: Callable[[], object], signum: int) -> None:
+    try:
+        callback()
+    except Exception:  # the server's handler runs whatever happens here
+        logger.exception("Failed to end the streams on signal %d", signum)
 
 
 class Runner:

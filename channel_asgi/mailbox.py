@@ -86,6 +86,7 @@ class Mailbox:
         "_interrupt",
         "_items",
         "_quiet",
+        "_release",
         "_size",
         "_waiter",
         "_wake_soon",
@@ -120,6 +121,7 @@ class Mailbox:
         self._closed: Close | None = None
         self._quiet = 0  # heartbeat ticks since the last thing queued
         self._interrupt: Callable[[], object] | None = None
+        self._release: Callable[[], Awaitable[None]] | None = None
         self._direct: Send | None = None  # the send a direct write steps (fastpath)
         self._direct_writer: DirectWriter | None = None
 
@@ -181,7 +183,7 @@ class Mailbox:
         self.wake()
         return True
 
-    def beat(self, ping: bytes, ticks: int) -> bool:
+    def beat(self, ping: bytes | str, ticks: int) -> bool:
         """Count a heartbeat tick; queue ``ping`` after ``ticks`` ticks with nothing queued.
 
         Returns:
@@ -213,6 +215,19 @@ class Mailbox:
     def interrupt_with(self, interrupt: Callable[[], object] | None) -> None:
         """Set what stops the writer at once when the mailbox is closed as too slow."""
         self._interrupt = interrupt
+
+    @property
+    def release(self) -> Callable[[], Awaitable[None]] | None:
+        """What the writer awaits before it ends a stream closed with ``Close.SHUTDOWN``."""
+        return self._release
+
+    def release_with(self, release: Callable[[], Awaitable[None]] | None) -> None:
+        """Set :attr:`release`: the connection's leave, so its presence is gone before its end.
+
+        A server may exit as soon as its last response completes (granian does), before the
+        connection's cleanup would have run.
+        """
+        self._release = release
 
     def write_directly_with(self, send: Send | None, writer: DirectWriter) -> None:
         """Let ``writer`` write this mailbox's batches through ``send`` while its writer is parked.

@@ -21,6 +21,7 @@ from .numbers import check_json, fits
 from .ranges import MediaRange, range_of_message
 
 __all__ = [
+    "WS_PING",
     "Envelope",
     "Outline",
     "decode_envelope",
@@ -32,6 +33,9 @@ __all__ = [
     "skip_undecodable",
     "with_id",
 ]
+
+#: The keepalive text frame of an idle WebSocket (SSE's ``: ping``): a ``type`` no client acts on.
+WS_PING: Final = '{"type":"ping"}'
 
 #: The publish types a client may send.
 PUBLISH_TYPES: Final = frozenset({"broadcast", "private", "request", "webhook"})

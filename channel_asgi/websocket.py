@@ -37,6 +37,7 @@ from .numbers import fits
 from .protocol import Reply, encode, with_id
 from .publish import PublishRoute
 from .ratelimit import ConnectionLimit
+from .servers import DAPHNE
 from .storage.base import StorageError
 from .subscribe import admit
 from .tokens import PublishClaims
@@ -121,6 +122,12 @@ class WebSocketRoute:
         self._limit = limit
         self._publish = publish
         self._cors = cors
+        self._shutdown_code = _CLOSE_CODES[Close.SHUTDOWN]
+
+    def close_for(self, server: str | None) -> None:
+        """Adapt to the ASGI server: daphne (autobahn) closes with 1000 or 3000-4999 only."""
+        if server == DAPHNE:
+            self._shutdown_code = 1000
 
     async def serve(
         self,
@@ -222,7 +229,8 @@ class WebSocketRoute:
                 engine.tally.storage_error(exc)
                 logger.warning("Ending WebSocket %s: %s", mailbox.connection_id, exc)
                 mailbox.close(Close.SHUTDOWN)
-            code = _CLOSE_CODES.get(mailbox.closed or Close.SHUTDOWN)
+            closed = mailbox.closed or Close.SHUTDOWN
+            code = self._shutdown_code if closed is Close.SHUTDOWN else _CLOSE_CODES.get(closed)
             if code is not None:
                 await send({"type": "websocket.close", "code": code})
 

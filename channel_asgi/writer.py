@@ -4,8 +4,12 @@ A connection's writer is a task of its own: it takes what its mailbox holds and 
 :func:`pump`, the one writer loop of every transport. The ASGI task watches the client (for SSE,
 its disconnect; for a WebSocket, its frames too). A connection found too slow is interrupted by
 cancelling the writer, which may be stuck in a send; that cancellation is the connection's own
-business and ends here. Whatever happens, the cleanup (leave, announce it, run the hooks) runs
-shielded, with a deadline so that a storage outage cannot hold the task forever.
+business and ends here. A connection whose task the server cancels loses its writer too, unless
+the app is stopping (its mailbox closed with ``Close.SHUTDOWN``): then the writer finishes the
+response first (within the cleanup's deadline), so that the client can tell the end from a
+cut. Whatever happens, the cleanup (leave, announce it, run the hooks) runs shielded, with a
+deadline so that a storage outage cannot hold the task forever; on a stop, an SSE connection
+runs it before its response ends.
 
 On asyncio these are plain tasks rather than an anyio task group: a task group per connection
 would add to the memory every idle connection holds, and idle connections should stay small.
@@ -21,13 +25,70 @@ from typing import Any, Final, Protocol
 
 import anyio
 
+from .connection import Framing
 from .engine import Engine, Opening
 from .mailbox import Close, HistoryRequest, Mailbox
 
-__all__ = ["CLEANUP_TIMEOUT", "Sink", "pump", "run_connection"]
+__all__ = ["CLEANUP_TIMEOUT", "Sink", "pump", "run_connection", "until_all_ended"]
 
 #: How long the cleanup of a closed connection may take (it runs shielded).
 CLEANUP_TIMEOUT: Final = 10.0
+
+_running = 0  # connections of this process in run_connection, their cleanup included
+_ended: list[anyio.Event] = []  # set when _running drops to 0
+
+
+async def until_all_ended() -> None:
+    """Return once no connection of this process runs, cleanup included (any app's)."""
+    while _running:
+        event = anyio.Event()
+        _ended.append(event)
+        await event.wait()
+
+
+def _leave_once(
+    engine: Engine, mailbox: Mailbox, opening: Opening
+) -> Callable[[], Awaitable[None]]:
+    """The connection's cleanup (``Engine.disconnect``), shielded and bounded, run once."""
+    left = False
+
+    async def leave() -> None:
+        nonlocal left
+        if left:
+            return
+        left = True
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
+            await engine.disconnect(mailbox, opening)
+
+    return leave
+
+
+def _release_early(mailbox: Mailbox, leave: Callable[[], Awaitable[None]]) -> None:
+    """On a stop, let an SSE connection leave before its response ends (``Mailbox.release``).
+
+    Servers wait for open responses, and may exit as soon as the last one has ended (granian
+    does). A WebSocket closes first and leaves after: granian drops WebSockets as soon as it
+    starts to stop, so their close frame cannot wait.
+    """
+    if mailbox.framing is Framing.SSE:
+        mailbox.release_with(leave)
+
+
+class _Running:
+    """Count a connection in :func:`until_all_ended` for as long as the block runs."""
+
+    def __enter__(self) -> None:
+        global _running
+        _running += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _running
+        _running -= 1
+        if not _running:
+            for event in _ended:
+                event.set()
+            _ended.clear()
 
 
 class Sink(Protocol):
@@ -64,6 +125,9 @@ async def pump(
                 await handed
             continue
         if not items:
+            release = mailbox.release
+            if release is not None and mailbox.closed is Close.SHUTDOWN:
+                await release()  # the app is stopping: leave before the client sees the end
             return
         if not controls:  # the hot path: one write for everything taken
             await write_events(items)
@@ -96,8 +160,21 @@ async def run_connection(
     per write of every connection). This task watches the client. The first to end stops the
     other: the watcher closes the mailbox (the client left), the writer's end cancels the watch.
     A connection cut for being too slow ends without an error (``mailbox.closed`` is then
-    ``Close.SLOW``); any other error of the writer is raised here, after the cleanup.
+    ``Close.SLOW``); any other error of the writer is raised here, after the cleanup. A
+    connection the app stops (``Close.SHUTDOWN``) runs its cleanup before its writer ends the
+    stream (see :meth:`Mailbox.release_with`).
     """
+    with _Running():
+        await _run(engine, mailbox, opening, write, watch)
+
+
+async def _run(
+    engine: Engine,
+    mailbox: Mailbox,
+    opening: Opening,
+    write: Coroutine[Any, Any, None],
+    watch: Coroutine[Any, Any, None],
+) -> None:
     try:
         own = asyncio.current_task()
     except RuntimeError:  # not on asyncio (trio)
@@ -105,6 +182,8 @@ async def run_connection(
         return
     if own is None:  # pragma: no cover - an ASGI app always runs in a task
         raise RuntimeError("a connection must run in a task")
+    leave = _leave_once(engine, mailbox, opening)
+    _release_early(mailbox, leave)
     writer = asyncio.ensure_future(write)
     mailbox.interrupt_with(writer.cancel)
     watching = True
@@ -121,7 +200,10 @@ async def run_connection(
         await watch
     except asyncio.CancelledError:
         if not stopped:  # cancelled from outside: the server is dropping the connection
-            writer.cancel()
+            if mailbox.closed is not Close.SHUTDOWN:
+                writer.cancel()
+            # Else the app is stopping too (daphne cancels every connection as it stops): the
+            # writer is finishing the response (below, bounded), so the client sees its end.
             raise
         uncancel = getattr(own, "uncancel", None)  # Python 3.11+
         if uncancel is not None:
@@ -138,7 +220,8 @@ async def run_connection(
                     writer.cancel()
                     await asyncio.wait({writer}, timeout=CLEANUP_TIMEOUT / 2)
                 mailbox.interrupt_with(None)
-                await engine.disconnect(mailbox, opening)
+                mailbox.release_with(None)
+                await leave()
     if writer.cancelled():
         if mailbox.closed is Close.SLOW:
             return
@@ -158,6 +241,8 @@ async def _run_on_anyio(
     """:func:`run_connection` off asyncio (trio): the same contract, in an anyio task group."""
     writer_scope = anyio.CancelScope()
     failure: list[Exception] = []
+    leave = _leave_once(engine, mailbox, opening)
+    _release_early(mailbox, leave)
     try:
         async with anyio.create_task_group() as group:
 
@@ -177,8 +262,7 @@ async def _run_on_anyio(
     finally:
         write.close()  # never started when the group was cancelled first: no warning
         mailbox.interrupt_with(None)
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-            await engine.disconnect(mailbox, opening)
+        mailbox.release_with(None)
+        await leave()
     if failure:
         raise failure[0]

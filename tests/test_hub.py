@@ -11,6 +11,7 @@ from channel_asgi import sse
 from channel_asgi.connection import Framing
 from channel_asgi.hub import HEARTBEAT_TICKS, Hub
 from channel_asgi.mailbox import SEND_HISTORY, Close, Mailbox
+from channel_asgi.protocol import WS_PING
 from channel_asgi.scheduler import WriteScheduler
 from channel_asgi.storage import Delivery, Storage
 
@@ -249,6 +250,20 @@ def test_heartbeat_pings_only_after_a_whole_quiet_interval() -> None:
     for _ in range(HEARTBEAT_TICKS):
         hub.heartbeat()
     assert queued(sub)[-1] != sse.PING
+
+
+def test_heartbeat_pings_idle_websockets_with_a_ping_frame_and_server_side_not_at_all() -> None:
+    """Issue 19: a WebSocket gets ``{"type":"ping"}`` on the SSE schedule; a listener nothing."""
+    hub = new_hub()
+    ws = subscriber("w", framing=Framing.TEXT)
+    listener = subscriber("l", None, framing=Framing.JSON)
+    live(hub, ws, listener)
+    for _ in range(HEARTBEAT_TICKS):
+        hub.heartbeat()
+    assert queued(ws) == queued(listener) == []
+    hub.heartbeat()
+    assert queued(ws) == [WS_PING]
+    assert queued(listener) == []
 
 
 def test_overflowing_mailbox_closes_as_slow_and_interrupts_its_writer() -> None:

@@ -60,20 +60,54 @@ async def test_an_app_runs_once_at_a_time() -> None:
                 pass  # pragma: no cover
 
 
-def test_exit_signals_are_seen_after_the_server_handler_runs() -> None:
-    """watch_exit_signals chains after the server's handler, which still runs first."""
+def test_exit_signals_are_seen_and_the_server_handler_still_runs() -> None:
+    """watch_exit_signals notes the signal and calls back first, then the server's handler."""
     script = textwrap.dedent(
         """
         import os, signal
         from channel_asgi import lifecycle
 
         seen = []
-        signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+        signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(("server", signum)))
         assert not lifecycle.server_is_exiting()
-        assert lifecycle.watch_exit_signals()
+        assert lifecycle.watch_exit_signals(lambda: seen.append(("app", 0)))
         assert lifecycle.watch_exit_signals()  # a second call changes nothing
+        lifecycle.watch_exit_signals(lambda: 1 / 0)  # a failing callback stops nothing
         os.kill(os.getpid(), signal.SIGTERM)
-        assert seen == [signal.SIGTERM], seen
+        assert seen == [("app", 0), ("server", signal.SIGTERM)], seen
+        assert lifecycle.server_is_exiting()
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert "ZeroDivisionError" in result.stderr  # logged, not raised
+
+
+def test_a_gunicorn_worker_asked_to_quit_is_seen_as_exiting() -> None:
+    """Issue 19: gunicorn's SIGQUIT only clears the uvicorn worker's ``alive``."""
+    script = textwrap.dedent(
+        """
+        import signal, types
+        from channel_asgi import lifecycle
+
+        class Server:  # what uvicorn's Server offers: should_exit, config.callback_notify
+            should_exit = False
+            def __init__(self):
+                self.config = types.SimpleNamespace(callback_notify=Worker().notify)
+            def handle_exit(self, signum, frame):
+                self.should_exit = True
+        class Worker:
+            alive = True
+            def notify(self):
+                pass
+        server = Server()
+        signal.signal(signal.SIGTERM, server.handle_exit)
+        assert not lifecycle.server_is_exiting()
+        server.config.callback_notify.__self__.alive = False
         assert lifecycle.server_is_exiting()
         print("ok")
         """

@@ -34,6 +34,7 @@ from websockets.asyncio.client import ClientConnection
 
 from channel_asgi.client import Client
 from channel_asgi.servers import identify
+from channel_asgi.storage import RedisStorage
 
 from .conftest import (
     ServerProcess,
@@ -324,6 +325,18 @@ async def test_websocket_publishes_and_receives_next_to_sse(
             assert [item["id"] for item in frame["message"]] == [ack["id"], reply.json()["id"]]
 
 
+async def test_an_idle_websocket_gets_keepalive_frames_and_stays_open(site: Site) -> None:
+    """Issue 19: ``{"type":"ping"}`` every ``heartbeat`` (1 s here), on servers that never ping."""
+    async with websockets.connect(f"{site.ws_base}/ws/{fresh('idle')}", open_timeout=WAIT) as ws:
+        assert (await recv_json(ws))["type"] == "init"
+        for _ in range(2):
+            assert await recv_json(ws) == {"type": "ping"}
+        await ws.send(json.dumps({**chat("still open"), "ref": 1}))
+        while (frame := await recv_json(ws))["type"] != "ack":
+            pass
+        assert frame["code"] == 200
+
+
 @pytest.mark.parametrize(
     ("path", "status"),
     [("/ws/bad%20name", 400), ("/ws", 404), ("/elsewhere", 404)],
@@ -540,43 +553,107 @@ def test_the_server_is_recognised_by_what_it_passes(receive: Any, send: Any, nam
 
 # -- stopping and restarting -------------------------------------------------------------------
 
-#: Servers on which those streams end cleanly (a complete response), as they do on uvicorn.
-CLEAN_STOP: Final = frozenset({"uvicorn", "granian", "gunicorn"})
+
+@dataclass(frozen=True)
+class Stop:
+    """One way of stopping a server: which server, serving which app, sent which signal, where.
+
+    ``to`` is ``"pid"`` for the server's own process (``kill``, systemd, Docker, Kubernetes) or
+    ``"group"`` for its whole process group, as Ctrl-C in a terminal does.
+    """
+
+    server: str
+    app: str
+    signum: signal.Signals
+    to: str = "pid"
+    #: Whether the process exits once its streams have ended (see docs/servers.md#stopping).
+    exits: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.server}-{self.app}-{self.signum.name}-{self.to}"
 
 
-@pytest.mark.parametrize(
-    ("server", "app"),
-    [
-        *((server, "tests.server_apps:fastapi") for server in SERVERS),
-        ("granian", "tests.server_apps:channels"),
-    ],
-    ids=[*(f"{server}-fastapi" for server in SERVERS), "granian-bare"],
-)
-async def test_sigterm_with_streams_open_ends_them_and_exits(
-    server: str, app: str, redis_for_workers: tuple[str, str]
+#: The command of ``quart run`` (hypercorn, in Quart's own event loop).
+QUART_RUN: Final = [
+    "-m", "quart", "--app", "tests.server_apps:quart", "run", "--host", "127.0.0.1",
+    "--port", "{port}",
+]  # fmt: skip
+
+STOPS: Final = [
+    Stop("uvicorn", "fastapi", signal.SIGTERM),
+    Stop("uvicorn", "fastapi", signal.SIGINT, "group"),
+    Stop("hypercorn", "fastapi", signal.SIGTERM),
+    Stop("hypercorn", "channels", signal.SIGTERM),
+    Stop("hypercorn", "fastapi", signal.SIGINT, "group"),
+    Stop("quart", "quart", signal.SIGTERM),
+    Stop("quart", "quart", signal.SIGINT, "group"),
+    Stop("granian", "fastapi", signal.SIGTERM),
+    Stop("granian", "channels", signal.SIGTERM),
+    Stop("granian", "fastapi", signal.SIGINT, "group"),
+    Stop("daphne", "fastapi", signal.SIGTERM),
+    Stop("daphne", "fastapi", signal.SIGINT, "group"),
+    Stop("gunicorn", "fastapi", signal.SIGTERM),
+    Stop("gunicorn", "fastapi", signal.SIGINT, "group"),
+    # SIGINT to the master alone: gunicorn sends SIGQUIT to the workers, which uvicorn's worker
+    # class only notes (worker.alive); the app ends its streams, uvicorn waits for gunicorn's
+    # --graceful-timeout (30 s) before it exits.
+    Stop("gunicorn", "fastapi", signal.SIGINT, exits=False),
+]
+
+
+@pytest.mark.parametrize("stop", STOPS, ids=[stop.id for stop in STOPS])
+async def test_a_stop_ends_every_stream_cleanly_and_releases_presence(
+    stop: Stop, redis_for_workers: tuple[str, str]
 ) -> None:
-    """Issue 14: granian with SSE subscribers hung on SIGTERM; every server must exit."""
+    """Issue 19: on every server, SIGTERM or Ctrl-C ends SSE and WebSocket cleanly, at once.
+
+    The SSE response completes (the client reads its end, not a network error), the WebSocket
+    closes with 1001 or 1012, the viewers are gone from Redis while the worker's presence lease
+    (30 s) still runs, the server logs no traceback, and it exits. On Redis, so that the test
+    reads the presence the server's processes leave.
+    """
     url, prefix = redis_for_workers
-    redis_url = url if server in ON_REDIS else None
-    process = start(server, app, redis_url=redis_url, prefix=prefix)
-    base = process.base + ("/channel" if app.endswith(":fastapi") else "")
+    args = QUART_RUN if stop.server == "quart" else None
+    process = start(
+        stop.server, f"tests.server_apps:{stop.app}", redis_url=url, prefix=prefix, args=args
+    )
+    base = process.base + ("" if stop.app == "channels" else "/channel")
+    channel = fresh("stop")
+    presence = RedisStorage(url, prefix=prefix)  # read only: the server's processes write it
     try:
-        async with httpx.AsyncClient(trust_env=False, timeout=WAIT) as http:
-            async with (
-                subscribe(http, f"{base}/subscribe/{fresh('stop')}") as one,
-                subscribe(http, f"{base}/subscribe/{fresh('stop')}") as two,
-            ):
-                os.kill(process.pid, signal.SIGTERM)
-                for sub in (one, two):
-                    if server in CLEAN_STOP:
-                        assert await ended_cleanly(sub.stream), f"{server} cut the stream"
-                    else:
-                        assert await sub.stream.ended(), f"{server} left the stream open"
-        # A hang is the bug: a bounded wait, not a timed one (hypercorn waits for its 3 s
-        # graceful_timeout; see issue 19 for making every stop clean).
-        await eventually(lambda: process.process.poll(), lambda code: code is not None)
+        async with (
+            httpx.AsyncClient(trust_env=False, timeout=WAIT) as http,
+            subscribe(http, f"{base}/subscribe/{channel}") as sse,
+            websockets.connect(f"ws{base[4:]}/ws/{channel}", open_timeout=WAIT) as ws,
+        ):
+            assert (await recv_json(ws))["type"] == "init"
+            await eventually(lambda: presence.viewer_count(channel), lambda n: n == 2)
+            if stop.to == "group":
+                os.killpg(process.pid, stop.signum)
+            else:
+                os.kill(process.pid, stop.signum)
+            assert await ended_cleanly(sse.stream), f"{stop.id} cut the SSE stream"
+            # daphne's WebSockets (autobahn) close with 1000 or 3000-4999 only
+            assert await close_code(ws) in ((1000,) if stop.server == "daphne" else (1001, 1012))
+            await eventually(lambda: presence.viewer_count(channel), lambda n: n == 0)
+        if stop.exits:  # a bounded wait: hanging is the failure
+            await eventually(lambda: process.process.poll(), lambda code: code is not None)
+        assert "Traceback" not in process.output(), process.output()
     finally:
         stop_server_process(process)
+        await presence.aclose()
+
+
+async def close_code(ws: ClientConnection) -> int | None:
+    """Read until the server closes the WebSocket; return its close code (1006: cut)."""
+    with anyio.fail_after(WAIT):
+        try:
+            while True:
+                await ws.recv()
+        except websockets.exceptions.ConnectionClosed:
+            pass
+    return ws.close_code
 
 
 async def ended_cleanly(stream: EventStream) -> bool:
