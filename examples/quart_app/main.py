@@ -3,6 +3,7 @@
 Run it from the repository root, then open http://127.0.0.1:8000/ in two tabs::
 
     uvicorn examples.quart_app.main:app
+    quart --app examples.quart_app.main:app run --port 8000   # or Quart's own (hypercorn)
 
 ``GET /`` is the chat page, ``POST /announce`` publishes from a view (server-side emit) and
 ``GET /status`` reports what ``before_serving`` set up. Quart has no mount, so the channels wrap
