@@ -1923,9 +1923,9 @@ METRICS_ON = channel_asgi_target("channel_asgi, metrics on", "--metrics")
 def metrics_part(binary: Path, ours: Target, subs: int, args: argparse.Namespace) -> dict[str, Any]:
     """Metrics on against off: saturated deliveries/s and light-load CPU per delivery, paired."""
     pair = {"on": METRICS_ON, "off": ours}
-    fan_out = side_by_side(binary, pair, subs, args.check_rounds, args)
+    fan_out = side_by_side(binary, pair, subs, args.metrics_rounds, args)
     light: dict[str, list[float]] = {"on": [], "off": []}
-    for index in range(args.check_rounds):
+    for index in range(args.metrics_rounds):
         for name, target in list(pair.items()) if index % 2 == 0 else list(pair.items())[::-1]:
             report = latency(binary, target, args.latency_subs, args.rate, args.latency_count)
             light[name].append(report["server_cpu_per_100k"])
@@ -2253,6 +2253,12 @@ def main() -> None:
     parser.add_argument(
         "--check-rounds", type=int, default=3, help="runs each with the number check on and off"
     )
+    parser.add_argument(
+        "--metrics-rounds",
+        type=int,
+        default=6,
+        help="runs each with metrics on and off (a 5%% cost needs more rounds than the noise)",
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--servers-subs", type=int, default=200, help="subscribers, servers part")
@@ -2386,7 +2392,7 @@ def main() -> None:
     if args.quick:
         args.subs, args.deliveries, args.baseline_deliveries = "100,1000", 300_000, 100_000
         args.latency_count, args.publish_rounds, args.idle_subs = 60, 3, [500, 1000]
-        args.redis_rounds = args.check_rounds = 1
+        args.redis_rounds = args.check_rounds = args.metrics_rounds = 1
         args.servers_rounds, args.servers_count = 1, 300
         args.mounts_rounds, args.mounts_count = 1, 60
         args.archive_big, args.archive_repeats = 10_000, 2
