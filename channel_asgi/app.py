@@ -3,6 +3,8 @@
 Routes, relative to wherever the app is mounted::
 
     GET  /subscribe/{channel}   Server-Sent Events (init, system, broadcasts, private, request, end)
+    GET  /subscribe?channel=a&channel=b   one SSE stream of several channels
+    POST /subscribe             add channels to a live stream of several, or remove them
     POST /publish/{channel}     a JSON envelope, authorised by the token from ``init``
     GET  /history/{channel}     a page of the archive by media time (``?from=&to=&limit=&after=``)
     WS   /ws/{channel}          the same events as text frames; client frames are publishes
@@ -90,6 +92,7 @@ from .servers import (
 )
 from .storage.base import Storage, StorageError
 from .storage.memory import MemoryStorage
+from .streams import StreamsRoute
 from .subscribe import SubscribeRoute
 from .tokens import TokenSigner
 from .webhooks import Bridge, validate_url_prefix
@@ -102,7 +105,7 @@ logger = logging.getLogger("channel_asgi")
 
 _HTTP_ROUTES: Final = ("subscribe", "publish", "history")
 _PLAIN_ROUTES: Final = ("/health", "/metrics")  # no channel in the path
-_TRANSPORT: Final = {"subscribe": "sse", "websocket": "websocket"}
+_TRANSPORT: Final = {"subscribe": "sse", "streams": "sse", "websocket": "websocket"}
 _EXIT_POLL: Final = 0.25
 
 HookT = TypeVar("HookT", bound=Callable[..., Any])
@@ -142,6 +145,8 @@ class ChannelApp:
         max_connections_per_ip: the most subscriber connections (SSE and WebSocket) one client
             address may hold open in this process (429 past it), or None for no limit.
         body_timeout: seconds a publish body may take to arrive (408 after).
+        max_channels_per_connection: the most channels one stream of several channels
+            (``/subscribe?channel=a&channel=b``) may hold (400 past it).
         metrics: serve Prometheus metrics at ``{prefix}/metrics`` (needs the ``metrics`` extra;
             see ``docs/operations.md``).
 
@@ -177,6 +182,7 @@ class ChannelApp:
         max_connections_per_ip: int | None = 256,
         body_timeout: float = 10.0,
         metrics: bool = False,
+        max_channels_per_connection: int = 100,
     ) -> None:
         self.settings = Settings(
             widget_keys=widget_keys,
@@ -199,6 +205,7 @@ class ChannelApp:
             max_connections_per_ip=max_connections_per_ip,
             body_timeout=body_timeout,
             metrics=metrics,
+            max_channels_per_connection=max_channels_per_connection,
         )
         for url in self.settings.webhook_urls:
             validate_url_prefix(url)
@@ -248,13 +255,21 @@ class ChannelApp:
         self._outbound: httpx.AsyncClient | None = None
         self._publish = PublishRoute(self._engine, self._hooks, self._access, self._outbound_client)
         self._subscribe = SubscribeRoute(self._engine, self._access, limit)
+        streams = StreamsRoute(self._engine, self._access, limit, self._publish)
         self._websocket = WebSocketRoute(
             self._engine, self._access, limit, self._publish, self._cors
         )
         self._routes: dict[
-            str, SubscribeRoute | PublishRoute | HistoryRoute | HealthRoute | MetricsRoute
+            str,
+            SubscribeRoute
+            | StreamsRoute
+            | PublishRoute
+            | HistoryRoute
+            | HealthRoute
+            | MetricsRoute,
         ] = {
             "subscribe": self._subscribe,
+            "streams": streams,
             "publish": self._publish,
             "history": HistoryRoute(
                 self.storage, self._engine.archive, self._access, self._engine.moderator
@@ -840,6 +855,8 @@ def _match(path: str) -> tuple[str, str]:
         return parts[1], parts[2]
     if path in _PLAIN_ROUTES:
         return path[1:], ""
+    if path == "/subscribe":  # a stream of several channels, named in the query
+        return "streams", ""
     raise NotFound(
         f"No route for {path!r}; use /subscribe/{{channel}}, /publish/{{channel}}, "
         "/history/{channel}, /health or a WebSocket to /ws/{channel}"

@@ -77,6 +77,7 @@ class Settings:
     max_connections_per_ip: int | None = 256
     body_timeout: float = 10.0
     metrics: bool = False
+    max_channels_per_connection: int = 100
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once
@@ -103,5 +104,6 @@ class Settings:
         if self.max_connections_per_ip is not None:
             _count("max_connections_per_ip", self.max_connections_per_ip, minimum=1)
         set_(self, "body_timeout", _positive("body_timeout", self.body_timeout))
+        _count("max_channels_per_connection", self.max_channels_per_connection, minimum=1)
         if not isinstance(self.metrics, bool):
             raise TypeError(f"metrics must be True or False, got {self.metrics!r}")

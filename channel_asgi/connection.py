@@ -20,6 +20,8 @@ class Framing(enum.Enum):
     SSE = "sse"  #: ``id:``/``data:`` bytes
     TEXT = "text"  #: the envelope as ``str`` (a WebSocket text frame)
     JSON = "json"  #: the envelope as ``bytes`` (a server-side subscriber)
+    #: ``data:`` bytes with their channel and event id (an SSE stream of several channels)
+    MULTI = "sse-multi"
 
 
 class Connection(msgspec.Struct, frozen=True, gc=False):

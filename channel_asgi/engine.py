@@ -38,7 +38,7 @@ __all__ = ["Engine", "Hooks", "Opening"]
 logger = logging.getLogger("channel_asgi")
 
 _END_MESSAGE: Final = encode({"status": "closed"})
-_TRANSPORTS: Final = {Framing.SSE: "sse", Framing.TEXT: "websocket"}
+_TRANSPORTS: Final = {Framing.SSE: "sse", Framing.MULTI: "sse", Framing.TEXT: "websocket"}
 
 ConnectionHook = Callable[[Connection], Awaitable[None]]
 PublishHook = Callable[[Envelope, Connection], Awaitable[None]]
@@ -259,6 +259,7 @@ class Engine:
         framing: Framing,
         last_event_id: str | None = None,
         may_replay: bool = True,
+        stream: Mailbox | None = None,
     ) -> tuple[Mailbox, Opening]:
         """Join a connection to ``channel``; return its mailbox and what it sends first.
 
@@ -266,13 +267,22 @@ class Engine:
         live stream meet without a gap; call :meth:`go_live` once the replay is written. A
         resume (``last_event_id``) by a user who may not read the history (``may_replay``
         False) replays nothing and says ``recovered: false``.
+
+        Args:
+            stream: the mailbox of a stream of several channels to join ``channel`` to (it is
+                then the mailbox returned); the channel gets a connection id of its own.
         """
         connection_id = new_connection_id()
         hub = self._hub
-        mailbox = hub.mailbox(
-            channel, connection_id, user_id, framing, self.settings.max_buffer_bytes
-        )
-        hub.attach(mailbox)
+        if stream is None:
+            mailbox = hub.mailbox(
+                channel, connection_id, user_id, framing, self.settings.max_buffer_bytes
+            )
+        else:
+            mailbox = stream
+        connection = Connection(user_id, channel, connection_id)
+        member = None if stream is None else connection
+        hub.attach(mailbox, member)
         listening = joined = False
         pages = None
         events: list[StoredEvent] = []
@@ -292,7 +302,7 @@ class Engine:
                 events, recovered = first.events, first.recovered
         except BaseException:
             with anyio.CancelScope(shield=True):
-                hub.detach(mailbox)
+                hub.detach(mailbox, member)
                 if pages is not None:
                     await pages.aclose()
                 if joined:
@@ -311,9 +321,37 @@ class Engine:
             encode(InitMessage(user_id, token, viewer_count, recovered)),
             to_user_id=user_id,
         )
-        connection = Connection(user_id, channel, connection_id)
         opening = Opening(connection, anonymous, init, viewer_count, Replay(events, pages))
         return mailbox, opening
+
+    def stream_mailbox(
+        self, channel: str, connection_id: str, user_id: str, framing: Framing
+    ) -> Mailbox:
+        """Return the one mailbox of a stream of several channels (``channel``: its first).
+
+        Join each channel to it with :meth:`connect` (``stream=``); :meth:`forget_stream` when
+        the stream has ended.
+        """
+        return self._hub.mailbox(
+            channel, connection_id, user_id, framing, self.settings.max_buffer_bytes, multi=True
+        )
+
+    def forget_stream(self, mailbox: Mailbox) -> None:
+        """Forget a stream's mailbox once each of its channels has left."""
+        self._hub.forget_stream(mailbox)
+
+    async def abandon(self, mailbox: Mailbox, opening: Opening) -> None:
+        """Undo :meth:`connect` for a channel that never went live (no leave event, no hooks).
+
+        A stream of several channels refused at a later channel undoes the earlier ones so.
+        Never raises.
+        """
+        connection = opening.connection
+        with anyio.CancelScope(shield=True):
+            self._hub.detach(mailbox, connection if mailbox.multi else None)
+            await opening.replay.aclose()
+            await _quietly(self.storage.leave(connection.channel, connection.connection_id))
+            await _quietly(self._hub.unlisten(connection.channel), self.tally)
 
     def replay(self, mailbox: Mailbox, opening: Opening) -> AsyncGenerator[list[StoredEvent], None]:
         """Yield a resume's replay a page at a time, reading each page once the last is written.
@@ -323,8 +361,10 @@ class Engine:
         """
         hub = self._hub
 
+        member = opening.connection if mailbox.multi else None
+
         def stop() -> frozenset[str] | None:
-            return None if mailbox.closed is not None else hub.backlog_ids(mailbox)
+            return None if mailbox.closed is not None else hub.backlog_ids(mailbox, member)
 
         return self.history.replay(opening.replay, stop)
 
@@ -334,7 +374,8 @@ class Engine:
 
     async def go_live(self, mailbox: Mailbox, opening: Opening) -> None:
         """Deliver what arrived during the replay, announce the join and run ``on_connect``."""
-        self._hub.activate(mailbox, opening.replay.take_written())
+        member = opening.connection if mailbox.multi else None
+        self._hub.activate(mailbox, opening.replay.take_written(), member)
         await self.announcer.announce(opening.connection, "join", opening.viewer_count)
         for hook in self._hooks.on_connect:
             await self.run_hook(hook, opening.connection, name="on_connect")
@@ -342,8 +383,8 @@ class Engine:
     async def disconnect(self, mailbox: Mailbox, opening: Opening) -> None:
         """Remove a connection: leave, announce it, run ``on_disconnect``. Never raises."""
         connection = opening.connection
-        self._hub.detach(mailbox)
-        if mailbox.closed is Close.SLOW:
+        self._hub.detach(mailbox, connection if mailbox.multi else None)
+        if mailbox.closed is Close.SLOW and not mailbox.multi:  # a stream counts itself once
             self.tally.add("slow_consumer_disconnects")
         try:
             count = await self.storage.leave(connection.channel, connection.connection_id)

@@ -61,6 +61,12 @@ class Replay:
         written, self._written = self._written, []
         return written
 
+    async def aclose(self) -> None:
+        """Stop reading the pages not read yet (a replay that will not be written)."""
+        pages, self._pages = self._pages, None
+        if pages is not None:
+            await pages.aclose()
+
 
 class HistoryReader:
     """Read retained broadcasts for one app.

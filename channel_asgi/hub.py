@@ -10,6 +10,13 @@ business (``scheduler``), not the hub's.
 The hub also counts the local listeners of each channel: the storage is asked to ``listen`` when
 the first one attaches and to ``unlisten`` after the last one leaves, one call at a time per
 channel.
+
+A stream of several channels (``streams``) has one mailbox, a member of several rooms: in each it
+is keyed by that channel's own connection id (the one its publish token and presence carry), and
+it is framed ``Framing.MULTI`` (the frame keeps its channel and event id, for the stream's own
+``id:`` line). The end of one of its channels (closed, a ban, ``channels.disconnect``) does not
+close the mailbox: the hub takes it out of that room and queues a :class:`~mailbox.Control` that
+tells the stream's writer to leave the channel.
 """
 
 from __future__ import annotations
@@ -23,10 +30,10 @@ import anyio
 import msgspec
 
 from . import sse
-from .connection import Framing
+from .connection import Connection, Framing
 from .fastpath import DirectWriter, direct_send
 from .http import Send
-from .mailbox import Close, Mailbox, put_many
+from .mailbox import ChannelFrame, Close, Control, Mailbox, put_many
 from .protocol import WS_PING, for_channel, with_id
 from .scheduler import WriteScheduler
 from .storage.base import Delivery, Storage
@@ -46,6 +53,7 @@ class _Opening:
     """A mailbox attached but not live yet, and the deliveries that arrived meanwhile."""
 
     mailbox: Mailbox
+    key: str
     backlog: list[Delivery] = field(default_factory=list)
     size: int = 0
 
@@ -86,12 +94,35 @@ class Hub:
         self._direct = DirectWriter() if direct is None else direct
         #: Events queued to mailboxes so far: one integer add per dispatch, read by the metrics.
         self.delivered = 0
+        #: The mailboxes of streams of several channels, by their stream's connection id.
+        self.streams: dict[str, Mailbox] = {}
 
     def mailbox(
-        self, channel: str, connection_id: str, user_id: str | None, framing: Framing, limit: int
+        self,
+        channel: str,
+        connection_id: str,
+        user_id: str | None,
+        framing: Framing,
+        limit: int,
+        *,
+        multi: bool = False,
     ) -> Mailbox:
-        """Return a new mailbox whose writer this hub's scheduler wakes."""
-        return Mailbox(channel, connection_id, user_id, framing, limit, self._scheduler.wake_soon)
+        """Return a new mailbox whose writer this hub's scheduler wakes.
+
+        Args:
+            multi: the mailbox of a stream of several channels (registered in :attr:`streams`
+                until :meth:`forget_stream`).
+        """
+        mailbox = Mailbox(
+            channel, connection_id, user_id, framing, limit, self._scheduler.wake_soon, multi=multi
+        )
+        if multi:
+            self.streams[connection_id] = mailbox
+        return mailbox
+
+    def forget_stream(self, mailbox: Mailbox) -> None:
+        """Drop a stream's mailbox from :attr:`streams` (its connection has ended)."""
+        self.streams.pop(mailbox.connection_id, None)
 
     def write_directly(self, mailbox: Mailbox, send: Send) -> None:
         """Let the SSE ``mailbox`` have direct writes through ``send``, if it passes the fence.
@@ -143,26 +174,34 @@ class Hub:
 
     # -- membership ----------------------------------------------------------------------------
 
-    def attach(self, mailbox: Mailbox) -> None:
+    def attach(self, mailbox: Mailbox, member: Connection | None = None) -> None:
         """Start collecting the channel's deliveries for ``mailbox`` in a backlog.
 
         The connection then reads its replay from the storage, writes it, and calls
         :meth:`activate`; nothing published in between is lost or delivered twice.
-        """
-        room = self._rooms.get(mailbox.channel)
-        if room is None:
-            room = self._rooms[mailbox.channel] = _Room()
-        room.opening[mailbox.connection_id] = _Opening(mailbox)
 
-    def backlog_ids(self, mailbox: Mailbox) -> frozenset[str]:
+        Args:
+            member: for a stream of several channels, which channel and under which connection
+                id (the mailbox's own by default).
+        """
+        channel, key = _place(mailbox, member)
+        room = self._rooms.get(channel)
+        if room is None:
+            room = self._rooms[channel] = _Room()
+        room.opening[key] = _Opening(mailbox, key)
+
+    def backlog_ids(self, mailbox: Mailbox, member: Connection | None = None) -> frozenset[str]:
         """Return the ids of the broadcasts collected for an attached ``mailbox`` so far."""
-        room = self._rooms.get(mailbox.channel)
-        opening = None if room is None else room.opening.get(mailbox.connection_id)
+        channel, key = _place(mailbox, member)
+        room = self._rooms.get(channel)
+        opening = None if room is None else room.opening.get(key)
         if opening is None:
             return frozenset()
         return frozenset(delivery.id for delivery in opening.backlog if delivery.id is not None)
 
-    def activate(self, mailbox: Mailbox, replayed: Sequence[str] = ()) -> None:
+    def activate(
+        self, mailbox: Mailbox, replayed: Sequence[str] = (), member: Connection | None = None
+    ) -> None:
         """Queue the backlog (minus what the replay already held) and go live.
 
         A broadcast read from the storage's history may reach this process as a live delivery
@@ -174,9 +213,10 @@ class Hub:
             mailbox: an attached mailbox.
             replayed: the ids of the newest broadcasts its replay held, in order (the only ones
                 that can still arrive live).
+            member: as for :meth:`attach`.
         """
-        room = self._rooms.get(mailbox.channel)
-        key = mailbox.connection_id
+        channel, key = _place(mailbox, member)
+        room = self._rooms.get(channel)
         opening = None if room is None else room.opening.pop(key, None)
         if room is None or opening is None or mailbox.closed is not None:
             return
@@ -194,15 +234,15 @@ class Hub:
         if mailbox.user_id is not None:
             room.by_user.setdefault(mailbox.user_id, {})[key] = mailbox
         for delivery in backlog:
-            self._deliver_one(mailbox, delivery)
+            self._deliver_one(mailbox, key, delivery)
         self.delivered += len(backlog)
 
-    def detach(self, mailbox: Mailbox) -> None:
-        """Stop delivering to ``mailbox``."""
-        room = self._rooms.get(mailbox.channel)
+    def detach(self, mailbox: Mailbox, member: Connection | None = None) -> None:
+        """Stop delivering to ``mailbox`` (of ``member``'s channel only, when given)."""
+        channel, key = _place(mailbox, member)
+        room = self._rooms.get(channel)
         if room is None:
             return
-        key = mailbox.connection_id
         room.opening.pop(key, None)
         room.catching_up.pop(key, None)
         room.by_connection.pop(key, None)
@@ -214,21 +254,24 @@ class Hub:
                 if not same_user:
                     del room.by_user[mailbox.user_id]
         if not room.by_connection and not room.opening:
-            del self._rooms[mailbox.channel]
+            del self._rooms[channel]
 
     def census(self) -> tuple[dict[Framing, int], int]:
         """Return this process's connections by framing, and how many channels have viewers.
 
         Connections still opening count; server-side subscribers count under ``Framing.JSON``
-        and make no channel count. It walks every channel: for the metrics, not the hot path.
+        and make no channel count; a stream of several channels counts once. It walks every
+        channel: for the metrics, not the hot path.
         """
         counts = dict.fromkeys(Framing, 0)
         channels = 0
+        for mailbox in self.streams.values():
+            counts[mailbox.framing] += 1
         for room in self._rooms.values():
             for framing, members in room.by_framing.items():
-                counts[framing] += len(members)
+                counts[framing] += sum(not m.multi for m in members.values())
             for opening in room.opening.values():
-                counts[opening.mailbox.framing] += 1
+                counts[opening.mailbox.framing] += not opening.mailbox.multi
             if any(m.framing is not Framing.JSON for m in _members(room)):
                 channels += 1
         return counts, channels
@@ -260,38 +303,56 @@ class Hub:
         if room.opening:
             self._collect(room, delivery)
         kind = delivery.kind
-        if kind == "request":
+        if kind == "request" or kind == "change":
             target = room.by_connection.get(delivery.to_connection or "")
-            if target is not None:
-                target.request_history(delivery.payload)  # empty, or the range asked for
+            if target is None:
+                return
+            if kind == "change":  # a stream's add/remove, addressed through one of its channels
+                target.put_control(Control("change", delivery.channel, delivery.payload))
+            else:  # empty, or the range asked for
+                target.request_history(delivery.payload, delivery.channel)
             return
         targeted = delivery.to_user is not None or delivery.to_connection is not None
         if targeted:
             targets = dict(room.by_user.get(delivery.to_user or "", {}))
-            sender = room.by_connection.get(delivery.to_connection or "")
+            sender_key = delivery.to_connection or ""
+            sender = room.by_connection.get(sender_key)
             if sender is not None:
-                targets[sender.connection_id] = sender
-            ending = list(targets.values())
+                targets[sender_key] = sender
+            ending = list(targets.items())
         else:
-            ending = list(room.by_connection.values())
+            ending = list(room.by_connection.items())
         if kind == "disconnect":
-            for mailbox in ending:
-                mailbox.close(Close.DISCONNECT)
+            for key, mailbox in ending:
+                self._close(mailbox, delivery.channel, key, Close.DISCONNECT)
             return
         payload = delivery.payload
         if delivery.id is not None:
             payload = with_id(payload, delivery.id)
+        channel = delivery.channel
         if targeted:
             self._offer(ending, payload, delivery)
         else:
             replayed = _replayed_to(room, delivery.id) if room.catching_up else None
             for framing, members in room.by_framing.items():
                 if members:
-                    frame = _frame(framing, payload, delivery.id)
-                    self._offer_framed(members.values(), frame, delivery, replayed)
+                    frame = _frame(framing, payload, delivery.id, channel)
+                    self._offer_framed(members, frame, delivery, replayed)
         if kind == "end":  # the channel's connections, or only the addressee's (a ban)
-            for mailbox in ending:
-                mailbox.close(Close.END)
+            for key, mailbox in ending:
+                self._close(mailbox, channel, key, Close.END)
+
+    def _close(self, mailbox: Mailbox, channel: str, key: str, reason: Close) -> None:
+        """Close a connection's ``channel``: the mailbox, or only that channel of a stream."""
+        if not mailbox.multi:
+            mailbox.close(reason)
+            return
+        if mailbox.closed is not None:
+            return
+        room = self._rooms.get(channel)
+        if room is not None and (key in room.by_connection or key in room.opening):
+            self.detach(mailbox, Connection(mailbox.user_id or "", channel, key))
+            mailbox.put_control(Control("leave", channel, reason.value.encode()))
 
     def _dispatch_everywhere(self, delivery: Delivery) -> None:
         """Apply a delivery to ``"*"`` to each channel of this process that it concerns.
@@ -309,47 +370,58 @@ class Hub:
             payload = for_channel(delivery.payload, channel)
             self.dispatch(msgspec.structs.replace(delivery, channel=channel, payload=payload))
 
-    def _deliver_one(self, mailbox: Mailbox, delivery: Delivery) -> None:
-        if not _wants(mailbox, delivery):
+    def _deliver_one(self, mailbox: Mailbox, key: str, delivery: Delivery) -> None:
+        if not _wants(key, mailbox.user_id, delivery):
             return
-        if delivery.kind == "request":
-            mailbox.request_history(delivery.payload)
+        channel = delivery.channel
+        if delivery.kind == "request" or delivery.kind == "change":
+            if delivery.kind == "change":
+                mailbox.put_control(Control("change", channel, delivery.payload))
+            else:
+                mailbox.request_history(delivery.payload, channel)
             return
         payload = delivery.payload
         if delivery.id is not None:
             payload = with_id(payload, delivery.id)
         if delivery.kind == "disconnect":
-            mailbox.close(Close.DISCONNECT)
+            self._close(mailbox, channel, key, Close.DISCONNECT)
             return
-        if not mailbox.put(_frame(mailbox.framing, payload, delivery.id)):
+        if not mailbox.put(_frame(mailbox.framing, payload, delivery.id, channel)):
             _too_slow(mailbox)
         if delivery.kind == "end":
-            mailbox.close(Close.END)
+            self._close(mailbox, channel, key, Close.END)
 
-    def _offer(self, targets: Iterable[Mailbox], payload: bytes, delivery: Delivery) -> None:
-        frames: dict[Framing, bytes | str] = {}
-        for mailbox in targets:
-            if mailbox.connection_id == delivery.exclude_connection:
+    def _offer(
+        self, targets: Iterable[tuple[str, Mailbox]], payload: bytes, delivery: Delivery
+    ) -> None:
+        frames: dict[Framing, bytes | str | ChannelFrame] = {}
+        for key, mailbox in targets:
+            if key == delivery.exclude_connection:
                 continue
             frame = frames.get(mailbox.framing)
             if frame is None:
-                frame = frames[mailbox.framing] = _frame(mailbox.framing, payload, delivery.id)
+                frame = frames[mailbox.framing] = _frame(
+                    mailbox.framing, payload, delivery.id, delivery.channel
+                )
             if not mailbox.put(frame):
                 _too_slow(mailbox)
             self.delivered += 1
 
     def _offer_framed(
         self,
-        members: Collection[Mailbox],
-        frame: bytes | str,
+        by_key: dict[str, Mailbox],
+        frame: bytes | str | ChannelFrame,
         delivery: Delivery,
         replayed: set[str] | None = None,
     ) -> None:
         exclude = delivery.exclude_connection
-        if exclude is not None:
-            members = [member for member in members if member.connection_id != exclude]
-        if replayed:  # the connections whose replay already held this broadcast
-            members = [member for member in members if member.connection_id not in replayed]
+        members: Collection[Mailbox] = by_key.values()
+        if exclude is not None or replayed:  # a joiner's own join; replays that held it
+            members = [
+                member
+                for key, member in by_key.items()
+                if key != exclude and (not replayed or key not in replayed)
+            ]
         for mailbox in put_many(members, frame):
             _too_slow(mailbox)
         self.delivered += len(members)
@@ -358,7 +430,7 @@ class Hub:
     def _collect(room: _Room, delivery: Delivery) -> None:
         for opening in list(room.opening.values()):
             mailbox = opening.mailbox
-            if mailbox.closed is not None or not _wants(mailbox, delivery):
+            if mailbox.closed is not None or not _wants(opening.key, mailbox.user_id, delivery):
                 continue
             opening.backlog.append(delivery)
             opening.size += len(delivery.payload)
@@ -379,10 +451,13 @@ class Hub:
                 for mailbox in list(by_framing[framing].values()):
                     if not mailbox.beat(ping, HEARTBEAT_TICKS):
                         _too_slow(mailbox)
+        for mailbox in list(self.streams.values()):  # once each, whatever its channels
+            if mailbox.framing is Framing.MULTI and not mailbox.beat(sse.PING, HEARTBEAT_TICKS):
+                _too_slow(mailbox)
 
     def close_all(self, reason: Close) -> None:
         """Close every mailbox (the app is stopping)."""
-        for mailbox in list(self.mailboxes()):
+        for mailbox in [*self.mailboxes(), *self.streams.values()]:
             mailbox.close(reason)
 
 
@@ -413,17 +488,24 @@ def _members(room: _Room) -> Iterator[Mailbox]:
     yield from (opening.mailbox for opening in room.opening.values())
 
 
-def _wants(mailbox: Mailbox, delivery: Delivery) -> bool:
-    """Return whether ``delivery`` (of ``mailbox``'s channel) is addressed to it."""
-    if delivery.kind == "request":
-        return delivery.to_connection == mailbox.connection_id
-    if delivery.exclude_connection == mailbox.connection_id:
+def _place(mailbox: Mailbox, member: Connection | None) -> tuple[str, str]:
+    """The channel and the key of ``mailbox`` in its room (a stream's member, or its own)."""
+    if member is None:
+        return mailbox.channel, mailbox.connection_id
+    return member.channel, member.connection_id
+
+
+def _wants(key: str, user_id: str | None, delivery: Delivery) -> bool:
+    """Return whether ``delivery`` (of the member's channel) is addressed to member ``key``."""
+    if delivery.kind == "request" or delivery.kind == "change":
+        return delivery.to_connection == key
+    if delivery.exclude_connection == key:
         return False
     if delivery.to_user is None and delivery.to_connection is None:
         return True
     return (
-        delivery.to_user is not None and delivery.to_user == mailbox.user_id
-    ) or delivery.to_connection == mailbox.connection_id
+        delivery.to_user is not None and delivery.to_user == user_id
+    ) or delivery.to_connection == key
 
 
 def _too_slow(mailbox: Mailbox) -> None:
@@ -454,9 +536,13 @@ def _replayed_to(room: _Room, event_id: str | None) -> set[str] | None:
     return replayed
 
 
-def _frame(framing: Framing, payload: bytes, event_id: str | None) -> bytes | str:
+def _frame(
+    framing: Framing, payload: bytes, event_id: str | None, channel: str
+) -> bytes | str | ChannelFrame:
     if framing is Framing.SSE:
         return sse.event(payload, event_id)
+    if framing is Framing.MULTI:  # the data once; each stream adds its own id: line
+        return ChannelFrame(channel, event_id, sse.event(payload))
     if framing is Framing.TEXT:
         return payload.decode()
     return payload

@@ -23,7 +23,16 @@ from .connection import Framing
 from .fastpath import DirectWriter, Resume, enabled, step
 from .http import Send
 
-__all__ = ["MAX_REQUESTS", "SEND_HISTORY", "Close", "HistoryRequest", "Mailbox", "put_many"]
+__all__ = [
+    "MAX_REQUESTS",
+    "SEND_HISTORY",
+    "ChannelFrame",
+    "Close",
+    "Control",
+    "HistoryRequest",
+    "Mailbox",
+    "put_many",
+]
 
 logger = logging.getLogger("channel_asgi")
 
@@ -45,12 +54,51 @@ class HistoryRequest:
     Args:
         query: what to send, opaque here: empty for the channel's live history, else the
             encoded range of its archive (``ranges.encode_range``).
+        channel: whose history, in a stream of several channels (None: the mailbox's).
     """
 
-    __slots__ = ("query",)
+    __slots__ = ("channel", "query")
 
-    def __init__(self, query: bytes = b"") -> None:
+    def __init__(self, query: bytes = b"", channel: str | None = None) -> None:
         self.query: Final = query
+        self.channel: Final = channel
+
+
+class Control:
+    """A mailbox item asking the writer of a stream of several channels to change it.
+
+    Args:
+        kind: ``"leave"`` (the hub has taken ``channel`` out of its room: the channel ended
+            here; ``payload`` is the ``Close`` value saying why) or ``"change"`` (channels to
+            add and remove, ``payload`` encoded by ``streams``).
+        channel: the channel it concerns (for a change, the one it was addressed through).
+        payload: as above.
+    """
+
+    __slots__ = ("channel", "kind", "payload")
+
+    def __init__(self, kind: str, channel: str, payload: bytes = b"") -> None:
+        self.kind: Final = kind
+        self.channel: Final = channel
+        self.payload: Final = payload
+
+
+class ChannelFrame:
+    """An SSE event for streams of several channels: its ``data:`` bytes, channel and event id.
+
+    The hub makes one per delivery and queues the same object for every such stream; each
+    stream's writer puts its own ``id:`` line (a cursor per channel) before ``data``.
+    """
+
+    __slots__ = ("channel", "data", "id")
+
+    def __init__(self, channel: str, event_id: str | None, data: bytes) -> None:
+        self.channel: Final = channel
+        self.id: Final = event_id
+        self.data: Final = data
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 #: The mailbox item asking the writer to send the channel's history (the reply to a ``request``).
@@ -60,8 +108,9 @@ SEND_HISTORY: Final = HistoryRequest()
 MAX_REQUESTS: Final = 16
 
 #: An item the writer takes: a framed event (``bytes`` for SSE and server-side subscribers,
-#: ``str`` for WebSocket text frames) or a :class:`HistoryRequest`.
-Item = bytes | str | object  # object: a HistoryRequest
+#: ``str`` for WebSocket text frames, a :class:`ChannelFrame` for streams of several channels),
+#: a :class:`HistoryRequest` or a :class:`Control`.
+Item = bytes | str | object  # object: a ChannelFrame, HistoryRequest or Control
 
 
 class Mailbox:
@@ -76,6 +125,8 @@ class Mailbox:
         wake_soon: called when a parked writer has something to take; it must call
             :meth:`wake`, now or a little later (the write scheduler batches wake-ups).
             Without one the writer is woken at once.
+        multi: the mailbox of a stream of several channels (``channel`` is its first): the
+            end of one channel is a :class:`Control`, not a close (see ``hub``).
     """
 
     __slots__ = (
@@ -95,6 +146,7 @@ class Mailbox:
         "connection_id",
         "framing",
         "limit",
+        "multi",
         "user_id",
     )
 
@@ -106,8 +158,11 @@ class Mailbox:
         framing: Framing,
         limit: int,
         wake_soon: Callable[[Mailbox], None] | None = None,
+        *,
+        multi: bool = False,
     ) -> None:
         self.channel: Final = channel
+        self.multi: Final = multi
         self.connection_id: Final = connection_id
         self.user_id: Final = user_id
         self.framing: Final = framing
@@ -139,7 +194,7 @@ class Mailbox:
         """Return a copy of what is queued, oldest first (to inspect; the writer takes)."""
         return list(self._items)
 
-    def put(self, item: bytes | str) -> bool:
+    def put(self, item: bytes | str | ChannelFrame) -> bool:
         """Queue a framed event; return False if that made the mailbox overflow."""
         return not put_many((self,), item)
 
@@ -149,7 +204,23 @@ class Mailbox:
             self._items.append(text)
             self.wake()
 
-    def request_history(self, query: bytes = b"") -> bool:
+    def put_control(self, control: Control) -> None:
+        """Queue a :class:`Control` and wake the writer; it does not count against the limit.
+
+        Changes come from clients: with :data:`MAX_REQUESTS` controls already waiting, the
+        stream does not keep up with them and is closed as too slow instead.
+        """
+        if self._closed is not None:
+            return
+        if control.kind == "change" and self._controls >= MAX_REQUESTS:
+            logger.warning("Closing stream %s: its changes wait unanswered", self.connection_id)
+            self.close(Close.SLOW)
+            return
+        self._items.append(control)
+        self._controls += 1
+        self.wake()
+
+    def request_history(self, query: bytes = b"", channel: str | None = None) -> bool:
         """Ask the writer to send a ``request`` reply; it does not count against the limit.
 
         A request for the live history (``query`` empty) already queued is not queued again:
@@ -163,10 +234,17 @@ class Mailbox:
         """
         if self._closed is not None:
             return True
-        if not query:
+        if channel == self.channel and not self.multi:
+            channel = None
+        if not query and channel is None:
             if SEND_HISTORY in self._items:
                 return True
             item = SEND_HISTORY
+        elif not query and any(
+            isinstance(queued, HistoryRequest) and queued.channel == channel and not queued.query
+            for queued in self._items
+        ):
+            return True
         elif self._controls >= MAX_REQUESTS:
             logger.warning(
                 "Closing connection %s on channel %r: %d history requests wait unanswered",
@@ -177,7 +255,7 @@ class Mailbox:
             self.close(Close.SLOW)
             return False
         else:
-            item = HistoryRequest(query)
+            item = HistoryRequest(query, channel)
         self._items.append(item)
         self._controls += 1
         self.wake()
@@ -341,7 +419,7 @@ class Mailbox:
         return waiter
 
 
-def put_many(mailboxes: Iterable[Mailbox], item: bytes | str) -> list[Mailbox]:
+def put_many(mailboxes: Iterable[Mailbox], item: bytes | str | ChannelFrame) -> list[Mailbox]:
     """Queue the same framed event in every open mailbox of ``mailboxes``.
 
     The hub's fan-out: one loop here rather than a method call per connection.

@@ -38,14 +38,23 @@ from .servers import UNPACED
 from .storage.base import StorageError
 from .writer import pump, run_connection
 
-__all__ = ["SubscribeRoute", "admit", "last_event_id"]
+__all__ = [
+    "SSE_HEADERS",
+    "SseSink",
+    "SubscribeRoute",
+    "admit",
+    "last_event_id",
+    "watch_disconnect",
+    "write_all",
+]
 
 logger = logging.getLogger("channel_asgi")
 
 #: Replays and ``request`` replies are written in sends of about this many bytes.
 _CHUNK: Final = 64 * 1024
 
-_SSE_HEADERS: Final = [
+#: The headers of every SSE response.
+SSE_HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
@@ -154,7 +163,7 @@ class SubscribeRoute:
         engine = self._engine
 
         async def write() -> None:
-            headers = [*_SSE_HEADERS, *reply_headers]
+            headers = [*SSE_HEADERS, *reply_headers]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             body_send = send
             try:
@@ -167,8 +176,8 @@ class SubscribeRoute:
                 channel, user_id = mailbox.channel, opening.connection.user_id
                 await pump(
                     mailbox,
-                    _SseSink(body_send),
-                    lambda query: engine.request_reply(channel, user_id, query),
+                    SseSink(body_send),
+                    lambda item: engine.request_reply(channel, user_id, item.query),
                 )
             except (ChannelError, StorageError) as exc:  # the storage failed mid-stream: end it
                 engine.tally.storage_error(exc)
@@ -176,7 +185,7 @@ class SubscribeRoute:
             if mailbox.closed is not Close.GONE:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await run_connection(engine, mailbox, opening, write(), _watch_disconnect(receive, mailbox))
+        await run_connection(engine, mailbox, opening, write(), watch_disconnect(receive, mailbox))
 
     async def _open(self, mailbox: Mailbox, opening: Opening, send: Send) -> None:
         """Send ``retry:``, ``init`` and the replay.
@@ -188,7 +197,7 @@ class SubscribeRoute:
         head = [sse.retry(reconnect_ms) + sse.event(opening.take_init())]
         async with contextlib.aclosing(self._engine.replay(mailbox, opening)) as pages:
             async for events in pages:  # each page written (flow control) before the next is read
-                await _write_all(
+                await write_all(
                     send, head, (sse.event(with_id(e.payload, e.id), e.id) for e in events)
                 )
                 head = []
@@ -196,7 +205,7 @@ class SubscribeRoute:
             await send({"type": "http.response.body", "body": head[0], "more_body": True})
 
 
-class _SseSink:
+class SseSink:
     """Write a mailbox's batches as SSE ``http.response.body`` messages."""
 
     __slots__ = ("_send",)
@@ -251,7 +260,7 @@ def _budgeted(send: Send, mailbox: Mailbox, budget: int) -> Send:
     return send_within_budget
 
 
-async def _write_all(send: Send, head: list[bytes], frames: Iterable[bytes]) -> None:
+async def write_all(send: Send, head: list[bytes], frames: Iterable[bytes]) -> None:
     """Send ``head`` and then ``frames``, batched into sends of about 64 KiB."""
     batch = list(head)
     size = sum(map(len, batch))
@@ -265,7 +274,8 @@ async def _write_all(send: Send, head: list[bytes], frames: Iterable[bytes]) -> 
         await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
 
 
-async def _watch_disconnect(receive: Receive, mailbox: Mailbox) -> None:
+async def watch_disconnect(receive: Receive, mailbox: Mailbox) -> None:
+    """Close ``mailbox`` as gone once the client disconnects."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

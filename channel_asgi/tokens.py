@@ -83,8 +83,12 @@ class TokenSigner:
         body = _b64encode(_encode_claims(claims))
         return (body + b"." + self._sign(body)).decode()
 
-    def verify(self, token: str | None, channel: str) -> PublishClaims:
+    def verify(self, token: str | None, channel: str | None) -> PublishClaims:
         """Check ``token`` and return its claims.
+
+        Args:
+            channel: the channel it must be for, or None for any (a stream's change names its
+                stream by the token of any of its channels).
 
         Raises:
             Unauthorized: the token is missing, malformed, forged, tampered with or expired.
@@ -100,7 +104,7 @@ class TokenSigner:
             self._verified[token] = claims
         if claims.expires < clock.time():
             raise Unauthorized("Token expired; subscribe again for a new one")
-        if claims.channel != channel:
+        if channel is not None and claims.channel != channel:
             raise Forbidden("Token was issued for another channel")
         return claims
 

@@ -223,7 +223,7 @@ class WebSocketRoute:
                 await pump(
                     mailbox,
                     _TextSink(send),
-                    lambda query: engine.request_reply(channel, user_id, query),
+                    lambda item: engine.request_reply(channel, user_id, item.query),
                 )
             except (ChannelError, StorageError) as exc:
                 engine.tally.storage_error(exc)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, Final, Protocol
 
 import anyio
 
 from .connection import Framing
 from .engine import Engine, Opening
-from .mailbox import Close, HistoryRequest, Mailbox
+from .mailbox import Close, Control, HistoryRequest, Mailbox
 
 __all__ = ["CLEANUP_TIMEOUT", "Sink", "pump", "run_connection", "until_all_ended"]
 
@@ -47,10 +48,18 @@ async def until_all_ended() -> None:
 
 
 def _leave_once(
-    engine: Engine, mailbox: Mailbox, opening: Opening
+    engine: Engine,
+    mailbox: Mailbox,
+    opening: Opening | None,
+    cleanup: Callable[[], Awaitable[None]] | None,
 ) -> Callable[[], Awaitable[None]]:
-    """The connection's cleanup (``Engine.disconnect``), shielded and bounded, run once."""
+    """The connection's cleanup (``Engine.disconnect``, or ``cleanup``), shielded, bounded, once."""
     left = False
+    if cleanup is None:
+        if opening is None:  # pragma: no cover - a programming error
+            raise TypeError("run_connection needs an opening or a cleanup")
+        cleanup = partial(engine.disconnect, mailbox, opening)
+    run = cleanup
 
     async def leave() -> None:
         nonlocal left
@@ -59,7 +68,7 @@ def _leave_once(
         left = True
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-            await engine.disconnect(mailbox, opening)
+            await run()
 
     return leave
 
@@ -71,7 +80,7 @@ def _release_early(mailbox: Mailbox, leave: Callable[[], Awaitable[None]]) -> No
     does). A WebSocket closes first and leaves after: granian drops WebSockets as soon as it
     starts to stop, so their close frame cannot wait.
     """
-    if mailbox.framing is Framing.SSE:
+    if mailbox.framing is Framing.SSE or mailbox.framing is Framing.MULTI:
         mailbox.release_with(leave)
 
 
@@ -105,15 +114,19 @@ class Sink(Protocol):
 
 
 async def pump(
-    mailbox: Mailbox, sink: Sink, reply: Callable[[bytes], AsyncGenerator[bytes, None]]
+    mailbox: Mailbox,
+    sink: Sink,
+    reply: Callable[[HistoryRequest], AsyncGenerator[bytes, None]],
+    control: Callable[[Control], Awaitable[None]] | None = None,
 ) -> None:
     """Write what ``mailbox`` holds to ``sink`` until it is closed and empty.
 
     Args:
         mailbox: the connection's mailbox.
         sink: the transport.
-        reply: returns the ``request`` reply to write for a :class:`HistoryRequest` item,
-            given its ``query``.
+        reply: returns the ``request`` reply to write for a :class:`HistoryRequest` item.
+        control: runs a :class:`Control` item (a stream of several channels), after the events
+            queued before it are written.
     """
     write_events = sink.events
     while True:
@@ -138,8 +151,13 @@ async def pump(
                 if pending:
                     await sink.events(pending)
                     pending = []
-                async with contextlib.aclosing(reply(item.query)) as events:
+                async with contextlib.aclosing(reply(item)) as events:
                     await sink.history(events)
+            elif isinstance(item, Control) and control is not None:
+                if pending:
+                    await sink.events(pending)
+                    pending = []
+                await control(item)
             else:
                 pending.append(item)
         if pending:
@@ -149,9 +167,10 @@ async def pump(
 async def run_connection(
     engine: Engine,
     mailbox: Mailbox,
-    opening: Opening,
+    opening: Opening | None,
     write: Coroutine[Any, Any, None],
     watch: Coroutine[Any, Any, None],
+    cleanup: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run ``write`` as the connection's writer task and ``watch`` in this task; clean up after.
 
@@ -163,26 +182,27 @@ async def run_connection(
     ``Close.SLOW``); any other error of the writer is raised here, after the cleanup. A
     connection the app stops (``Close.SHUTDOWN``) runs its cleanup before its writer ends the
     stream (see :meth:`Mailbox.release_with`).
+
+    The cleanup is ``engine.disconnect(mailbox, opening)``, or ``cleanup()`` when given (a
+    stream of several channels leaves each of them).
     """
     with _Running():
-        await _run(engine, mailbox, opening, write, watch)
+        await _run(_leave_once(engine, mailbox, opening, cleanup), mailbox, write, watch)
 
 
 async def _run(
-    engine: Engine,
+    leave: Callable[[], Awaitable[None]],
     mailbox: Mailbox,
-    opening: Opening,
     write: Coroutine[Any, Any, None],
     watch: Coroutine[Any, Any, None],
 ) -> None:
     try:
         own = asyncio.current_task()
     except RuntimeError:  # not on asyncio (trio)
-        await _run_on_anyio(engine, mailbox, opening, write, watch)
+        await _run_on_anyio(leave, mailbox, write, watch)
         return
     if own is None:  # pragma: no cover - an ASGI app always runs in a task
         raise RuntimeError("a connection must run in a task")
-    leave = _leave_once(engine, mailbox, opening)
     _release_early(mailbox, leave)
     writer = asyncio.ensure_future(write)
     mailbox.interrupt_with(writer.cancel)
@@ -232,16 +252,14 @@ async def _run(
 
 
 async def _run_on_anyio(
-    engine: Engine,
+    leave: Callable[[], Awaitable[None]],
     mailbox: Mailbox,
-    opening: Opening,
     write: Coroutine[Any, Any, None],
     watch: Coroutine[Any, Any, None],
 ) -> None:
     """:func:`run_connection` off asyncio (trio): the same contract, in an anyio task group."""
     writer_scope = anyio.CancelScope()
     failure: list[Exception] = []
-    leave = _leave_once(engine, mailbox, opening)
     _release_early(mailbox, leave)
     try:
         async with anyio.create_task_group() as group:

@@ -237,7 +237,7 @@ async def test_longest_valid_channel_name_is_accepted(serve, client: httpx.Async
         assert sub.init["stream_id"] == "A" * 200
 
 
-@pytest.mark.parametrize("path", ["/", "/subscribe", "/nope/1", "/publishx/1"])
+@pytest.mark.parametrize("path", ["/", "/subscribes", "/nope/1", "/publishx/1"])
 async def test_unknown_paths_are_404_json(serve, client: httpx.AsyncClient, path: str) -> None:
     """Unknown paths answer a JSON 404."""
     base = await serve(ChannelApp())

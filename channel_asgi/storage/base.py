@@ -124,7 +124,7 @@ class StorageUserBanned(StorageError):
 # -- what a storage keeps and carries ------------------------------------------------------------
 
 #: What a delivery asks of the processes that get it.
-DeliveryKind = Literal["event", "request", "end", "disconnect"]
+DeliveryKind = Literal["event", "request", "end", "disconnect", "change"]
 
 
 class Delivery(msgspec.Struct, array_like=True, gc=False):
@@ -139,7 +139,9 @@ class Delivery(msgspec.Struct, array_like=True, gc=False):
             the channel's history to ``to_connection``), ``"end"`` (write ``payload``, then
             close the matching connections: every connection of the channel, or with
             ``to_user`` only that user's, as for a ban) or ``"disconnect"`` (close the matching
-            connections, writing nothing: they may reconnect).
+            connections, writing nothing: they may reconnect) or ``"change"`` (``payload``:
+            channels to add to and remove from the stream of several channels that
+            ``to_connection``, one of its channels' connection ids, belongs to).
         payload: the encoded envelope, without ``id``; for a ``"request"``, what the app asks
             to send (empty: the history; else a range of the archive, encoded by the app).
         id: the event id of a retained broadcast, else None.
