@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -78,7 +79,7 @@ async def stream_of(
     client: httpx.AsyncClient, base: str, *channels: str, headers: dict[str, str] | None = None
 ) -> AsyncIterator[Stream]:
     """Open ``/subscribe?channel=...`` and read one init per channel."""
-    params = [("channel", channel) for channel in channels]
+    params = httpx.QueryParams([("channel", channel) for channel in channels])
     async with client.stream(
         "GET", f"{base}/subscribe", params=params, headers=headers, timeout=WAIT
     ) as response:
@@ -95,7 +96,7 @@ async def settled(channels: ChannelApp, *names: str) -> None:
     The test's end stops the app; a cleanup still running then would reopen the storage.
     """
     for name in names:
-        await eventually(lambda name=name: channels.viewer_count(name), lambda n: n == 0)
+        await eventually(partial(channels.viewer_count, name), lambda n: n == 0)
 
 
 def chat(text: str) -> dict[str, Any]:
