@@ -140,13 +140,24 @@ class Client:
             url = "ws" + url[len("http") :]
         return url
 
-    def subscribe(self, channel: str, *, last_event_id: str | None = None) -> Subscription:
+    def subscribe(self, channel: str, *more: str, last_event_id: str | None = None) -> Subscription:
         """Subscribe to ``channel``: ``async with client.subscribe("15") as sub``.
+
+        Several channels (``client.subscribe("a", "b")``) share one stream
+        (``GET /subscribe?channel=a&channel=b``); see :class:`~channel_asgi.client_streams.Streams`.
 
         Args:
             channel: the channel.
-            last_event_id: resume after this event id (the broadcasts after it come first).
+            more: further channels, for one stream of several (SSE only).
+            last_event_id: resume after this event id (the broadcasts after it come first); for
+                several channels, the stream's own composite id.
         """
+        if more:
+            if self.transport != "sse":
+                raise ValueError("Several channels in one subscription need transport='sse'")
+            from .client_streams import Streams  # a module of its own: most never need it
+
+            return Streams(self, [channel, *more], last_event_id)
         return Subscription(self, channel, last_event_id)
 
 
@@ -234,9 +245,13 @@ class Subscription:
         if isinstance(item, ChannelError):
             self._finished = True
             raise item
-        if item.type == "end":
+        if self._is_last(item):
             self._finished = True
         return item
+
+    def _is_last(self, event: Envelope) -> bool:
+        """Whether ``event`` is the subscription's last (the channel's ``end``)."""
+        return event.type == "end"
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -247,11 +262,17 @@ class Subscription:
         type: Literal["broadcast", "private"] = "broadcast",
         to_user_id: str | None = None,
         timestamp: float = 0.0,
+        channel: str | None = None,
     ) -> str | None:
         """Publish as this subscription's user; return the event id of a broadcast.
 
+        Args:
+            channel: which channel, in a subscription of several (required there); a
+                subscription of one publishes to its channel.
+
         Raises:
             ChannelError: the server refused it (its ``code`` and ``message``).
+            ValueError: ``channel`` is not one of the subscription's.
         """
         if message is None:
             raise ValueError("message must not be None")
@@ -260,7 +281,7 @@ class Subscription:
             if not to_user_id:
                 raise ValueError("a private message needs to_user_id")
             body["to_user_id"] = to_user_id
-        reply = await self._publish(body)
+        reply = await self._publish(body, channel)
         return reply.get("id")
 
     async def request(
@@ -270,13 +291,15 @@ class Subscription:
         end: float | None = None,
         limit: int | None = None,
         after: str | None = None,
+        channel: str | None = None,
     ) -> list[Envelope]:
         """Return the channel's retained broadcasts, oldest first (a ``request`` publish).
 
         With any of ``start``, ``end``, ``limit`` or ``after``, return a page of the channel's
         archive instead: the broadcasts with ``start <= timestamp < end`` by (timestamp, id), at
         most ``limit`` (the server's default: 200), after the event ``after`` (the last of the
-        previous page; a page shorter than ``limit`` is the last).
+        previous page; a page shorter than ``limit`` is the last). ``channel``: as for
+        :meth:`publish`.
 
         Raises:
             ChannelError: the server refused it.
@@ -290,7 +313,7 @@ class Subscription:
             self._request_done = anyio.Event()
             try:
                 with anyio.fail_after(self.client.timeout):
-                    await self._publish(body)
+                    await self._publish(body, channel)
                     if self.client.transport == "sse":
                         # Over SSE the parts come on the stream, closed by a marker comment;
                         # over a WebSocket they all come before the publish's ack.
@@ -300,16 +323,27 @@ class Subscription:
                 self._request_parts = None
                 self._request_done = None
 
-    async def _publish(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _channel_for(self, channel: str | None) -> str:
+        """The channel a publish goes to (``channel``, when several are subscribed)."""
+        if channel is not None and channel != self.channel:
+            raise ValueError(f"This subscription is to {self.channel!r}, not {channel!r}")
+        return self.channel
+
+    def _token_of(self, channel: str) -> str | None:
+        return self.token
+
+    async def _publish(self, body: dict[str, Any], channel: str | None = None) -> dict[str, Any]:
+        target = self._channel_for(channel)
         if self.client.widget_key is not None:
             body["widget_key"] = self.client.widget_key
         if self.client.transport == "ws":
             return await self._publish_ws(body)
-        if self.token is None:
+        token = self._token_of(target)
+        if token is None:
             raise ChannelError(401, "Not subscribed yet: no publish token")
         try:
             response = await self.client.http.post(
-                self.client.url("publish", self.channel, token=self.token),
+                self.client.url("publish", target, token=token),
                 content=msgspec.json.encode(body),
                 headers={"content-type": "application/json"},
             )
@@ -472,7 +506,7 @@ class Subscription:
                     started = None
                 if wanted is not None:
                     await self._deliver(wanted)
-                    if wanted.type == "end":
+                    if self._is_last(wanted):
                         return True
         return False
 
