@@ -206,15 +206,10 @@ async def test_last_event_id_resumes_every_channel_exactly(
 
 
 async def test_a_resume_past_the_history_says_recovered_false_for_that_channel(
-    serve, client: httpx.AsyncClient
+    serve, client: httpx.AsyncClient, make_app
 ) -> None:
-    """Each channel's init says whether its own resume was exact.
-
-    Memory only: on an in-process RedisStorage, a resume from an evicted id leaves a pooled
-    connection unclosed at the test's end, single-channel streams too (reported, not this
-    feature's).
-    """
-    channels = ChannelApp(history_size=2)
+    """Each channel's init says whether its own resume was exact."""
+    channels = make_app(history_size=2)
     base = await serve(channels)
     async with stream_of(client, base, "a", "b") as first:
         for channel in ("a", "b"):
@@ -226,6 +221,7 @@ async def test_a_resume_past_the_history_says_recovered_false_for_that_channel(
     async with stream_of(client, base, "a", "b", headers={"last-event-id": last or ""}) as again:
         assert again.inits["a"]["message"]["recovered"] is False
         assert again.inits["b"]["message"]["recovered"] is True
+    await settled(channels, "a", "b")
 
 
 async def test_presence_counts_the_stream_once_per_channel(
