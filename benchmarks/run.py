@@ -1041,17 +1041,22 @@ def mount_goals(part: dict[str, Any]) -> list[tuple[str, Any, str, Callable[[flo
 # Archive range reads (issue 16): benchmarks/archive.py, a part of its own.
 
 
-def archive_bench() -> ModuleType:
-    """``benchmarks/archive.py``, imported by its path (this file runs as a script)."""
-    name = "bench_archive"
+def bench_module(filename: str) -> ModuleType:
+    """A module of ``benchmarks/``, imported by its path (this file runs as a script)."""
+    name = f"bench_{filename.removesuffix('.py')}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "archive.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / filename)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def archive_bench() -> ModuleType:
+    """``benchmarks/archive.py``."""
+    return bench_module("archive.py")
 
 
 def archive_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -1085,16 +1090,8 @@ def archive_only(args: argparse.Namespace) -> None:
 
 
 def redis_nodes_module() -> ModuleType:
-    """``benchmarks/redis_nodes.py``, imported by its path (this file runs as a script)."""
-    name = "bench_redis_nodes"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "redis_nodes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``benchmarks/redis_nodes.py``."""
+    return bench_module("redis_nodes.py")
 
 
 #: What a cluster row says when it cannot run (``cluster_missing``), and how it starts.
