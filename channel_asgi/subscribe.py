@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, MutableMapping
+from functools import partial
 from typing import Any, Final
 
 from . import sse
@@ -31,7 +32,7 @@ from .connection import Framing
 from .engine import Engine, Opening
 from .errors import ChannelError
 from .http import Headers, Receive, Scope, Send, client_address, header
-from .mailbox import Close, Mailbox
+from .mailbox import Close, HistoryRequest, Mailbox
 from .protocol import with_id
 from .ratelimit import ConnectionLimit
 from .servers import UNPACED
@@ -160,32 +161,41 @@ class SubscribeRoute:
         send: Send,
         reply_headers: list[tuple[bytes, bytes]],
     ) -> None:
+        write = self._write(mailbox, opening, send, reply_headers)
+        await run_connection(
+            self._engine, mailbox, opening, write, watch_disconnect(receive, mailbox)
+        )
+
+    async def _write(
+        self,
+        mailbox: Mailbox,
+        opening: Opening,
+        send: Send,
+        reply_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """The connection's writer: the response, the replay, then live events until the end.
+
+        A method, not a closure: each idle connection keeps this frame, and no cells with it.
+        """
         engine = self._engine
-
-        async def write() -> None:
-            headers = [*SSE_HEADERS, *reply_headers]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            body_send = send
-            try:
-                await self._open(mailbox, opening, send)
-                await engine.go_live(mailbox, opening)
-                if self._budget is not None:
-                    body_send = _budgeted(send, mailbox, self._budget)
-                else:
-                    engine.write_directly(mailbox, send)
-                channel, user_id = mailbox.channel, opening.connection.user_id
-                await pump(
-                    mailbox,
-                    SseSink(body_send),
-                    lambda item: engine.request_reply(channel, user_id, item.query),
-                )
-            except (ChannelError, StorageError) as exc:  # the storage failed mid-stream: end it
-                engine.tally.storage_error(exc)
-                logger.warning("Ending stream %s: %s", mailbox.connection_id, exc)
-            if mailbox.closed is not Close.GONE:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        await run_connection(engine, mailbox, opening, write(), watch_disconnect(receive, mailbox))
+        headers = [*SSE_HEADERS, *reply_headers]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        del headers
+        body_send = send
+        try:
+            await self._open(mailbox, opening, send)
+            await engine.go_live(mailbox, opening)
+            if self._budget is not None:
+                body_send = _budgeted(send, mailbox, self._budget)
+            else:
+                engine.write_directly(mailbox, send)
+            reply = partial(_reply, engine, mailbox.channel, opening.connection.user_id)
+            await pump(mailbox, SseSink(body_send), reply)
+        except (ChannelError, StorageError) as exc:  # the storage failed mid-stream: end it
+            engine.tally.storage_error(exc)
+            logger.warning("Ending stream %s: %s", mailbox.connection_id, exc)
+        if mailbox.closed is not Close.GONE:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _open(self, mailbox: Mailbox, opening: Opening, send: Send) -> None:
         """Send ``retry:``, ``init`` and the replay.
@@ -281,3 +291,10 @@ async def watch_disconnect(receive: Receive, mailbox: Mailbox) -> None:
         if message["type"] == "http.disconnect":
             mailbox.close(Close.GONE)
             return
+
+
+def _reply(
+    engine: Engine, channel: str, user_id: str, item: HistoryRequest
+) -> AsyncGenerator[bytes, None]:
+    """The ``request`` reply for a queued request of a connection (``pump``'s ``reply``)."""
+    return engine.request_reply(channel, user_id, item.query)

@@ -47,30 +47,23 @@ async def until_all_ended() -> None:
         await event.wait()
 
 
-def _leave_once(
-    engine: Engine,
-    mailbox: Mailbox,
-    opening: Opening | None,
-    cleanup: Callable[[], Awaitable[None]] | None,
-) -> Callable[[], Awaitable[None]]:
-    """The connection's cleanup (``Engine.disconnect``, or ``cleanup``), shielded, bounded, once."""
-    left = False
-    if cleanup is None:
-        if opening is None:  # pragma: no cover - a programming error
-            raise TypeError("run_connection needs an opening or a cleanup")
-        cleanup = partial(engine.disconnect, mailbox, opening)
-    run = cleanup
+class _LeaveOnce:
+    """The connection's cleanup, run shielded, bounded and once (a slotted object, not a closure:
+    every connection holds one for its whole life)."""
 
-    async def leave() -> None:
-        nonlocal left
-        if left:
+    __slots__ = ("_cleanup",)
+
+    def __init__(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        self._cleanup: Callable[[], Awaitable[None]] | None = cleanup
+
+    async def __call__(self) -> None:
+        cleanup = self._cleanup
+        if cleanup is None:
             return
-        left = True
+        self._cleanup = None
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-            await run()
-
-    return leave
+            await cleanup()
 
 
 def _release_early(mailbox: Mailbox, leave: Callable[[], Awaitable[None]]) -> None:
@@ -85,7 +78,8 @@ def _release_early(mailbox: Mailbox, leave: Callable[[], Awaitable[None]]) -> No
 
 
 class _Running:
-    """Count a connection in :func:`until_all_ended` for as long as the block runs."""
+    """Count a connection in :func:`until_all_ended` for as long as the block runs (stateless:
+    one for every connection, :data:`_RUNNING`)."""
 
     def __enter__(self) -> None:
         global _running
@@ -98,6 +92,9 @@ class _Running:
             for event in _ended:
                 event.set()
             _ended.clear()
+
+
+_RUNNING: Final = _Running()
 
 
 class Sink(Protocol):
@@ -186,8 +183,12 @@ async def run_connection(
     The cleanup is ``engine.disconnect(mailbox, opening)``, or ``cleanup()`` when given (a
     stream of several channels leaves each of them).
     """
-    with _Running():
-        await _run(_leave_once(engine, mailbox, opening, cleanup), mailbox, write, watch)
+    if cleanup is None:
+        if opening is None:  # pragma: no cover - a programming error
+            raise TypeError("run_connection needs an opening or a cleanup")
+        cleanup = partial(engine.disconnect, mailbox, opening)
+    with _RUNNING:
+        await _run(_LeaveOnce(cleanup), mailbox, write, watch)
 
 
 async def _run(
