@@ -181,6 +181,8 @@ class RedisStorage:
         self._emptied: set[str] = set()  # channels left since the last lease renewal
         self._pipeline = AutoPipeline(self._redis)
         self._connected = _NotYet()
+        #: Set by ``aclose``, cleared by ``run``: a closed storage opens no connection.
+        self._shut = False
         # The reconnect backoff's sleep and jitter (0 <= jitter() < 1); tests replace them.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         self._jitter: Callable[[], float] = random.random
@@ -198,6 +200,8 @@ class RedisStorage:
 
     def _redis(self) -> Redis:
         if self._client is None:
+            if self._shut:  # a late call (a connection's cleanup) must not open a new pool
+                raise StorageUnreachable("Redis storage is closed")
             from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
@@ -226,6 +230,7 @@ class RedisStorage:
         if self._deliver is not None:
             raise RuntimeError("A RedisStorage serves one ChannelApp; create one per app")
         self._deliver = deliver
+        self._shut = False
         self._connected = anyio.Event()
         try:
             async with anyio.create_task_group() as group:
@@ -263,9 +268,14 @@ class RedisStorage:
     async def aclose(self) -> None:
         """Close the Redis connections this storage opened (not a ``client`` it was given).
 
-        ``run`` does this when it stops; call it after using the storage without ``run``.
+        ``run`` does this when it stops; call it after using the storage without ``run``. Calls
+        made afterwards raise ``StorageUnreachable`` (until ``run`` starts again) rather than
+        open connections nobody would close.
         """
-        if self._url is not None and self._client is not None:
+        if self._url is None:
+            return
+        self._shut = True
+        if self._client is not None:
             client, self._client = self._client, None
             self._pipeline.forget_scripts()
             await client.aclose(close_connection_pool=True)
