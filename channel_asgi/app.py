@@ -92,7 +92,7 @@ from .servers import (
 )
 from .storage.base import Storage, StorageError
 from .storage.memory import MemoryStorage
-from .streams import StreamsRoute
+from .streams import StreamsRoute, channels_of
 from .subscribe import SubscribeRoute
 from .tokens import TokenSigner
 from .webhooks import Bridge, validate_url_prefix
@@ -494,8 +494,15 @@ class ChannelApp:
             return
         try:
             path = route_path(scope)
+            if path in ("/ws", "/ws/"):  # several channels: /ws?channel=a&channel=b
+                await self._runner.ensure_started()
+                names = channels_of(scope)
+                await self._websocket.serve_streams(scope, headers_of(scope), receive, send, names)
+                return
             if not path.startswith("/ws/"):
-                raise NotFound(f"No WebSocket route for {path!r}; use /ws/{{channel}}")
+                raise NotFound(
+                    f"No WebSocket route for {path!r}; use /ws/{{channel}} or /ws?channel=..."
+                )
             channel = validate_channel(path[len("/ws/") :])
             await self._runner.ensure_started()
             await self._websocket.serve(scope, headers_of(scope), receive, send, channel, [])

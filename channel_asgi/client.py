@@ -144,17 +144,16 @@ class Client:
         """Subscribe to ``channel``: ``async with client.subscribe("15") as sub``.
 
         Several channels (``client.subscribe("a", "b")``) share one stream
-        (``GET /subscribe?channel=a&channel=b``); see :class:`~channel_asgi.client_streams.Streams`.
+        (``GET /subscribe?channel=a&channel=b``, or ``/ws?channel=a&channel=b`` with
+        ``transport="ws"``); see :class:`~channel_asgi.client_streams.Streams`.
 
         Args:
             channel: the channel.
-            more: further channels, for one stream of several (SSE only).
+            more: further channels, for one stream of several.
             last_event_id: resume after this event id (the broadcasts after it come first); for
                 several channels, the stream's own composite id.
         """
         if more:
-            if self.transport != "sse":
-                raise ValueError("Several channels in one subscription need transport='sse'")
             from .client_streams import Streams  # a module of its own: most never need it
 
             return Streams(self, [channel, *more], last_event_id)
@@ -521,9 +520,7 @@ class Subscription:
             raise ChannelError(
                 500, "The WebSocket transport needs the websockets package: pip install websockets"
             ) from None
-        url = self.client.url(
-            "ws", self.channel, token=self.client.token, last_event_id=self.last_event_id
-        )
+        url = self._ws_url()
         try:
             connection = await websockets.connect(url, open_timeout=self.client.timeout)
         except websockets.exceptions.InvalidStatus as exc:
@@ -543,12 +540,12 @@ class Subscription:
                 wanted = self._on_event(event)
                 if event.type == "init":
                     self._ws = connection
-                    if started is not None:
-                        started.started()
-                        started = None
+                if started is not None and self._ready(event, wanted):
+                    started.started()
+                    started = None
                 if wanted is not None:
                     await self._deliver(wanted)
-                    if wanted.type == "end":
+                    if self._is_last(wanted):
                         return True
         finally:
             self._ws = None
@@ -559,6 +556,15 @@ class Subscription:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.client.timeout):
                 await connection.close()
         return False
+
+    def _ws_url(self) -> str:
+        return self.client.url(
+            "ws", self.channel, token=self.client.token, last_event_id=self.last_event_id
+        )
+
+    def _ready(self, event: Envelope, wanted: Envelope | None) -> bool:
+        """Whether ``async with`` may return (after ``event``): the channel's ``init`` came."""
+        return event.type == "init"
 
     def _on_reply(self, raw: str) -> None:
         try:

@@ -1,4 +1,4 @@
-"""The Python client's subscription to several channels over one SSE stream.
+"""The Python client's subscription to several channels over one stream (SSE or WebSocket).
 
 ::
 
@@ -8,10 +8,13 @@
         async for event in sub:
             print(event.stream_id, event.type, event.message)
 
-One ``GET {prefix}/subscribe?channel=...`` carries every channel. Each channel's ``init`` brings
-its own publish token (``sub.tokens``); a publish or a ``request`` names its channel. The
-stream's ``id:`` lines name where every channel stands (``cursors``), so a reconnect sends the
-latest as ``Last-Event-ID`` and every channel resumes; the reconnect asks for the channels the
+One ``GET {prefix}/subscribe?channel=...`` (or, with ``transport="ws"``, one WebSocket to
+``{prefix}/ws?channel=...``) carries every channel. Each channel's ``init`` brings its own
+publish token (``sub.tokens``); a publish or a ``request`` names its channel (over the WebSocket,
+in the frame's ``stream_id``). The stream's ``id:`` lines name where every channel stands
+(``cursors``); over the WebSocket the subscription composes the same list from each channel's
+last broadcast id. So a reconnect sends the latest (``Last-Event-ID``, or ``?last_event_id=``)
+and every channel resumes; the reconnect asks for the channels the
 subscription holds then (added ones included, removed and ended ones not). A channel's ``end``
 (closed, a ban, a disconnect, a removal, a refused add) is iterated and drops that channel; the
 iteration ends after the last channel's.
@@ -28,6 +31,7 @@ from anyio.abc import TaskStatus
 
 from . import sse
 from .client import Client, Subscription, _refusal
+from .cursors import Cursors, parse_cursors
 from .errors import ChannelError
 from .protocol import Envelope
 
@@ -54,6 +58,7 @@ class Streams(Subscription):
         self.recovered_by: dict[str, bool] = {}
         self._opening = len(channels)  # inits to wait for before ``async with`` returns
         self._last: Envelope | None = None  # the end of the last channel
+        self._cursors = Cursors(parse_cursors(last_event_id))  # the WebSocket's own id list
 
     def _channel_for(self, channel: str | None) -> str:
         if channel is None:
@@ -82,16 +87,45 @@ class Streams(Subscription):
                 self.recovered_by[channel] = bool(message["recovered"])
         elif event.type == "end":
             self.tokens.pop(channel, None)
+            self._cursors.drop(channel)
             if channel in self.channels:
                 self.channels.remove(channel)
             if not self.channels:
                 self._last = event
         last = self.last_event_id
         wanted = super()._on_event(event)
-        self.last_event_id = last  # the stream's id: lines say it, not the envelope's id
+        if self.client.transport == "ws":
+            if event.type == "broadcast" and event.id is not None:
+                self._cursors.advance(channel, event.id)
+            self.last_event_id = self._cursors.value() or last
+        else:
+            self.last_event_id = last  # the stream's id: lines say it, not the envelope's id
         if event.type == "init" and self.recovered_by:
             self.recovered = all(self.recovered_by.values())
         return wanted
+
+    async def _publish(self, body: dict[str, Any], channel: str | None = None) -> dict[str, Any]:
+        if self.client.transport == "ws":  # the frame names its channel
+            body["stream_id"] = self._channel_for(channel)
+        return await super()._publish(body, channel)
+
+    def _ready(self, event: Envelope, wanted: Envelope | None) -> bool:
+        return len(self.tokens) >= self._opening or wanted is not None
+
+    async def _ws_once(self, started: TaskStatus[None] | None) -> bool:
+        if not self.channels:
+            return True
+        self._opening = len(self.channels)
+        self.tokens.clear()
+        return await super()._ws_once(started)
+
+    def _ws_url(self) -> str:
+        query = [("channel", channel) for channel in self.channels]
+        if self.client.token:
+            query.append(("token", self.client.token))
+        if self.last_event_id:
+            query.append(("last_event_id", self.last_event_id))
+        return "ws" + f"{self.client.base_url}/ws?{urlencode(query)}"[len("http") :]
 
     async def add(self, *channels: str) -> None:
         """Add channels to the live stream; their ``init`` (or ``end``, refused) follows there.

@@ -22,6 +22,8 @@ class Framing(enum.Enum):
     JSON = "json"  #: the envelope as ``bytes`` (a server-side subscriber)
     #: ``data:`` bytes with their channel and event id (an SSE stream of several channels)
     MULTI = "sse-multi"
+    #: text frames with their channel (a WebSocket of several channels)
+    TEXT_MULTI = "text-multi"
 
 
 class Connection(msgspec.Struct, frozen=True, gc=False):

@@ -38,7 +38,12 @@ __all__ = ["Engine", "Hooks", "Opening"]
 logger = logging.getLogger("channel_asgi")
 
 _END_MESSAGE: Final = encode({"status": "closed"})
-_TRANSPORTS: Final = {Framing.SSE: "sse", Framing.MULTI: "sse", Framing.TEXT: "websocket"}
+_TRANSPORTS: Final = {
+    Framing.SSE: "sse",
+    Framing.MULTI: "sse",
+    Framing.TEXT: "websocket",
+    Framing.TEXT_MULTI: "websocket",
+}
 
 ConnectionHook = Callable[[Connection], Awaitable[None]]
 PublishHook = Callable[[Envelope, Connection], Awaitable[None]]
@@ -214,17 +219,22 @@ class Engine:
             query = encode_range(wanted)
         await self.storage.send(Delivery(channel, "request", query, to_connection=connection_id))
 
-    async def request_here(self, mailbox: Mailbox, wanted: MediaRange | None = None) -> None:
+    async def request_here(
+        self, mailbox: Mailbox, channel: str, wanted: MediaRange | None = None
+    ) -> None:
         """Queue a ``request`` reply on a connection of this process (a WebSocket's own).
+
+        Args:
+            channel: the channel asked about (one of a stream's, or the mailbox's own).
 
         Raises:
             BadRequest: ``wanted.after`` is not in the archive.
         """
         query = b""
         if wanted is not None:
-            await self.archive.check(mailbox.channel, wanted)
+            await self.archive.check(channel, wanted)
             query = encode_range(wanted)
-        mailbox.request_history(query)
+        mailbox.request_history(query, channel)
 
     def request_reply(
         self, channel: str, user_id: str, query: bytes

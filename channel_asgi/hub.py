@@ -13,10 +13,10 @@ channel.
 
 A stream of several channels (``streams``) has one mailbox, a member of several rooms: in each it
 is keyed by that channel's own connection id (the one its publish token and presence carry), and
-it is framed ``Framing.MULTI`` (the frame keeps its channel and event id, for the stream's own
-``id:`` line). The end of one of its channels (closed, a ban, ``channels.disconnect``) does not
-close the mailbox: the hub takes it out of that room and queues a :class:`~mailbox.Control` that
-tells the stream's writer to leave the channel.
+it is framed ``Framing.MULTI`` or ``Framing.TEXT_MULTI`` (the frame keeps its channel and event
+id, for an SSE stream's own ``id:`` line). The end of one of its channels (closed, a ban,
+``channels.disconnect``) does not close the mailbox: the hub takes it out of that room and
+queues a :class:`~mailbox.Control` that tells the stream's writer to leave the channel.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ logger = logging.getLogger("channel_asgi")
 HEARTBEAT_TICKS: Final = 3
 #: What an idle connection gets, by framing (server-side subscribers get nothing).
 _PINGS: Final = ((Framing.SSE, sse.PING), (Framing.TEXT, WS_PING))
+_STREAM_PINGS: Final[dict[Framing, bytes | str]] = {
+    Framing.MULTI: sse.PING,
+    Framing.TEXT_MULTI: WS_PING,
+}
 
 
 @dataclass(slots=True)
@@ -452,7 +456,8 @@ class Hub:
                     if not mailbox.beat(ping, HEARTBEAT_TICKS):
                         _too_slow(mailbox)
         for mailbox in list(self.streams.values()):  # once each, whatever its channels
-            if mailbox.framing is Framing.MULTI and not mailbox.beat(sse.PING, HEARTBEAT_TICKS):
+            beat = _STREAM_PINGS.get(mailbox.framing)
+            if beat is not None and not mailbox.beat(beat, HEARTBEAT_TICKS):
                 _too_slow(mailbox)
 
     def close_all(self, reason: Close) -> None:
@@ -545,4 +550,6 @@ def _frame(
         return ChannelFrame(channel, event_id, sse.event(payload))
     if framing is Framing.TEXT:
         return payload.decode()
+    if framing is Framing.TEXT_MULTI:  # the text once; the stream drops a channel it left
+        return ChannelFrame(channel, event_id, payload.decode())
     return payload

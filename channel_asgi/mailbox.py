@@ -84,15 +84,17 @@ class Control:
 
 
 class ChannelFrame:
-    """An SSE event for streams of several channels: its ``data:`` bytes, channel and event id.
+    """An event for streams of several channels: its framing, channel and event id.
 
-    The hub makes one per delivery and queues the same object for every such stream; each
-    stream's writer puts its own ``id:`` line (a cursor per channel) before ``data``.
+    The hub makes one per delivery and queues the same object for every such stream. ``data``
+    is the SSE event's ``data:`` bytes, before which each SSE stream's writer puts its own
+    ``id:`` line (a cursor per channel); or a WebSocket's text frame, as it is sent. A stream
+    drops the frames of a channel it has left since they were queued.
     """
 
     __slots__ = ("channel", "data", "id")
 
-    def __init__(self, channel: str, event_id: str | None, data: bytes) -> None:
+    def __init__(self, channel: str, event_id: str | None, data: bytes | str) -> None:
         self.channel: Final = channel
         self.id: Final = event_id
         self.data: Final = data

@@ -248,6 +248,7 @@ class PrometheusMetrics:
         """Bring the metric objects up to date with the counts and the hub (cheap: a few dicts)."""
         by_transport, channels = self._hub.census()
         by_transport[Framing.SSE] += by_transport[Framing.MULTI]  # SSE, of several channels
+        by_transport[Framing.TEXT] += by_transport[Framing.TEXT_MULTI]  # and WebSocket
         for framing, transport in _TRANSPORTS.items():
             self._connections.labels(transport).set(by_transport[framing])
         self._channels.set(channels)

@@ -232,7 +232,7 @@ class PublishRoute:
             )
             return Reply(200, _OK_BROADCAST, event_id)
         if local is not None and isinstance(envelope, RequestBody):
-            await self._engine.request_here(local, _range_of(envelope))
+            await self._engine.request_here(local, claims.channel, _range_of(envelope))
             return Reply(200, _OK_REQUEST_HERE)
         return await self._act(envelope, claims)
 

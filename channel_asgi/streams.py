@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterable
-from typing import Any, Final
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import anyio
@@ -57,9 +57,11 @@ from .storage.base import Delivery, StorageError
 from .subscribe import SSE_HEADERS, SseSink, last_event_id, watch_disconnect, write_all
 from .writer import pump, run_connection
 
-__all__ = ["StreamsRoute", "channels_of"]
+__all__ = ["SseStream", "Stream", "StreamsRoute", "admit_stream", "channels_of", "checked_channels"]
 
 logger = logging.getLogger("channel_asgi")
+
+S = TypeVar("S", bound="Stream")
 
 _ENDED: Final = {Close.END.value.encode(): None, Close.DISCONNECT.value.encode(): "disconnected"}
 
@@ -90,7 +92,7 @@ def channels_of(scope: Scope) -> list[str]:
     return [value for key, value in parse_qsl(query, keep_blank_values=True) if key == "channel"]
 
 
-def _checked(names: Iterable[str], limit: int, what: str) -> list[str]:
+def checked_channels(names: Iterable[str], limit: int, what: str) -> list[str]:
     """Validate channel names: each one (400 naming it), no repeats, at most ``limit``."""
     names = list(names)
     if len(names) > limit:
@@ -158,7 +160,7 @@ class StreamsRoute:
             raise BadRequest(
                 "Name the channels: /subscribe?channel=a&channel=b (or /subscribe/{channel})"
             )
-        _checked(names, self._cap, "in one stream")
+        checked_channels(names, self._cap, "in one stream")
         held = self._limit.take(client_address(scope))
         try:
             stream = await self._admit(scope, headers, names)
@@ -171,26 +173,10 @@ class StreamsRoute:
         finally:
             self._limit.release(held)
 
-    async def _admit(self, scope: Scope, headers: Headers, names: list[str]) -> _Stream:
-        """Check every channel in order, then join them all; undo the joins on a refusal."""
-        engine, access = self._engine, self._access
-        identities = []
-        for name in names:
-            await engine.ensure_open(name)
-            identities.append(await access.identify(scope, name))
-        user_id, anonymous = identities[0]  # one user: an anonymous one keeps the first id
-        cursors = Cursors(parse_cursors(last_event_id(scope, headers)))
-        cursors.keep_only(self._cap)  # a resume names no more channels than a stream holds
-        mailbox = engine.stream_mailbox(names[0], new_connection_id(), user_id, Framing.MULTI)
-        stream = _Stream(engine, access, mailbox, anonymous, cursors, self._cap)
-        try:
-            for name in names:
-                await stream.join(name)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stream.cleanup()
-            raise
-        return stream
+    async def _admit(self, scope: Scope, headers: Headers, names: list[str]) -> SseStream:
+        return await admit_stream(
+            self._engine, self._access, scope, headers, names, Framing.MULTI, SseStream
+        )
 
     async def _change(
         self,
@@ -209,8 +195,8 @@ class StreamsRoute:
         except (msgspec.DecodeError, RecursionError) as exc:
             raise BadRequest(str(exc) or "Malformed JSON body") from None
         claims = engine.signer.verify(change.stream, None)
-        add = _checked(change.add, self._cap, "to add")
-        remove = _checked(change.remove, self._cap, "to remove")
+        add = checked_channels(change.add, self._cap, "to add")
+        remove = checked_channels(change.remove, self._cap, "to remove")
         if not add and not remove:
             raise BadRequest('Nothing to change: give "add" or "remove" (lists of channels)')
         if not await engine.storage.is_connected(claims.connection_id):
@@ -231,8 +217,49 @@ class StreamsRoute:
         await send_json(send, 202, encode(Reply(202, message)), reply_headers)
 
 
-class _Stream:
-    """One live stream of several channels: its mailbox, its channels and where each stands."""
+async def admit_stream(
+    engine: Engine,
+    access: Access,
+    scope: Scope,
+    headers: Headers,
+    names: list[str],
+    framing: Framing,
+    make: Callable[[Engine, Access, Mailbox, bool, Cursors, int], S],
+) -> S:
+    """Check every channel of a new stream in order, then join them all (``make``: the stream).
+
+    The checks of a single-channel subscribe, channel by channel: closed 404, identity and
+    authorisation 401/403; then each is joined (a ban 403, 503). The joins are undone on a
+    refusal, so the first refused channel refuses the whole request.
+    """
+    identities = []
+    for name in names:
+        await engine.ensure_open(name)
+        identities.append(await access.identify(scope, name))
+    user_id, anonymous = identities[0]  # one user: an anonymous one keeps the first id
+    cap = engine.settings.max_channels_per_connection
+    cursors = Cursors(parse_cursors(last_event_id(scope, headers)))
+    cursors.keep_only(cap)  # a resume names no more channels than a stream holds
+    mailbox = engine.stream_mailbox(names[0], new_connection_id(), user_id, framing)
+    stream = make(engine, access, mailbox, anonymous, cursors, cap)
+    try:
+        for name in names:
+            await stream.join(name)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stream.cleanup()
+        raise
+    return stream
+
+
+class Stream:
+    """One live stream of several channels: its mailbox, its channels and where each stands.
+
+    What does not depend on the transport: joining, leaving, changes. A transport's stream
+    (:class:`SseStream`, ``websocket.WebSocketStream``) writes: ``_open`` writes a channel's
+    ``init`` and replay, ``_write`` frames, and ``_event`` frames an event the stream makes
+    itself (a channel's ``end``).
+    """
 
     def __init__(
         self,
@@ -247,14 +274,13 @@ class _Stream:
         self._access = access
         self.mailbox = mailbox
         self.id = mailbox.connection_id
-        self._user_id = mailbox.user_id or ""
-        self._anonymous = anonymous
+        self.user_id = mailbox.user_id or ""
+        self.anonymous = anonymous
         self._cursors = cursors
         self._cap = cap
         #: channel -> its opening, in the order joined; ``_live``: those past ``go_live``.
-        self._members: dict[str, Opening] = {}
+        self.members: dict[str, Opening] = {}
         self._live: set[str] = set()
-        self._send: Send | None = None
 
     async def join(self, channel: str) -> Opening:
         """Join ``channel`` to the stream (the checks after identity: a ban 403, 503)."""
@@ -262,17 +288,110 @@ class _Stream:
         resume = self._cursors.get(channel)
         _, opening = await engine.connect(
             channel,
-            self._user_id,
-            anonymous=self._anonymous,
-            framing=Framing.MULTI,
+            self.user_id,
+            anonymous=self.anonymous,
+            framing=self.mailbox.framing,
             last_event_id=resume,
-            may_replay=await self._access.may_replay(
-                self._user_id, self._anonymous, channel, resume
-            ),
+            may_replay=await self._access.may_replay(self.user_id, self.anonymous, channel, resume),
             stream=self.mailbox,
         )
-        self._members[channel] = opening
+        self.members[channel] = opening
         return opening
+
+    async def _open(self, opening: Opening, head: list[bytes]) -> None:
+        """Write a channel's ``init`` and replay (after ``head``), then make it live."""
+        raise NotImplementedError
+
+    def _event(self, payload: bytes) -> Any:
+        """Frame an event the stream writes itself, for ``_write``."""
+        raise NotImplementedError
+
+    async def _write(self, frames: list[Any]) -> None:
+        """Write frames now, unless the stream has ended."""
+        raise NotImplementedError
+
+    async def _forgot(self) -> None:
+        """Channels left the cursors (removed): tell the client, if its transport must know."""
+
+    async def _went_live(self, opening: Opening) -> None:
+        await self._engine.go_live(self.mailbox, opening)
+        self._live.add(opening.connection.channel)
+
+    def _reply(self, item: HistoryRequest) -> AsyncGenerator[bytes, None]:
+        channel = item.channel or self.mailbox.channel
+        return self._engine.request_reply(channel, self.user_id, item.query)
+
+    async def _control(self, control: Control) -> None:
+        """Leave a channel that ended here, or apply a change the stream's token asked for."""
+        if control.kind == "leave":
+            status = _ENDED.get(control.payload)
+            await self._leave(control.channel, status)
+        elif control.kind == "change":
+            await self._apply(_decode_change(control.payload))
+        if not self.members:
+            self.mailbox.close(Close.END)
+
+    async def _apply(self, change: _Change) -> None:
+        dropped = False
+        for channel in change.remove:
+            if channel in self.members:
+                await self._leave(channel, "removed")
+                dropped = self._cursors.drop(channel) or dropped
+        if dropped:
+            await self._forgot()
+        for channel in change.add:
+            if channel in self.members:
+                continue
+            try:
+                if len(self.members) >= self._cap:
+                    raise BadRequest(
+                        f"Too many channels in one stream; at most {self._cap} per connection "
+                        "(max_channels_per_connection)"
+                    )
+                await self._engine.ensure_open(channel)
+                opening = await self.join(channel)
+            except (ChannelError, StorageError) as caught:
+                exc = http_error(caught)
+                notice = {"status": "refused", "code": exc.status, "message": exc.message}
+                await self._write([self._event(encode_event("end", channel, encode(notice)))])
+                continue
+            await self._open(opening, [])
+
+    async def _leave(self, channel: str, status: str | None) -> None:
+        """End ``channel`` on this stream: its ``end`` (unless queued already), then leave."""
+        opening = self.members.pop(channel, None)
+        if opening is None:
+            return
+        if status is not None:  # (a closed channel's or a ban's end was queued by the hub)
+            notice = encode_event("end", channel, encode({"status": status}))
+            await self._write([self._event(notice)])
+        await self._finish(opening)
+
+    async def _finish(self, opening: Opening) -> None:
+        channel = opening.connection.channel
+        if channel in self._live:
+            self._live.discard(channel)
+            await self._engine.disconnect(self.mailbox, opening)
+        else:
+            await self._engine.abandon(self.mailbox, opening)
+
+    async def cleanup(self) -> None:
+        """Leave every channel still joined (shielded by the caller); forget the stream."""
+        engine = self._engine
+        if self.mailbox.closed is Close.SLOW:
+            engine.tally.add("slow_consumer_disconnects")
+        members, self.members = self.members, {}
+        try:
+            for opening in members.values():
+                await self._finish(opening)
+        finally:
+            engine.forget_stream(self.mailbox)
+
+
+class SseStream(Stream):
+    """A stream of several channels over SSE: one cursor per channel in each ``id:`` line."""
+
+    _send: Send | None = None
 
     async def run(
         self, receive: Receive, send: Send, reply_headers: list[tuple[bytes, bytes]]
@@ -287,10 +406,10 @@ class _Stream:
             try:
                 reconnect_ms = int(engine.settings.reconnect_delay * 1000)
                 head = [sse.retry(reconnect_ms)]
-                for opening in list(self._members.values()):
+                for opening in list(self.members.values()):
                     await self._open(opening, head)
                     head = []
-                sink = _StreamSink(send, self._cursors, self._members)
+                sink = _StreamSink(send, self._cursors, self.members)
                 await pump(mailbox, sink, self._reply, self._control)
             except (ChannelError, StorageError) as exc:  # the storage failed mid-stream: end it
                 engine.tally.storage_error(exc)
@@ -308,7 +427,6 @@ class _Stream:
         )
 
     async def _open(self, opening: Opening, head: list[bytes]) -> None:
-        """Write a channel's ``init`` and replay (after ``head``), then make it live."""
         send = self._send
         if send is None:  # pragma: no cover - run() sets it before any channel opens
             raise RuntimeError("the stream is not running")
@@ -325,84 +443,20 @@ class _Stream:
                 head = []
         if head:
             await write_all(send, head, ())
-        await engine.go_live(self.mailbox, opening)
-        self._live.add(channel)
+        await self._went_live(opening)
 
-    def _reply(self, item: HistoryRequest) -> AsyncGenerator[bytes, None]:
-        channel = item.channel or self.mailbox.channel
-        return self._engine.request_reply(channel, self._user_id, item.query)
+    def _event(self, payload: bytes) -> bytes:
+        return sse.event(payload)
 
-    async def _control(self, control: Control) -> None:
-        """Leave a channel that ended here, or apply a change the stream's token asked for."""
-        if control.kind == "leave":
-            status = _ENDED.get(control.payload)
-            await self._leave(control.channel, status)
-        elif control.kind == "change":
-            await self._apply(_decode_change(control.payload))
-        if not self._members:
-            self.mailbox.close(Close.END)
-
-    async def _apply(self, change: _Change) -> None:
-        dropped = False
-        for channel in change.remove:
-            if channel in self._members:
-                await self._leave(channel, "removed")
-                dropped = self._cursors.drop(channel) or dropped
-        if dropped:  # the browser's lastEventId forgets them too (an id-only event)
-            await self._write([self._cursors.line() + b"\n"])
-        for channel in change.add:
-            if channel in self._members:
-                continue
-            try:
-                if len(self._members) >= self._cap:
-                    raise BadRequest(
-                        f"Too many channels in one stream; at most {self._cap} per connection "
-                        "(max_channels_per_connection)"
-                    )
-                await self._engine.ensure_open(channel)
-                opening = await self.join(channel)
-            except (ChannelError, StorageError) as caught:
-                exc = http_error(caught)
-                notice = {"status": "refused", "code": exc.status, "message": exc.message}
-                await self._write([sse.event(encode_event("end", channel, encode(notice)))])
-                continue
-            await self._open(opening, [])
-
-    async def _leave(self, channel: str, status: str | None) -> None:
-        """End ``channel`` on this stream: its ``end`` (unless queued already), then leave."""
-        opening = self._members.pop(channel, None)
-        if opening is None:
-            return
-        if status is not None:  # (a closed channel's or a ban's end was queued by the hub)
-            notice = encode_event("end", channel, encode({"status": status}))
-            await self._write([sse.event(notice)])
-        await self._finish(opening)
-
-    async def _finish(self, opening: Opening) -> None:
-        channel = opening.connection.channel
-        if channel in self._live:
-            self._live.discard(channel)
-            await self._engine.disconnect(self.mailbox, opening)
-        else:
-            await self._engine.abandon(self.mailbox, opening)
+    async def _forgot(self) -> None:
+        """The browser's ``lastEventId`` forgets the removed channels too (an id-only event)."""
+        await self._write([self._cursors.line() + b"\n"])
 
     async def _write(self, frames: list[bytes]) -> None:
         if self._send is not None and self.mailbox.closed is None:
             await self._send(
                 {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
             )
-
-    async def cleanup(self) -> None:
-        """Leave every channel still joined (shielded by the caller); forget the stream."""
-        engine = self._engine
-        if self.mailbox.closed is Close.SLOW:
-            engine.tally.add("slow_consumer_disconnects")
-        members, self._members = self._members, {}
-        try:
-            for opening in members.values():
-                await self._finish(opening)
-        finally:
-            engine.forget_stream(self.mailbox)
 
 
 class _StreamSink(SseSink):
@@ -424,10 +478,10 @@ class _StreamSink(SseSink):
             elif frame.channel not in members:  # queued before it left the stream
                 continue
             elif frame.id is None:
-                out.append(frame.data)
+                out.append(cast(bytes, frame.data))  # Framing.MULTI: SSE bytes
             else:
                 out.append(cursors.advance(frame.channel, frame.id))
-                out.append(frame.data)
+                out.append(cast(bytes, frame.data))
         if out:
             await self._send(
                 {"type": "http.response.body", "body": b"".join(out), "more_body": True}

@@ -1,4 +1,5 @@
-"""``{prefix}/ws/{channel}``: the subscribe stream and publishing over one WebSocket.
+"""``{prefix}/ws/{channel}`` and ``{prefix}/ws?channel=a&channel=b``: subscribing and publishing
+over one WebSocket.
 
 The server's first text frame is the ``init`` envelope; then every event the SSE stream would carry,
 one JSON envelope per text frame. A client text frame is a publish body (the same envelope and rules
@@ -12,6 +13,14 @@ single task writes to the socket and a ``request``'s history always arrives befo
 Refusals before the upgrade are HTTP JSON replies (ASGI's ``websocket.http.response``
 extension), or a close with code 1008 where the server lacks the extension. A connection too
 slow to keep up is closed with code 1008.
+
+``/ws?channel=a&channel=b`` carries several channels (:class:`WebSocketStream`, the WebSocket
+side of ``streams``): one ``init`` per channel in order, then every channel's events, each naming
+its channel in ``stream_id``. A client frame names the channel it publishes to in its
+``"stream_id"``. A resume names a cursor per channel as the SSE stream does
+(``?last_event_id=a=<id>,b=<id>``); the client composes it from each channel's last ``id``. One
+channel's end (closed, a ban, ``channels.disconnect``, a removal through ``POST /subscribe``) is
+that channel's ``end`` event; the socket closes (1000) when the last channel has ended.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncGenerator, MutableMapping
+from collections.abc import AsyncGenerator, Callable, MutableMapping
 from typing import Any, Final
 
 import anyio
@@ -31,7 +40,7 @@ from .cors import CorsPolicy
 from .engine import Engine, Opening
 from .errors import BadRequest, ChannelError, Forbidden, PayloadTooLarge, http_error
 from .http import Headers, Receive, Scope, Send, client_address, header, log_refusal
-from .mailbox import Close, Mailbox
+from .mailbox import ChannelFrame, Close, Mailbox
 from .metrics import UNKNOWN_TYPE
 from .numbers import fits
 from .protocol import Reply, encode, with_id
@@ -39,11 +48,12 @@ from .publish import PublishRoute
 from .ratelimit import ConnectionLimit
 from .servers import DAPHNE
 from .storage.base import StorageError
+from .streams import Stream, admit_stream, checked_channels
 from .subscribe import admit
 from .tokens import PublishClaims
 from .writer import pump, run_connection
 
-__all__ = ["Ack", "Error", "WebSocketRoute", "refuse"]
+__all__ = ["Ack", "Error", "WebSocketRoute", "WebSocketStream", "refuse"]
 
 logger = logging.getLogger("channel_asgi")
 
@@ -56,12 +66,18 @@ _CLOSE_CODES: Final = {
 
 
 class _Frame(msgspec.Struct):
-    """What a client frame must be before anything else: a JSON object, maybe with a ``ref``."""
+    """What a client frame must be before anything else: a JSON object, maybe with a ``ref``
+    (and, on a stream of several channels, the ``stream_id`` it publishes to)."""
 
     ref: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    stream_id: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 _decode_frame: Final = msgspec.json.Decoder(_Frame).decode
+_decode_name: Final = msgspec.json.Decoder(str).decode
+
+#: Who publishes a client frame: the connection's claims, or (a stream) its channel's.
+ClaimsOf = Callable[[_Frame], PublishClaims]
 
 
 class Ack(msgspec.Struct, omit_defaults=True, tag_field="type", tag="ack"):
@@ -166,6 +182,40 @@ class WebSocketRoute:
         finally:
             self._limit.release(held)
 
+    async def serve_streams(
+        self, scope: Scope, headers: Headers, receive: Receive, send: Send, names: list[str]
+    ) -> None:
+        """Serve ``/ws?channel=a&channel=b``: one WebSocket for several channels.
+
+        Raises:
+            ChannelError: refused before the upgrade: the channel names (400, at most
+                ``max_channels_per_connection``), the origin (403), then each channel in order
+                as ``GET /subscribe?channel=...`` checks it, so one refused channel refuses all.
+        """
+        if not names:
+            raise BadRequest("Name the channels: /ws?channel=a&channel=b (or /ws/{channel})")
+        engine = self._engine
+        checked_channels(names, engine.settings.max_channels_per_connection, "in one stream")
+        self._check_origin(headers)
+        held = self._limit.take(client_address(scope))
+        try:
+            stream = await admit_stream(
+                engine, self._access, scope, headers, names, Framing.TEXT_MULTI, WebSocketStream
+            )
+            try:
+                await stream.run(self, scope, receive, send)
+            except OSError as exc:  # ASGI's word for "the client has gone" (from send)
+                logger.debug("WebSocket stream %s: the client left mid-send (%r)", stream.id, exc)
+            except Exception:  # accepted already: log it, never answer again
+                logger.exception("WebSocket stream %s failed", stream.id)
+        finally:
+            self._limit.release(held)
+
+    def close_code(self, closed: Close | None) -> int | None:
+        """The close code for a connection the app ends (None: the client has gone)."""
+        closed = closed or Close.SHUTDOWN
+        return self._shutdown_code if closed is Close.SHUTDOWN else _CLOSE_CODES.get(closed)
+
     def _check_origin(self, headers: Headers) -> None:
         """Refuse cross-site WebSocket hijacking.
 
@@ -229,20 +279,24 @@ class WebSocketRoute:
                 engine.tally.storage_error(exc)
                 logger.warning("Ending WebSocket %s: %s", mailbox.connection_id, exc)
                 mailbox.close(Close.SHUTDOWN)
-            closed = mailbox.closed or Close.SHUTDOWN
-            code = self._shutdown_code if closed is Close.SHUTDOWN else _CLOSE_CODES.get(closed)
+            code = self.close_code(mailbox.closed)
             if code is not None:
                 await send({"type": "websocket.close", "code": code})
 
-        reader = self._read(receive, mailbox, claims, client_address(scope))
+        path = f"/ws/{connection.channel}"
+        reader = self.read(receive, mailbox, lambda _: claims, path, client_address(scope))
         await run_connection(engine, mailbox, opening, write(), reader)
-        if mailbox.closed is Close.SLOW:
-            with anyio.move_on_after(1.0), contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": 1008})
+        await close_slow(mailbox, send)
 
-    async def _read(
-        self, receive: Receive, mailbox: Mailbox, claims: PublishClaims, client: str | None
+    async def read(
+        self,
+        receive: Receive,
+        mailbox: Mailbox,
+        claims_of: ClaimsOf,
+        path: str,
+        client: str | None,
     ) -> None:
+        """Answer the client's frames until it leaves (then close the mailbox)."""
         while True:
             message = await receive()
             kind = message["type"]
@@ -251,14 +305,15 @@ class WebSocketRoute:
                 return
             if kind != "websocket.receive":
                 continue
-            reply = await self._answer(message, mailbox, claims, client)
+            reply = await self._answer(message, mailbox, claims_of, path, client)
             mailbox.put_reply(encode(reply).decode())
 
     async def _answer(
         self,
         message: MutableMapping[str, Any],
         mailbox: Mailbox,
-        claims: PublishClaims,
+        claims_of: ClaimsOf,
+        path: str,
         client: str | None,
     ) -> Ack | Error:
         """Run one client frame as a publish; return the frame that answers it.
@@ -267,23 +322,23 @@ class WebSocketRoute:
         """
         ref: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
         try:
-            body, ref = self._frame_body(message)
+            body, frame = self._frame_body(message)
+            ref = frame.ref
+            claims = claims_of(frame)
             await self._engine.ensure_open(claims.channel)
         except (ChannelError, StorageError) as caught:  # before its body is read: no type
             self._engine.tally.refused(UNKNOWN_TYPE, caught)
-            return self._refused(caught, ref, claims, client)
+            return self._refused(caught, ref, path, client)
         try:
             reply = await self._publish.handle(claims, body, client, local=mailbox)
         except (ChannelError, StorageError) as caught:  # counted by handle, with its type
-            return self._refused(caught, ref, claims, client)
+            return self._refused(caught, ref, path, client)
         except Exception:
             logger.exception("Unexpected error answering a WebSocket frame")
             return Error(500, "Internal server error", ref=ref)
         return Ack(reply.code, reply.message, reply.id, reply.status, ref=ref)
 
-    def _frame_body(
-        self, message: MutableMapping[str, Any]
-    ) -> tuple[bytes, msgspec.Raw | msgspec.UnsetType]:
+    def _frame_body(self, message: MutableMapping[str, Any]) -> tuple[bytes, _Frame]:
         """Return a frame's publish body and its ``ref``, or raise the refusal of the frame."""
         text = message.get("text")
         if text is None:
@@ -293,24 +348,32 @@ class WebSocketRoute:
         if len(body) > limit:  # before parsing it (a ref it may hold is not read)
             raise PayloadTooLarge(f"Frame is larger than {limit} bytes")
         try:
-            ref = _decode_frame(body).ref
+            frame = _decode_frame(body)
         except (msgspec.DecodeError, RecursionError):
             raise BadRequest("A frame must be a JSON object (a publish body)") from None
+        ref = frame.ref
         if ref is not msgspec.UNSET and not fits(bytes(ref)):  # never echo a number no one reads
-            ref = msgspec.UNSET
-        return body, ref
+            frame.ref = msgspec.UNSET
+        return body, frame
 
     def _refused(
         self,
         caught: ChannelError | StorageError,
         ref: msgspec.Raw | msgspec.UnsetType,
-        claims: PublishClaims,
+        path: str,
         client: str | None,
     ) -> Error:
         exc = http_error(caught)
         self._engine.tally.storage_error(caught)
-        log_refusal(exc, "WS frame", f"/ws/{claims.channel}", client)
+        log_refusal(exc, "WS frame", path, client)
         return Error(exc.status, exc.message, ref=ref)
+
+
+async def close_slow(mailbox: Mailbox, send: Send) -> None:
+    """Close a socket cut for being too slow with 1008 (its writer was interrupted)."""
+    if mailbox.closed is Close.SLOW:
+        with anyio.move_on_after(1.0), contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": 1008})
 
 
 class _TextSink:
@@ -330,3 +393,104 @@ class _TextSink:
         send = self._send
         async for event in reply:  # each frame sent before the next is read
             await send({"type": "websocket.send", "text": event.decode()})
+
+
+class WebSocketStream(Stream):
+    """A stream of several channels over one WebSocket: ``/ws?channel=a&channel=b``.
+
+    Every event is the envelope the channel's single-channel sockets get, as is (its
+    ``stream_id`` names the channel); a client frame names its channel in ``"stream_id"``.
+    """
+
+    _send: Send | None = None
+
+    async def run(self, route: WebSocketRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        """Accept; then stream, and answer frames, until the client leaves or all channels end."""
+        engine, mailbox = self._engine, self.mailbox
+        try:
+            await send({"type": "websocket.accept"})
+        except BaseException:  # the client left (or the task was cancelled) before it began
+            with anyio.CancelScope(shield=True):
+                await self.cleanup()
+            raise
+        self._send = send
+
+        async def write() -> None:
+            try:
+                for opening in list(self.members.values()):
+                    await self._open(opening, [])
+                await pump(mailbox, _StreamTextSink(send, self.members), self._reply, self._control)
+            except (ChannelError, StorageError) as exc:  # the storage failed mid-stream: end it
+                engine.tally.storage_error(exc)
+                logger.warning("Ending WebSocket stream %s: %s", self.id, exc)
+                mailbox.close(Close.SHUTDOWN)
+            code = route.close_code(mailbox.closed)
+            if code is not None:
+                await send({"type": "websocket.close", "code": code})
+
+        path = "/ws?channel=" + "&channel=".join(self.members)
+        reader = route.read(receive, mailbox, self.claims_of, path, client_address(scope))
+        await run_connection(engine, mailbox, None, write(), reader, cleanup=self.cleanup)
+        await close_slow(mailbox, send)
+
+    def claims_of(self, frame: _Frame) -> PublishClaims:
+        """The claims a frame publishes with: those of the channel its ``stream_id`` names.
+
+        Raises:
+            BadRequest: the frame names no channel.
+            Forbidden: the channel is not (or no longer) one of the stream's.
+        """
+        if frame.stream_id is msgspec.UNSET:
+            raise BadRequest(
+                'Name the channel in "stream_id": this socket carries several channels'
+            )
+        try:
+            channel = _decode_name(frame.stream_id)
+        except msgspec.DecodeError:
+            raise BadRequest('"stream_id" must be a channel name (a string)') from None
+        opening = self.members.get(channel)
+        if opening is None:
+            raise Forbidden(f"Channel {channel!r} is not one of this stream's; add it first")
+        connection = opening.connection
+        return PublishClaims(
+            channel, self.user_id, connection.connection_id, math.inf, self.anonymous
+        )
+
+    async def _open(self, opening: Opening, head: list[bytes]) -> None:
+        send = self._send
+        if send is None:  # pragma: no cover - run() sets it before any channel opens
+            raise RuntimeError("the stream is not running")
+        await send({"type": "websocket.send", "text": opening.take_init().decode()})
+        async with contextlib.aclosing(self._engine.replay(self.mailbox, opening)) as pages:
+            async for events in pages:  # a page at a time, as the client takes them
+                for event in events:
+                    text = with_id(event.payload, event.id).decode()
+                    await send({"type": "websocket.send", "text": text})
+        await self._went_live(opening)
+
+    def _event(self, payload: bytes) -> str:
+        return payload.decode()
+
+    async def _write(self, frames: list[str]) -> None:
+        send = self._send
+        if send is not None and self.mailbox.closed is None:
+            for text in frames:
+                await send({"type": "websocket.send", "text": text})
+
+
+class _StreamTextSink(_TextSink):
+    """Write a stream's batches: the channels it has left are dropped."""
+
+    __slots__ = ("_members",)
+
+    def __init__(self, send: Send, members: dict[str, Opening]) -> None:
+        super().__init__(send)
+        self._members = members
+
+    async def events(self, frames: list[Any]) -> None:
+        send, members = self._send, self._members
+        for frame in frames:
+            if type(frame) is not ChannelFrame:  # a ping or a reply
+                await send({"type": "websocket.send", "text": frame})
+            elif frame.channel in members:  # (else queued before it left the stream)
+                await send({"type": "websocket.send", "text": frame.data})

@@ -1,4 +1,4 @@
-"""channel_asgi.client: one subscription to several channels over one SSE stream."""
+"""channel_asgi.client: one subscription to several channels over one stream (SSE or WS)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from .test_streams import settled
 SECRET = "s" * 40
 
 
+@pytest.fixture(params=["sse", "ws"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 async def next_event(sub: Subscription, kind: str | None = None) -> Envelope:
     """The next iterated event (of ``kind``), within WAIT."""
     with anyio.fail_after(WAIT):
@@ -28,11 +33,13 @@ async def next_event(sub: Subscription, kind: str | None = None) -> Envelope:
     raise AssertionError("the subscription ended")
 
 
-async def test_subscribe_to_several_channels_publishes_and_iterates_each(serve) -> None:
+async def test_subscribe_to_several_channels_publishes_and_iterates_each(
+    serve, transport: str
+) -> None:
     """Events of every channel are iterated; a publish or request names its channel."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
-    async with Client(base) as client, client.subscribe("a", "b") as sub:
+    async with Client(base, transport=transport) as client, client.subscribe("a", "b") as sub:
         assert isinstance(sub, Streams)
         assert set(sub.tokens) == {"a", "b"} and sub.user_id
         with pytest.raises(ValueError, match="name one"):
@@ -48,11 +55,11 @@ async def test_subscribe_to_several_channels_publishes_and_iterates_each(serve) 
     await settled(channels, "a", "b")
 
 
-async def test_add_remove_and_the_last_end_stops_the_iteration(serve) -> None:
+async def test_add_remove_and_the_last_end_stops_the_iteration(serve, transport: str) -> None:
     """add() brings a channel's events; remove() and close_channel end channels; then it stops."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
-    async with Client(base) as client, client.subscribe("a", "b") as sub:
+    async with Client(base, transport=transport) as client, client.subscribe("a", "b") as sub:
         assert isinstance(sub, Streams)
         await sub.add("c")
         await eventually(lambda: "c" in sub.tokens)  # its init has come
@@ -72,12 +79,12 @@ async def test_add_remove_and_the_last_end_stops_the_iteration(serve) -> None:
             await sub.add("d")
 
 
-async def test_a_refused_stream_raises_at_async_with(serve) -> None:
+async def test_a_refused_stream_raises_at_async_with(serve, transport: str) -> None:
     """A refused channel refuses the subscription: ChannelError with its code."""
     channels = ChannelApp(secret=SECRET)
     await channels.close_channel("gone")
     base = await serve(channels)
-    async with Client(base) as client:
+    async with Client(base, transport=transport) as client:
         with pytest.raises(ChannelError) as refused:
             async with client.subscribe("a", "gone"):
                 pass
@@ -85,7 +92,7 @@ async def test_a_refused_stream_raises_at_async_with(serve) -> None:
 
 
 async def test_several_channels_resume_exactly_across_a_server_restart_on_redis(
-    server_process, redis_url: str, redis_prefix: str
+    server_process, redis_url: str, redis_prefix: str, transport: str
 ) -> None:
     """Stop the server, publish on two channels of its successor: the client catches up."""
     port = free_port()
@@ -94,7 +101,10 @@ async def test_several_channels_resume_exactly_across_a_server_restart_on_redis(
         "--redis-prefix", redis_prefix, "--secret", SECRET, "--log-level", "warning",
     ]  # fmt: skip
     first = server_process(command, port=port)
-    async with Client(first.base) as client, client.subscribe("x", "y", "z") as sub:
+    async with (
+        Client(first.base, transport=transport) as client,
+        client.subscribe("x", "y", "z") as sub,
+    ):
         assert isinstance(sub, Streams)
         tokens = dict(sub.tokens)
         for channel in ("x", "y"):

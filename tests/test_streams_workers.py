@@ -13,6 +13,7 @@ import httpx
 from .helpers import eventually, publish
 from .test_moderation_workers import StartServer, worker_a, worker_b
 from .test_streams import chat, settled, stream_of
+from .test_ws_streams import socket_of
 
 
 async def test_presence_close_and_ban_hold_across_workers(
@@ -70,3 +71,39 @@ async def test_a_resume_on_another_worker_is_exact_and_a_change_reaches_the_stre
         assert (await again.until("broadcast")).json["stream_id"] == "r"
         assert await a.viewer_count("p") == 0
     await settled(a, "q", "r")
+
+
+async def test_a_websocket_of_several_channels_across_workers(
+    serve, server_process: StartServer, client: httpx.AsyncClient, redis_url: str, redis_prefix: str
+) -> None:
+    """A socket on B: A's ban ends one channel, a change POSTed to A reaches it, the resume of
+    its composed cursor on A is exact."""
+    a = worker_a(redis_url, redis_prefix)
+    base_a = await serve(a)
+    b = worker_b(server_process, redis_url, redis_prefix)
+    token = a.issue_token("mallory")
+    headers = {"authorization": f"Bearer {token}"}
+    async with socket_of(b, "x", "y", headers=headers) as socket:
+        assert await a.presence("x") == {"mallory": 1}
+        await a.ban("x", "mallory")
+        end = await socket.until("end")
+        assert (end["stream_id"], end["message"]) == ("x", {"status": "banned"})
+        reply = await client.post(
+            f"{base_a}/subscribe",
+            json={"stream": socket.inits["y"]["message"]["token"], "add": ["w"]},
+            headers=headers,
+        )
+        assert reply.status_code == 202, reply.text
+        assert (await socket.until("init"))["stream_id"] == "w"
+        for channel in ("y", "w"):
+            ack = await socket.send(type="broadcast", message=channel, stream_id=channel)
+            assert ack["code"] == 200, ack
+            await socket.until("broadcast", channel)
+        cursor = socket.cursors.value()
+    await settled(a, "y", "w")
+    missed = await a.publish("w", "missed")
+    async with socket_of(base_a, "y", "w", headers=headers, last_event_id=cursor) as again:
+        assert again.inits["w"]["message"]["recovered"] is True
+        event = await again.until("broadcast")
+        assert (event["stream_id"], event["id"]) == ("w", missed)
+    await settled(a, "y", "w")
