@@ -42,6 +42,9 @@ Scenarios, for each server:
   broadcasts from a 100k-broadcast archive against one from a 1k archive, on MemoryStorage and
   RedisStorage (``benchmarks/archive.py``, which also runs alone); the median read of each and
   their ratio. ``--archive-only`` runs just these;
+* **metrics on / off** (issue 17): ``--metrics-rounds`` alternating saturated runs at 1000
+  subscribers and as many light-load runs, with ``serve --metrics`` against without;
+  ``--metrics-only`` runs just these, into the published results;
 * **many channels** (issue 18): ``--channels-n`` channels of ``--channels-subs`` subscribers
   (the load client's ``--channels``, published round robin) against one channel of as many,
   both offered ``--channels-rate`` deliveries/s, on MemoryStorage, a private single Redis and a
@@ -1086,6 +1089,23 @@ def archive_only(args: argparse.Namespace) -> None:
     write_doc(markdown)
 
 
+def metrics_only(args: argparse.Namespace) -> None:
+    """``--metrics-only``: the metrics on / off rows, into the published results if any."""
+    part = metrics_part(build_loadgen(), channel_asgi_target(), 1000, args)
+    latest = RESULTS / "latest.json"
+    if args.no_write or args.quick or not latest.exists():
+        print(json.dumps({"fan_out": part["fan_out"]["ratio"], "light_cpu": part["light_cpu"]}))
+        return
+    part["separate"] = time.strftime("%Y-%m-%d")  # the rest of the results are another run's
+    results = json.loads(latest.read_text())
+    results["metrics"] = part
+    results["ratios"] = ratios(results)
+    markdown = table(results, results["ratios"])
+    print(markdown)
+    latest.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_doc(markdown)
+
+
 # Scale (issue 18): many small channels, one crowded worker, Redis Cluster against one Redis.
 
 
@@ -2088,15 +2108,16 @@ def table(results: dict[str, Any], r: dict[str, Any]) -> str:
         ]
     if "metrics" in results:
         metrics = results["metrics"]
+        apart = f" (`--metrics-only`, {metrics['separate']})" if "separate" in metrics else ""
         goals += [
             (
-                f"metrics on / off, deliveries/s at {metrics['subs']} subscribers",
+                f"metrics on / off, deliveries/s at {metrics['subs']} subscribers{apart}",
                 metrics["fan_out"]["ratio"],
                 ">= 0.95x",
                 lambda v: v >= 0.95,
             ),
             (
-                "metrics on / off, server CPU per delivery, light load",
+                f"metrics on / off, server CPU per delivery, light load{apart}",
                 metrics["light_cpu"]["ratio"],
                 "<= 1.05x",
                 lambda v: v <= 1.05,
@@ -2256,6 +2277,11 @@ def main() -> None:
         default=6,
         help="runs each with metrics on and off (a 5%% cost needs more rounds than the noise)",
     )
+    parser.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="run only the metrics on / off rows (--metrics-rounds each), at 1000 subscribers",
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--servers-subs", type=int, default=200, help="subscribers, servers part")
@@ -2402,6 +2428,9 @@ def main() -> None:
         return
     if args.archive_only:
         archive_only(args)
+        return
+    if args.metrics_only:
+        metrics_only(args)
         return
     only = tuple(
         key
