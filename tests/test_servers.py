@@ -514,6 +514,41 @@ async def test_the_python_client_subscribes_publishes_and_requests(
             assert [item.id for item in await sub.request()] == [first]
 
 
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_one_stream_of_several_channels_delivers_each_and_changes_live(
+    site: Site, transport: Any
+) -> None:
+    """``client.subscribe(a, b)``: one connection, each channel's events, an add and a remove."""
+    a, b, c = (fresh(f"many-{transport}-{name}") for name in "abc")
+    async with Client(site.base, transport=transport) as client:
+        async with client.subscribe(a, b) as sub:
+            sent = {
+                a: await sub.publish("on a", channel=a),
+                b: await sub.publish("on b", channel=b),
+            }
+            seen: dict[str, str | None] = {}
+            with anyio.fail_after(WAIT):
+                async for event in sub:
+                    if event.type == "broadcast":
+                        seen[event.stream_id] = event.id
+                    if len(seen) == 2:
+                        break
+            assert seen == sent
+            assert [item.id for item in await sub.request(channel=b)] == [sent[b]]
+            await sub.add(c)
+            await eventually(lambda: c in sub.tokens)  # its init has come
+            on_c = await sub.publish("on c", channel=c)
+            await sub.remove(a)
+            with anyio.fail_after(WAIT):
+                wanted = {("broadcast", c, on_c), ("end", a, None)}
+                got: set[tuple[str, str, str | None]] = set()
+                async for event in sub:
+                    got.add((event.type, event.stream_id, event.id))
+                    if wanted <= got:
+                        break
+            assert sub.channels == [b, c]
+
+
 # -- what the app knows of its server ---------------------------------------------------------
 
 
