@@ -10,7 +10,8 @@ uvicorn, a child process on loopback, ``MemoryStorage`` or the machine's Redis):
 * **memory**: the server's RSS before and after opening ``--connections`` streams of N channels,
   divided by the streams and by the channel-connections;
 * **id line**: the length of the ``id:`` line once every channel has delivered one broadcast
-  (what each further broadcast costs the stream in bytes).
+  (what each further broadcast costs the stream in bytes);
+* **WebSocket connect**: the same as connect, for one ``/ws?channel=...`` socket of N channels.
 
 Usage (from the repository root, after ``scripts/setup``)::
 
@@ -99,6 +100,24 @@ async def _stream(
         yield time.perf_counter() - started, tokens, lines
 
 
+async def measure_ws(base: str, n: int, repeats: int) -> float:
+    """Median milliseconds from the handshake to the last of ``n`` inits on ``/ws?channel=``."""
+    import websockets
+
+    times = []
+    for repeat in range(repeats):
+        query = "&".join(f"channel=w{repeat}-c{k}" for k in range(n))
+        started = time.perf_counter()
+        url = "ws" + base[len("http") :] + f"/ws?{query}"
+        async with websockets.connect(url, open_timeout=120, max_size=None) as ws:
+            inits = 0
+            while inits < n:
+                if json.loads(await ws.recv())["type"] == "init":
+                    inits += 1
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
 async def measure(base: str, pid: int, n: int, connections: int, repeats: int) -> dict[str, float]:
     """Return the figures for streams of ``n`` channels."""
     limits = httpx.Limits(max_connections=connections + 8)
@@ -140,6 +159,7 @@ async def measure(base: str, pid: int, n: int, connections: int, repeats: int) -
         "rss_per_stream_kib": per_stream / 1024,
         "rss_per_channel_kib": per_stream / n / 1024,
         "id_line_bytes": len(id_line) + 1,
+        "ws_connect_ms": await measure_ws(base, n, repeats),
     }
 
 
@@ -162,6 +182,7 @@ async def main() -> None:
         print("storage", "redis" if args.redis else "memory")
         print(
             f"{'N':>6} {'connect ms':>11} {'KiB/stream':>11} {'KiB/channel':>12} {'id: bytes':>10}"
+            f" {'WS connect ms':>14}"
         )
         for n in args.channels:
             connections = max(4, args.connections * 10 // max(n, 10))
@@ -169,6 +190,7 @@ async def main() -> None:
             print(
                 f"{n:>6} {row['connect_ms']:>11.1f} {row['rss_per_stream_kib']:>11.1f} "
                 f"{row['rss_per_channel_kib']:>12.2f} {row['id_line_bytes']:>10.0f}"
+                f" {row['ws_connect_ms']:>14.1f}"
             )
     finally:
         process.terminate()

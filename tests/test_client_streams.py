@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import cast
 
 import anyio
 import httpx
 import pytest
 
 from channel_asgi import ChannelApp
-from channel_asgi.client import ChannelError, Client, Envelope, Subscription
+from channel_asgi.client import ChannelError, Client, Envelope, Subscription, Transport
 from channel_asgi.client_streams import Streams
 
 from .helpers import WAIT, eventually, free_port
@@ -20,8 +21,8 @@ SECRET = "s" * 40
 
 
 @pytest.fixture(params=["sse", "ws"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def transport(request: pytest.FixtureRequest) -> Transport:
+    return cast(Transport, request.param)
 
 
 async def next_event(sub: Subscription, kind: str | None = None) -> Envelope:
@@ -34,7 +35,7 @@ async def next_event(sub: Subscription, kind: str | None = None) -> Envelope:
 
 
 async def test_subscribe_to_several_channels_publishes_and_iterates_each(
-    serve, transport: str
+    serve, transport: Transport
 ) -> None:
     """Events of every channel are iterated; a publish or request names its channel."""
     channels = ChannelApp(secret=SECRET)
@@ -55,7 +56,7 @@ async def test_subscribe_to_several_channels_publishes_and_iterates_each(
     await settled(channels, "a", "b")
 
 
-async def test_add_remove_and_the_last_end_stops_the_iteration(serve, transport: str) -> None:
+async def test_add_remove_and_the_last_end_stops_the_iteration(serve, transport: Transport) -> None:
     """add() brings a channel's events; remove() and close_channel end channels; then it stops."""
     channels = ChannelApp(secret=SECRET)
     base = await serve(channels)
@@ -79,7 +80,7 @@ async def test_add_remove_and_the_last_end_stops_the_iteration(serve, transport:
             await sub.add("d")
 
 
-async def test_a_refused_stream_raises_at_async_with(serve, transport: str) -> None:
+async def test_a_refused_stream_raises_at_async_with(serve, transport: Transport) -> None:
     """A refused channel refuses the subscription: ChannelError with its code."""
     channels = ChannelApp(secret=SECRET)
     await channels.close_channel("gone")
@@ -92,7 +93,7 @@ async def test_a_refused_stream_raises_at_async_with(serve, transport: str) -> N
 
 
 async def test_several_channels_resume_exactly_across_a_server_restart_on_redis(
-    server_process, redis_url: str, redis_prefix: str, transport: str
+    server_process, redis_url: str, redis_prefix: str, transport: Transport
 ) -> None:
     """Stop the server, publish on two channels of its successor: the client catches up."""
     port = free_port()

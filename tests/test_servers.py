@@ -33,6 +33,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from channel_asgi.client import Client
+from channel_asgi.client_streams import Streams
 from channel_asgi.servers import identify
 from channel_asgi.storage import RedisStorage
 
@@ -339,7 +340,7 @@ async def test_an_idle_websocket_gets_keepalive_frames_and_stays_open(site: Site
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/ws/bad%20name", 400), ("/ws", 404), ("/elsewhere", 404)],
+    [("/ws/bad%20name", 400), ("/ws", 400), ("/elsewhere", 404)],
     ids=["bad-name", "no-channel", "unknown-path"],
 )
 async def test_websocket_refusals_before_the_upgrade(site: Site, path: str, status: int) -> None:
@@ -522,6 +523,7 @@ async def test_one_stream_of_several_channels_delivers_each_and_changes_live(
     a, b, c = (fresh(f"many-{transport}-{name}") for name in "abc")
     async with Client(site.base, transport=transport) as client:
         async with client.subscribe(a, b) as sub:
+            assert isinstance(sub, Streams)
             sent = {
                 a: await sub.publish("on a", channel=a),
                 b: await sub.publish("on b", channel=b),

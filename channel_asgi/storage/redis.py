@@ -314,16 +314,21 @@ class RedisStorage:
 
     async def _connect(self) -> None:
         pubsub = self._redis().pubsub()
-        topics = [self._key("control"), *map(self._topic, self._listening)]
-        await pubsub.subscribe(*topics)
-        pending = set(topics)
-        with anyio.fail_after(_CONNECT_WAIT):
-            while pending:
-                message = await pubsub.get_message(timeout=_CONNECT_WAIT)
-                if message is not None and message["type"] == "subscribe":
-                    pending.discard(message["channel"].decode())
-        # Subscribed to the control topic first, then read: no close or open is missed.
-        closed = await _untyped(self._redis()).smembers(self._key("closed"))
+        try:
+            topics = [self._key("control"), *map(self._topic, self._listening)]
+            await pubsub.subscribe(*topics)
+            pending = set(topics)
+            with anyio.fail_after(_CONNECT_WAIT):
+                while pending:
+                    message = await pubsub.get_message(timeout=_CONNECT_WAIT)
+                    if message is not None and message["type"] == "subscribe":
+                        pending.discard(message["channel"].decode())
+            # Subscribed to the control topic first, then read: no close or open is missed.
+            closed = await _untyped(self._redis()).smembers(self._key("closed"))
+        except BaseException:  # failed or cancelled before it was kept: close it here
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0), _ignore_errors():
+                await _untyped(pubsub).aclose()
+            raise
         self._closed = {name.decode() for name in closed}
         self._pubsub = pubsub
         await self._fill_gaps()
